@@ -1,0 +1,115 @@
+package session
+
+import (
+	"encoding/json"
+	"errors"
+	"io/fs"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+const catalogJSON = `{
+ "type": "FeatureCollection",
+ "features": [
+  {"type": "Feature", "id": "era5_wind10m", "geometry": {"type": "Point", "coordinates": [1, 2]},
+   "properties": {"name": "ERA5 wind", "description": "10 m wind", "driver": "zarr",
+     "tstart": "1979-01-01T00:00:00Z", "tend": "2020-12-31T23:00:00", "schema": {"dims": {}}, "tags": ["x"]}},
+  {"type": "Feature", "geometry": null, "properties": {"id": "from_props", "name": "P", "tstart": null}},
+  {"type": "Feature", "id": "Bad ID!", "properties": {"name": "skipped"}},
+  {"type": "Feature", "properties": {"name": "no id at all"}}
+ ]
+}`
+
+func TestCatalog(t *testing.T) {
+	var got *http.Request
+	srv := newHandlerServer(t, func(w http.ResponseWriter, r *http.Request) {
+		got = r.Clone(r.Context())
+		_, _ = w.Write([]byte(catalogJSON))
+	})
+	var logs logBuffer
+	c := newTestClient(t, testConfig(srv, &logs))
+
+	list, err := c.Catalog(t.Context(), Query{Search: "wind speed", Limit: 20})
+	require.NoError(t, err)
+	require.NotNil(t, got)
+	assert.Equal(t, "/datasource/", got.URL.Path)
+	assert.Equal(t, "wind speed", got.URL.Query().Get("search"))
+	assert.Equal(t, "20", got.URL.Query().Get("limit"))
+	assert.Equal(t, "Token "+testToken, got.Header.Get("Authorization"))
+
+	tstart := time.Date(1979, 1, 1, 0, 0, 0, 0, time.UTC)
+	tend := time.Date(2020, 12, 31, 23, 0, 0, 0, time.UTC)
+	require.Len(t, list, 2)
+	assert.Equal(t, Datasource{ID: "era5_wind10m", Name: "ERA5 wind", Description: "10 m wind", Driver: "zarr",
+		TStart: &tstart, TEnd: &tend, Geometry: json.RawMessage(`{"type": "Point", "coordinates": [1, 2]}`)}, list[0])
+	assert.Equal(t, Datasource{ID: "from_props", Name: "P"}, list[1])
+	assert.Contains(t, logs.String(), "Bad ID!", "skipped entries are logged")
+
+	_, err = c.Catalog(t.Context(), Query{})
+	require.NoError(t, err)
+	assert.Empty(t, got.URL.RawQuery, "no empty parameters")
+}
+
+func TestCatalogBadBody(t *testing.T) {
+	srv := newHandlerServer(t, func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte(`<html>`)) })
+	c := newTestClient(t, testConfig(srv, nil))
+	_, err := c.Catalog(t.Context(), Query{})
+	assert.ErrorContains(t, err, "FeatureCollection")
+}
+
+func TestDatasource(t *testing.T) {
+	tests := []struct {
+		name, id  string
+		status    int
+		body      string
+		want      Datasource
+		wantErr   string
+		notExist  bool
+		wantCalls int
+	}{
+		{
+			name: "found", id: "era5_wind10m", status: 200,
+			body: `{"type":"Feature","id":"era5_wind10m","geometry":null,"properties":{"name":"E","driver":"zarr","extra":1}}`,
+			want: Datasource{ID: "era5_wind10m", Name: "E", Driver: "zarr"}, wantCalls: 1,
+		},
+		{
+			name: "id only in properties", id: "abc", status: 200,
+			body: `{"properties":{"id":"abc","tend":"2001-02-03"}}`,
+			want: Datasource{ID: "abc", TEnd: ptr(time.Date(2001, 2, 3, 0, 0, 0, 0, time.UTC))}, wantCalls: 1,
+		},
+		{
+			name: "not found", id: "nope_nope", status: 404, body: `{"detail":"Datasource nope_nope not found"}`,
+			wantErr: "Datasource nope_nope not found", notExist: true, wantCalls: 1,
+		},
+		{name: "invalid id never sent", id: "../session", wantErr: "datasource id", wantCalls: 0},
+		{name: "upper case invalid", id: "ERA5", wantErr: "datasource id", wantCalls: 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			calls := 0
+			srv := newHandlerServer(t, func(w http.ResponseWriter, r *http.Request) {
+				calls++
+				assert.Equal(t, "/datasource/"+tt.id, r.URL.Path)
+				w.WriteHeader(tt.status)
+				_, _ = w.Write([]byte(tt.body))
+			})
+			c := newTestClient(t, testConfig(srv, nil))
+			ds, err := c.Datasource(t.Context(), tt.id)
+			assert.Equal(t, tt.wantCalls, calls)
+			if tt.wantErr != "" {
+				require.Error(t, err)
+				assert.Contains(t, err.Error(), tt.wantErr)
+				assert.Equal(t, tt.notExist, errors.Is(err, fs.ErrNotExist))
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, ds)
+		})
+	}
+}
+
+func ptr[T any](v T) *T { return &v }

@@ -1,0 +1,549 @@
+package session
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+)
+
+const (
+	// renewLead is how long before end_time a session is renewed.
+	renewLead = 60 * time.Second
+	// minRenewWait keeps a session with a nonsensical lifetime from being
+	// renewed in a tight loop.
+	minRenewWait = 250 * time.Millisecond
+	// maxRenewRetryWait caps the wait before retrying a failed scheduled renewal.
+	maxRenewRetryWait = 30 * time.Second
+)
+
+// Info is a Datamesh session as the gateway describes it.
+type Info struct {
+	ID, User               string
+	CreationTime, EndTime  time.Time
+	Write, AllowMultiwrite bool
+	Verified               bool
+}
+
+// current is the session in use and when it was acquired (local clock).
+type current struct {
+	info     Info
+	acquired time.Time
+}
+
+// Client talks to one Datamesh service and gateway and owns at most one
+// session at a time. Its methods are safe for concurrent use.
+type Client struct {
+	cfg     Config
+	token   secret
+	service string
+	gateway string
+	http    *http.Client
+	log     *slog.Logger
+
+	// life is cancelled by Close: it stops the renewal loop and renewals.
+	life       context.Context
+	endLife    context.CancelFunc
+	renewals   singleflight.Group // 401 renewals, keyed by the rejected session id
+	swapped    chan struct{}      // a new session was swapped in: reschedule
+	loopDone   chan struct{}
+	background sync.WaitGroup // best-effort closes of replaced sessions
+
+	// renewMu serialises acquire/renew/close so that only one new session is
+	// requested at a time and Close sees a settled state.
+	renewMu     sync.Mutex
+	duration    time.Duration // guarded by renewMu
+	loopStarted bool          // guarded by renewMu
+
+	mu     sync.RWMutex
+	cur    *current // nil before Acquire and after Close
+	closed bool
+
+	closeOnce sync.Once
+	closeDone chan struct{}
+	closeErr  error
+}
+
+// New checks cfg, fills its defaults and returns a Client. It sends nothing:
+// call Acquire before reading zarr keys.
+func New(cfg Config) (*Client, error) {
+	cfg.fillDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	life, endLife := context.WithCancel(context.Background())
+	c := &Client{
+		cfg:       cfg,
+		token:     secret(cfg.Token),
+		service:   cfg.Service,
+		gateway:   cfg.Gateway,
+		http:      &http.Client{Transport: newTransport(cfg.ConnectTimeout)},
+		log:       log,
+		life:      life,
+		endLife:   endLife,
+		swapped:   make(chan struct{}, 1),
+		loopDone:  make(chan struct{}),
+		closeDone: make(chan struct{}),
+	}
+	c.cfg.Token = "" // kept only as c.token
+	c.cfg.Logger = nil
+	return c, nil
+}
+
+// String describes c without its token.
+func (c *Client) String() string {
+	return fmt.Sprintf("session.Client{service:%s gateway:%s session:%s}",
+		redactURL(c.service), redactURL(c.gateway), c.Info().ID)
+}
+
+// Format makes every verb print String, so no formatting reaches the token.
+func (c *Client) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(c.String())) }
+
+// LogValue logs c without its token.
+func (c *Client) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("service", redactURL(c.service)),
+		slog.String("gateway", redactURL(c.gateway)), slog.String("session", c.Info().ID))
+}
+
+// Info returns the current session; zero before Acquire and after Close.
+func (c *Client) Info() Info {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.cur == nil {
+		return Info{}
+	}
+	return c.cur.info
+}
+
+// sessionID is the id to send with a zarr request.
+func (c *Client) sessionID() (string, error) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	switch {
+	case c.closed:
+		return "", ErrClosed
+	case c.cur == nil:
+		return "", ErrNoSession
+	}
+	return c.cur.info.ID, nil
+}
+
+func (c *Client) isClosed() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.closed
+}
+
+// Acquire requests a session of the given duration, makes it current (a
+// session already held is closed in the background) and starts its renewal
+// in the background.
+func (c *Client) Acquire(ctx context.Context, duration time.Duration) (Info, error) {
+	if duration < time.Second {
+		return Info{}, fmt.Errorf("session duration %s: want at least 1s", duration)
+	}
+	c.renewMu.Lock()
+	defer c.renewMu.Unlock()
+	c.duration = duration
+	info, err := c.renewLocked(ctx, "acquired")
+	if err != nil {
+		return Info{}, err
+	}
+	if !c.loopStarted {
+		c.loopStarted = true
+		go c.renewLoop()
+	}
+	return info, nil
+}
+
+// Renew acquires a fresh session of the same duration, swaps it in and closes
+// the old one in the background (best effort).
+func (c *Client) Renew(ctx context.Context) (Info, error) {
+	c.renewMu.Lock()
+	defer c.renewMu.Unlock()
+	if c.duration == 0 {
+		if c.isClosed() {
+			return Info{}, &Error{Op: "renew session", Err: ErrClosed}
+		}
+		return Info{}, &Error{Op: "renew session", Err: ErrNoSession}
+	}
+	return c.renewLocked(ctx, "renewed")
+}
+
+// renewLocked acquires a new session and swaps it in. renewMu is held. The
+// request stops when ctx is cancelled or the client is closed.
+func (c *Client) renewLocked(ctx context.Context, reason string) (Info, error) {
+	if c.isClosed() {
+		return Info{}, &Error{Op: "acquire session", Err: ErrClosed}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(c.life, cancel)
+	defer stop()
+
+	info, err := c.acquire(ctx, c.duration)
+	if err != nil {
+		if c.isClosed() {
+			return Info{}, &Error{Op: "acquire session", Err: ErrClosed}
+		}
+		return Info{}, err
+	}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		// Closed while we asked: the new session must not outlive the client.
+		c.closeBestEffort(info.ID)
+		return Info{}, &Error{Op: "acquire session", Err: ErrClosed}
+	}
+	old := c.cur
+	c.cur = &current{info: info, acquired: time.Now()}
+	c.mu.Unlock()
+	select {
+	case c.swapped <- struct{}{}:
+	default:
+	}
+	attrs := []any{"session", info.ID, "end_time", info.EndTime}
+	if old != nil {
+		attrs = append(attrs, "previous", old.info.ID)
+		// Added under renewMu before Close can take it, so Close's Wait sees it.
+		c.background.Add(1)
+		go func() {
+			defer c.background.Done()
+			c.closeBestEffort(old.info.ID)
+		}()
+	}
+	c.log.Info("datamesh session "+reason, attrs...)
+	return info, nil
+}
+
+// acquire asks the gateway for a session.
+func (c *Client) acquire(ctx context.Context, duration time.Duration) (Info, error) {
+	secs := int64(math.Ceil(duration.Seconds()))
+	r := request{
+		op:       "acquire session",
+		method:   http.MethodGet,
+		url:      c.gateway + "/session/?duration=" + strconv.FormatInt(secs, 10) + "&allow_multiwrite=false",
+		header:   http.Header{"Cache-Control": {"no-store"}},
+		timeout:  c.cfg.ReadTimeout,
+		readBody: true,
+	}
+	resp, err := c.do(ctx, r)
+	if err != nil {
+		return Info{}, err
+	}
+	if resp.status != http.StatusOK {
+		return Info{}, c.statusError(r, resp)
+	}
+	info, err := c.parseInfo(resp.body)
+	if err != nil {
+		return Info{}, c.errorFor(r, resp.status, "", err)
+	}
+	return info, nil
+}
+
+// parseInfo reads the session JSON leniently: unknown fields and odd types
+// of "user" are tolerated, an unreadable time is logged and left zero.
+func (c *Client) parseInfo(body []byte) (Info, error) {
+	var doc struct {
+		ID              json.RawMessage `json:"id"`
+		User            json.RawMessage `json:"user"`
+		CreationTime    string          `json:"creation_time"`
+		EndTime         string          `json:"end_time"`
+		Write           bool            `json:"write"`
+		AllowMultiwrite bool            `json:"allow_multiwrite"`
+		Verified        bool            `json:"verified"`
+	}
+	if err := json.Unmarshal(body, &doc); err != nil {
+		return Info{}, fmt.Errorf("session answer is not the expected JSON: %w", err)
+	}
+	info := Info{
+		ID:              jsonText(doc.ID),
+		User:            jsonText(doc.User),
+		Write:           doc.Write,
+		AllowMultiwrite: doc.AllowMultiwrite,
+		Verified:        doc.Verified,
+	}
+	if info.ID == "" {
+		return Info{}, errors.New("session answer has no id")
+	}
+	for _, f := range []struct {
+		name, raw string
+		dst       *time.Time
+	}{{"creation_time", doc.CreationTime, &info.CreationTime}, {"end_time", doc.EndTime, &info.EndTime}} {
+		if f.raw == "" {
+			continue
+		}
+		t, err := parseTime(f.raw)
+		if err != nil {
+			c.log.Warn("datamesh session time unreadable", "session", info.ID, "field", f.name, "value", f.raw)
+			continue
+		}
+		*f.dst = t
+	}
+	return info, nil
+}
+
+// jsonText is a JSON string's value, or any other JSON value's text.
+func jsonText(raw json.RawMessage) string {
+	if len(raw) == 0 || string(raw) == "null" {
+		return ""
+	}
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s
+	}
+	return string(raw)
+}
+
+// timeLayouts are the ISO-8601 forms servers send; fractional seconds are
+// accepted after the seconds by time.Parse. A time without a zone is UTC.
+var timeLayouts = []string{
+	time.RFC3339,
+	"2006-01-02T15:04:05Z0700",
+	"2006-01-02T15:04:05",
+	"2006-01-02 15:04:05Z07:00",
+	"2006-01-02 15:04:05Z0700",
+	"2006-01-02 15:04:05",
+	"2006-01-02T15:04Z07:00",
+	"2006-01-02T15:04",
+	"2006-01-02",
+}
+
+func parseTime(s string) (time.Time, error) {
+	s = strings.TrimSpace(s)
+	for _, layout := range timeLayouts {
+		if t, err := time.Parse(layout, s); err == nil {
+			return t.UTC(), nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("time %q is not ISO-8601", s)
+}
+
+// renewLoop renews the session ahead of its end until the client closes.
+func (c *Client) renewLoop() {
+	defer close(c.loopDone)
+	failures := 0
+	for {
+		var fire <-chan time.Time
+		var timer *time.Timer
+		if wait, ok := c.untilRenewal(failures); ok {
+			timer = time.NewTimer(wait)
+			fire = timer.C
+		}
+		select {
+		case <-c.life.Done():
+			if timer != nil {
+				timer.Stop()
+			}
+			return
+		case <-c.swapped:
+			failures = 0
+			if timer != nil {
+				timer.Stop()
+			}
+			continue
+		case <-fire:
+		}
+		c.renewMu.Lock()
+		_, err := c.renewLocked(c.life, "renewed before expiry")
+		c.renewMu.Unlock()
+		if err != nil {
+			if c.life.Err() != nil {
+				return
+			}
+			failures++
+			c.log.Warn("datamesh session renewal failed; will retry", "error", err.Error(), "failures", failures)
+		}
+	}
+}
+
+// untilRenewal is the wait before the next scheduled renewal, or false when
+// the session has no known end. After failures it is a growing retry wait.
+func (c *Client) untilRenewal(failures int) (time.Duration, bool) {
+	c.mu.RLock()
+	cur := c.cur
+	c.mu.RUnlock()
+	if cur == nil || cur.info.EndTime.IsZero() {
+		return 0, false
+	}
+	if failures > 0 {
+		d := 10 * c.cfg.RetryBase
+		for i := 1; i < failures && d < maxRenewRetryWait; i++ {
+			d *= 2
+		}
+		return min(d, maxRenewRetryWait), true
+	}
+	return renewalWait(cur.info, cur.acquired, time.Now()), true
+}
+
+// renewalWait is when to renew a session acquired at acquired: renewLead
+// before its end, or at half its lifetime when it is too short for that.
+// The lifetime comes from the gateway's own times when it has both, so a
+// skewed local clock does not matter.
+func renewalWait(info Info, acquired, now time.Time) time.Duration {
+	lifetime := info.EndTime.Sub(info.CreationTime)
+	if info.CreationTime.IsZero() || lifetime <= 0 {
+		lifetime = info.EndTime.Sub(acquired)
+	}
+	var after time.Duration
+	if lifetime >= 2*renewLead {
+		after = lifetime - renewLead
+	} else {
+		after = lifetime / 2
+	}
+	return max(acquired.Add(after).Sub(now), minRenewWait)
+}
+
+// recoverUnauthorized renews the session once for every caller whose request
+// with session id rejected got a 401. A caller whose id was already replaced
+// returns at once and retries with the current one.
+func (c *Client) recoverUnauthorized(ctx context.Context, rejected string) error {
+	ch := c.renewals.DoChan(rejected, func() (any, error) {
+		c.renewMu.Lock()
+		defer c.renewMu.Unlock()
+		id, err := c.sessionID()
+		if err != nil {
+			return nil, err
+		}
+		if id != rejected {
+			return nil, nil
+		}
+		c.log.Info("datamesh session refused by the gateway; renewing", "session", rejected)
+		_, err = c.renewLocked(c.life, "renewed after 401")
+		return nil, err
+	})
+	select {
+	case res := <-ch:
+		return res.Err
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// Close ends the session on the gateway and stops renewal. It is idempotent
+// and safe to call concurrently (a signal handler and a normal shutdown):
+// every caller gets the first Close's result. 404 and 410 mean the session
+// was already closed. After Close, zarr requests fail with ErrClosed.
+//
+// The DELETE follows ctx: on shutdown pass a fresh bounded context (not the
+// one a signal just cancelled), or the session is left to expire at its
+// end_time.
+func (c *Client) Close(ctx context.Context) error {
+	c.closeOnce.Do(func() {
+		go func() {
+			c.closeErr = c.close(ctx)
+			close(c.closeDone)
+		}()
+	})
+	select {
+	case <-c.closeDone:
+		return c.closeErr
+	case <-ctx.Done():
+		return &Error{Op: "close session", Err: context.Cause(ctx)}
+	}
+}
+
+// close does the work of Close; the DELETE tries follow the first caller's
+// ctx.
+func (c *Client) close(ctx context.Context) error {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	c.endLife() // stops the loop and aborts in-flight acquires
+
+	c.renewMu.Lock() // waits for an in-flight renewal to give up
+	started := c.loopStarted
+	c.mu.Lock()
+	cur := c.cur
+	c.cur = nil
+	c.mu.Unlock()
+	c.renewMu.Unlock()
+	if started {
+		<-c.loopDone
+	}
+
+	var err error
+	if cur != nil {
+		err = c.closeSession(ctx, cur.info.ID)
+		if err != nil {
+			c.log.Warn("datamesh session close failed", "session", cur.info.ID, "error", err.Error())
+		} else {
+			c.log.Info("datamesh session closed", "session", cur.info.ID)
+		}
+	}
+	waited := make(chan struct{})
+	go func() {
+		c.background.Wait()
+		close(waited)
+	}()
+	select {
+	case <-waited:
+	case <-ctx.Done():
+	}
+	c.http.CloseIdleConnections()
+	return err
+}
+
+// closeSession deletes session id, retrying failures on the CloseBackoff
+// schedule.
+func (c *Client) closeSession(ctx context.Context, id string) error {
+	var err error
+	for i := 0; ; i++ {
+		err = c.deleteSession(ctx, id)
+		if err == nil || ctx.Err() != nil || i >= len(c.cfg.CloseBackoff) {
+			return err
+		}
+		t := time.NewTimer(c.cfg.CloseBackoff[i])
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+	}
+}
+
+// closeBestEffort deletes a replaced session with one try under its own
+// deadline; the gateway expires it anyway.
+func (c *Client) closeBestEffort(id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ReadTimeout)
+	defer cancel()
+	if err := c.deleteSession(ctx, id); err != nil {
+		c.log.Warn("datamesh previous session not closed; it will expire", "session", id, "error", err.Error())
+		return
+	}
+	c.log.Info("datamesh previous session closed", "session", id)
+}
+
+// deleteSession sends one DELETE for session id.
+func (c *Client) deleteSession(ctx context.Context, id string) error {
+	r := request{
+		op:        "close session",
+		method:    http.MethodDelete,
+		url:       c.gateway + "/session/" + pathEscape(id) + "?finalise_write=false",
+		sessionID: id,
+		timeout:   c.cfg.ReadTimeout,
+		noRetry:   true,
+	}
+	resp, err := c.do(ctx, r)
+	if err != nil {
+		return err
+	}
+	switch resp.status {
+	case http.StatusNoContent, http.StatusOK, http.StatusNotFound, http.StatusGone:
+		return nil
+	}
+	return c.statusError(r, resp)
+}

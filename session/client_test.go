@@ -1,0 +1,414 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestAuthHeaders(t *testing.T) {
+	tests := []struct {
+		name      string
+		token     string
+		wantAuth  string
+		wantToken string // X-DATAMESH-TOKEN, "" = absent
+	}{
+		{name: "token", token: testToken, wantAuth: "Token " + testToken, wantToken: testToken},
+		{name: "bearer", token: "Bearer jwt.part.sig", wantAuth: "Bearer jwt.part.sig"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := newFakeGateway(t)
+			g.zarr = func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("x")) }
+			g.catalog = func(w http.ResponseWriter, r *http.Request) {
+				writeJSON(w, 200, map[string]any{"type": "FeatureCollection", "features": []any{}})
+			}
+			cfg := testConfig(g.srv.URL, nil)
+			cfg.Token = tt.token
+			c := newTestClient(t, cfg)
+			ctx := t.Context()
+
+			_, err := c.Acquire(ctx, 90*time.Minute)
+			require.NoError(t, err)
+			_, err = c.Store("ds_1").Get(ctx, ".zmetadata")
+			require.NoError(t, err)
+			_, err = c.Catalog(ctx, Query{})
+			require.NoError(t, err)
+			require.NoError(t, c.Close(ctx))
+
+			for _, path := range []string{"/session/", "/zarr/", "/datasource/"} {
+				r := g.lastRequest("", path)
+				require.NotNil(t, r, path)
+				assert.Equal(t, tt.wantAuth, r.Header.Get("Authorization"), path)
+				assert.Equal(t, tt.wantToken, r.Header.Get("X-DATAMESH-TOKEN"), path)
+				_, has := r.Header["X-Datamesh-Token"]
+				assert.Equal(t, tt.wantToken != "", has, path)
+			}
+		})
+	}
+}
+
+func TestAcquireRequestAndInfo(t *testing.T) {
+	g := newFakeGateway(t)
+	c := newTestClient(t, testConfig(g.srv.URL, nil))
+	assert.Equal(t, Info{}, c.Info())
+
+	info, err := c.Acquire(t.Context(), 90*time.Minute)
+	require.NoError(t, err)
+
+	r := g.lastRequest(http.MethodGet, "/session/")
+	require.NotNil(t, r)
+	assert.Equal(t, http.MethodGet, r.Method)
+	assert.Equal(t, "/session/", r.URL.Path)
+	assert.Equal(t, "5400", r.URL.Query().Get("duration"))
+	assert.Equal(t, "false", r.URL.Query().Get("allow_multiwrite"))
+	assert.Equal(t, "no-store", r.Header.Get("Cache-Control"))
+
+	assert.Equal(t, "s1", info.ID)
+	assert.Equal(t, "someone", info.User)
+	assert.True(t, info.Verified)
+	assert.WithinDuration(t, time.Now(), info.CreationTime, 5*time.Second)
+	assert.WithinDuration(t, time.Now().Add(time.Hour), info.EndTime, 5*time.Second)
+	assert.Equal(t, info, c.Info())
+}
+
+func TestParseInfo(t *testing.T) {
+	c := newTestClient(t, testConfig("http://127.0.0.1:1", nil))
+	end := time.Date(2026, 11, 27, 3, 4, 5, 0, time.UTC)
+	tests := []struct {
+		name, endTime string
+		want          time.Time
+	}{
+		{"naive is UTC", "2026-11-27T03:04:05", end},
+		{"naive fractional", "2026-11-27T03:04:05.123456", end.Add(123456 * time.Microsecond)},
+		{"Z", "2026-11-27T03:04:05Z", end},
+		{"offset", "2026-11-27T05:04:05+02:00", end},
+		{"offset fractional", "2026-11-27T03:04:05.5+00:00", end.Add(500 * time.Millisecond)},
+		{"compact offset", "2026-11-27T03:04:05+0000", end},
+		{"space separator", "2026-11-27 03:04:05", end},
+		{"unreadable left zero", "tomorrow", time.Time{}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			body := `{"id":"abc","user":42,"creation_time":null,"end_time":"` + tt.endTime +
+				`","write":true,"allow_multiwrite":true,"verified":false,"extra":{"x":1}}`
+			info, err := c.parseInfo([]byte(body))
+			require.NoError(t, err)
+			assert.Equal(t, Info{ID: "abc", User: "42", EndTime: tt.want, Write: true, AllowMultiwrite: true}, info)
+		})
+	}
+	_, err := c.parseInfo([]byte(`{"user":"x"}`))
+	assert.ErrorContains(t, err, "no id")
+	_, err = c.parseInfo([]byte(`<html>`))
+	assert.ErrorContains(t, err, "not the expected JSON")
+}
+
+func TestAcquireFailures(t *testing.T) {
+	tests := []struct {
+		name       string
+		status     int
+		body       string
+		denied     bool
+		wantDetail string
+	}{
+		{name: "bad token", status: 401, body: `{"detail":"Invalid token."}`, denied: true, wantDetail: "Invalid token."},
+		{name: "forbidden", status: 403, body: `{"detail":"nope"}`, denied: true, wantDetail: "nope"},
+		{name: "201 is not success", status: 201, body: `{"id":"x"}`},
+		{name: "server error", status: 500, body: `{"detail":"boom"}`, wantDetail: "boom"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var logs logBuffer
+			srv := newHandlerServer(t, func(w http.ResponseWriter, r *http.Request) {
+				w.WriteHeader(tt.status)
+				_, _ = w.Write([]byte(tt.body))
+			})
+			c := newTestClient(t, testConfig(srv, &logs))
+			_, err := c.Acquire(t.Context(), time.Hour)
+			require.Error(t, err)
+			var e *Error
+			require.ErrorAs(t, err, &e)
+			assert.Equal(t, tt.status, e.Status)
+			assert.Equal(t, tt.denied, errors.Is(err, fs.ErrPermission))
+			assert.False(t, errors.Is(err, fs.ErrNotExist))
+			if tt.wantDetail != "" {
+				assert.Contains(t, err.Error(), tt.wantDetail)
+			}
+			assert.NotContains(t, err.Error(), "duration=", "no query in errors")
+			assert.NotContains(t, err.Error(), testToken)
+			assert.NotContains(t, logs.String(), testToken)
+			assert.Equal(t, Info{}, c.Info())
+		})
+	}
+}
+
+func TestRenewalWait(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name     string
+		info     Info
+		acquired time.Time
+		now      time.Time
+		want     time.Duration
+	}{
+		{"hour session renews a minute before its end", Info{CreationTime: t0, EndTime: t0.Add(time.Hour)}, t0, t0, 59 * time.Minute},
+		{"counted from local acquire time", Info{CreationTime: t0.Add(-time.Hour), EndTime: t0}, t0.Add(time.Minute), t0.Add(2 * time.Minute), 58 * time.Minute},
+		{"short session at half its life", Info{CreationTime: t0, EndTime: t0.Add(10 * time.Second)}, t0, t0, 5 * time.Second},
+		{"no creation time uses local clock", Info{EndTime: t0.Add(time.Hour)}, t0, t0, 59 * time.Minute},
+		{"already due is floored", Info{CreationTime: t0, EndTime: t0.Add(time.Hour)}, t0, t0.Add(2 * time.Hour), minRenewWait},
+		{"nonsense times floored", Info{CreationTime: t0, EndTime: t0.Add(-time.Hour)}, t0, t0, minRenewWait},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			assert.Equal(t, tt.want, renewalWait(tt.info, tt.acquired, tt.now))
+		})
+	}
+}
+
+func TestRenewalBeforeExpiry(t *testing.T) {
+	g := newFakeGateway(t)
+	g.lifetime = 1200 * time.Millisecond // renewed at half: 600 ms
+	var logs logBuffer
+	c := newTestClient(t, testConfig(g.srv.URL, &logs))
+	first, err := c.Acquire(t.Context(), time.Hour)
+	require.NoError(t, err)
+
+	require.Eventually(t, func() bool { return g.acquires.Load() >= 2 }, 3*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return c.Info().ID != first.ID }, time.Second, 10*time.Millisecond)
+	assert.Equal(t, "3600", g.lastRequest(http.MethodGet, "/session/").URL.Query().Get("duration"), "same duration")
+	require.Eventually(t, func() bool {
+		d := g.deleted()
+		return len(d) >= 1 && d[0] == first.ID
+	}, time.Second, 10*time.Millisecond, "the replaced session is closed")
+	assert.Contains(t, logs.String(), "renewed before expiry")
+
+	require.NoError(t, c.Close(t.Context()))
+	n := g.acquires.Load()
+	time.Sleep(800 * time.Millisecond)
+	assert.Equal(t, n, g.acquires.Load(), "no renewal after Close")
+	assert.Zero(t, g.openSessions())
+}
+
+func TestRenewSwapsAndClosesOld(t *testing.T) {
+	g := newFakeGateway(t)
+	c := newTestClient(t, testConfig(g.srv.URL, nil))
+	_, err := c.Renew(t.Context())
+	assert.ErrorIs(t, err, ErrNoSession)
+
+	first, err := c.Acquire(t.Context(), time.Hour)
+	require.NoError(t, err)
+	second, err := c.Renew(t.Context())
+	require.NoError(t, err)
+	assert.NotEqual(t, first.ID, second.ID)
+	assert.Equal(t, second, c.Info())
+	require.Eventually(t, func() bool { return len(g.deleted()) == 1 }, time.Second, 5*time.Millisecond)
+	assert.Equal(t, []string{first.ID}, g.deleted())
+}
+
+func TestClose(t *testing.T) {
+	tests := []struct {
+		name        string
+		statuses    []int
+		wantDeletes int
+		wantErr     bool
+	}{
+		{name: "204", statuses: nil, wantDeletes: 1},
+		{name: "retried after 500", statuses: []int{500, 204}, wantDeletes: 2},
+		{name: "retried after 503 twice", statuses: []int{503, 502, 204}, wantDeletes: 3},
+		{name: "404 already closed", statuses: []int{404}, wantDeletes: 1},
+		{name: "410 already closed", statuses: []int{410}, wantDeletes: 1},
+		{name: "gives up after the backoff schedule", statuses: []int{500, 500, 500, 500, 500}, wantDeletes: 4, wantErr: true},
+		{name: "401 retried too", statuses: []int{401, 204}, wantDeletes: 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := newFakeGateway(t)
+			g.deleteStatus = tt.statuses
+			g.zarr = func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("x")) }
+			c := newTestClient(t, testConfig(g.srv.URL, nil))
+			info, err := c.Acquire(t.Context(), time.Hour)
+			require.NoError(t, err)
+
+			err = c.Close(t.Context())
+			if tt.wantErr {
+				var e *Error
+				require.ErrorAs(t, err, &e)
+				assert.Equal(t, 500, e.Status)
+			} else {
+				require.NoError(t, err)
+			}
+			deletes := g.deleted()
+			require.Len(t, deletes, tt.wantDeletes)
+			for _, id := range deletes {
+				assert.Equal(t, info.ID, id)
+			}
+			r := g.lastRequest(http.MethodDelete, "/session/"+info.ID)
+			require.NotNil(t, r)
+			assert.Equal(t, http.MethodDelete, r.Method)
+			assert.Equal(t, "false", r.URL.Query().Get("finalise_write"))
+			assert.Equal(t, info.ID, r.Header.Get("X-DATAMESH-SESSIONID"))
+			assert.Equal(t, "Token "+testToken, r.Header.Get("Authorization"))
+
+			// Idempotent: the same answer, no new request.
+			assert.Equal(t, err, c.Close(t.Context()))
+			assert.Len(t, g.deleted(), tt.wantDeletes)
+
+			// Closed: no zarr request leaves, no session is acquired.
+			before := g.zarrReqs.Load()
+			_, err = c.Store("ds_1").Get(t.Context(), ".zmetadata")
+			assert.ErrorIs(t, err, ErrClosed)
+			_, err = c.Store("ds_1").Head(t.Context(), "a/0.0")
+			assert.ErrorIs(t, err, ErrClosed)
+			_, err = c.Renew(t.Context())
+			assert.ErrorIs(t, err, ErrClosed)
+			_, err = c.Acquire(t.Context(), time.Hour)
+			assert.ErrorIs(t, err, ErrClosed)
+			assert.Equal(t, before, g.zarrReqs.Load())
+			assert.Equal(t, int32(1), g.acquires.Load())
+			assert.Equal(t, Info{}, c.Info())
+		})
+	}
+}
+
+func TestCloseConcurrentAndWithoutSession(t *testing.T) {
+	g := newFakeGateway(t)
+	c := newTestClient(t, testConfig(g.srv.URL, nil))
+	_, err := c.Acquire(t.Context(), time.Hour)
+	require.NoError(t, err)
+
+	var wg sync.WaitGroup
+	errs := make([]error, 16)
+	for i := range errs {
+		wg.Go(func() { errs[i] = c.Close(t.Context()) })
+	}
+	wg.Wait()
+	for _, err := range errs {
+		assert.NoError(t, err)
+	}
+	assert.Equal(t, []string{"s1"}, g.deleted())
+
+	idle := newTestClient(t, testConfig(g.srv.URL, nil))
+	require.NoError(t, idle.Close(t.Context()))
+	_, err = idle.Store("ds_1").Get(t.Context(), "a/0")
+	assert.ErrorIs(t, err, ErrClosed)
+	assert.Len(t, g.deleted(), 1, "nothing to delete without a session")
+}
+
+func TestCloseHonoursContext(t *testing.T) {
+	g := newFakeGateway(t)
+	g.deleteStatus = []int{500, 500, 500, 500}
+	cfg := testConfig(g.srv.URL, nil)
+	cfg.CloseBackoff = []time.Duration{time.Minute}
+	c := newTestClient(t, cfg)
+	_, err := c.Acquire(t.Context(), time.Hour)
+	require.NoError(t, err)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err = c.Close(ctx)
+	assert.Less(t, time.Since(start), 2*time.Second)
+	require.Error(t, err)
+	_, err = c.Store("ds_1").Get(t.Context(), "a/0")
+	assert.ErrorIs(t, err, ErrClosed)
+}
+
+func TestUnauthorizedRenewsOnceForConcurrentCallers(t *testing.T) {
+	const callers = 64
+	g := newFakeGateway(t)
+	var arrived atomic.Int32
+	allIn := make(chan struct{})
+	g.zarrAuth = func(sid string) int {
+		if sid != "s1" {
+			return 0
+		}
+		// Hold every first request until all callers sent theirs, so that all
+		// of them see the 401 together.
+		if arrived.Add(1) == callers {
+			close(allIn)
+		}
+		select {
+		case <-allIn:
+		case <-time.After(5 * time.Second):
+		}
+		return http.StatusUnauthorized
+	}
+	g.zarr = func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("chunk " + r.URL.Path))
+	}
+	c := newTestClient(t, testConfig(g.srv.URL, nil))
+	_, err := c.Acquire(t.Context(), time.Hour)
+	require.NoError(t, err)
+
+	st := c.Store("ds_1")
+	var wg sync.WaitGroup
+	errs := make([]error, callers)
+	bodies := make([][]byte, callers)
+	for i := range callers {
+		wg.Go(func() { bodies[i], errs[i] = st.Get(t.Context(), "u10/0."+strconv.Itoa(i)) })
+	}
+	wg.Wait()
+	for i := range callers {
+		require.NoError(t, errs[i], i)
+		assert.Equal(t, "chunk /zarr/ds_1/u10/0."+strconv.Itoa(i), string(bodies[i]))
+	}
+	assert.Equal(t, int32(2), g.acquires.Load(), "exactly one renewal")
+	assert.Equal(t, "s2", c.Info().ID)
+	assert.Equal(t, int32(2*callers), g.zarrReqs.Load(), "each request retried exactly once")
+	require.Eventually(t, func() bool { return len(g.deleted()) == 1 }, time.Second, 5*time.Millisecond)
+	assert.Equal(t, []string{"s1"}, g.deleted())
+
+	// A late caller with the replaced id does not renew again.
+	require.NoError(t, c.recoverUnauthorized(t.Context(), "s1"))
+	assert.Equal(t, int32(2), g.acquires.Load())
+}
+
+func TestSecondUnauthorizedIsPermission(t *testing.T) {
+	g := newFakeGateway(t)
+	g.zarrAuth = func(string) int { return http.StatusUnauthorized }
+	var logs logBuffer
+	c := newTestClient(t, testConfig(g.srv.URL, &logs))
+	_, err := c.Acquire(t.Context(), time.Hour)
+	require.NoError(t, err)
+
+	_, err = c.Store("ds_1").Get(t.Context(), "a/0")
+	require.Error(t, err)
+	assert.ErrorIs(t, err, fs.ErrPermission)
+	assert.False(t, errors.Is(err, fs.ErrNotExist))
+	assert.Contains(t, err.Error(), "Session ID required")
+	assert.Equal(t, int32(2), g.acquires.Load(), "one renewal, then the auth error")
+	assert.Equal(t, int32(2), g.zarrReqs.Load())
+	assert.NotContains(t, err.Error(), testToken)
+	assert.NotContains(t, logs.String(), testToken)
+}
+
+func TestUnauthorizedAndRenewalRefused(t *testing.T) {
+	var acquires atomic.Int32
+	srv := newHandlerServer(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/session/" {
+			if acquires.Add(1) == 1 {
+				writeJSON(w, 200, map[string]any{"id": "s1", "end_time": time.Now().Add(time.Hour)})
+				return
+			}
+			writeJSON(w, 403, map[string]string{"detail": "token revoked"})
+			return
+		}
+		writeJSON(w, 401, map[string]string{"detail": "Session expired"})
+	})
+	c := newTestClient(t, testConfig(srv, nil))
+	_, err := c.Acquire(t.Context(), time.Hour)
+	require.NoError(t, err)
+	_, err = c.Store("ds_1").Get(t.Context(), "a/0")
+	assert.ErrorIs(t, err, fs.ErrPermission)
+	assert.Contains(t, err.Error(), "token revoked")
+	assert.Equal(t, int32(2), acquires.Load())
+}

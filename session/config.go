@@ -1,0 +1,251 @@
+// Package session is the Datamesh HTTP client: configuration, auth headers,
+// retries, the datasource catalog, the session lifecycle (acquire, renew,
+// close) and read access to the Zarr keys of a datasource.
+//
+// It knows nothing of Zarr trees or FUSE. Errors are *Error values that match
+// io/fs sentinels through errors.Is, so callers map them without string
+// matching. The token never appears in errors, logs or formatted values.
+package session
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Defaults, as the official clients use them.
+const (
+	DefaultService          = "https://datamesh.oceanum.io"
+	DefaultConnectTimeout   = 3050 * time.Millisecond
+	DefaultReadTimeout      = 10 * time.Second
+	DefaultChunkReadTimeout = 60 * time.Second
+	DefaultMaxRetries       = 8
+	DefaultRetryBase        = 100 * time.Millisecond
+	DefaultRetryMaxElapsed  = 60 * time.Second
+)
+
+// DefaultCloseBackoff is the wait before each retry of a failed session close.
+var DefaultCloseBackoff = []time.Duration{time.Second, 2 * time.Second, 4 * time.Second}
+
+// Environment variable names, the same as the official clients.
+const (
+	EnvToken            = "DATAMESH_TOKEN"
+	EnvService          = "DATAMESH_SERVICE"
+	EnvGateway          = "DATAMESH_GATEWAY"
+	EnvConnectTimeout   = "DATAMESH_CONNECT_TIMEOUT"
+	EnvReadTimeout      = "DATAMESH_READ_TIMEOUT"
+	EnvChunkReadTimeout = "DATAMESH_CHUNK_READ_TIMEOUT"
+)
+
+// ErrNoToken means no Datamesh token was configured.
+var ErrNoToken = errors.New("no Datamesh token: set " + EnvToken + " or pass a token file")
+
+// Config configures a Client. Zero fields take the defaults above.
+//
+// Config formats (fmt, slog) with the token redacted; marshalled to JSON it
+// leaves the token out.
+type Config struct {
+	Token            string `json:"-"` // never printed
+	Service, Gateway string // base URLs without trailing slash; Gateway "" = Service
+
+	ConnectTimeout   time.Duration // TCP connect (and TLS handshake)
+	ReadTimeout      time.Duration // whole request for API calls and metadata keys
+	ChunkReadTimeout time.Duration // whole request for chunk keys
+
+	MaxRetries      int             // retries after the first try; default 8, negative = none
+	RetryBase       time.Duration   // first backoff, doubled each retry; default 100ms
+	RetryMaxElapsed time.Duration   // no retry starts after this long; default 60s
+	CloseBackoff    []time.Duration // waits between session close tries; default 1s,2s,4s
+
+	Logger *slog.Logger // nil = discard
+}
+
+// ConfigFromEnv reads the DATAMESH_* variables through getenv and fills the
+// defaults. Timeouts are seconds as floats, like the Python client. A missing
+// token is not an error here (New reports it), so a token file can still
+// supply it.
+func ConfigFromEnv(getenv func(string) string) (Config, error) {
+	cfg := Config{
+		Token:   strings.TrimSpace(getenv(EnvToken)),
+		Service: strings.TrimSpace(getenv(EnvService)),
+		Gateway: strings.TrimSpace(getenv(EnvGateway)),
+	}
+	for _, v := range []struct {
+		name string
+		dst  *time.Duration
+	}{
+		{EnvConnectTimeout, &cfg.ConnectTimeout},
+		{EnvReadTimeout, &cfg.ReadTimeout},
+		{EnvChunkReadTimeout, &cfg.ChunkReadTimeout},
+	} {
+		raw := strings.TrimSpace(getenv(v.name))
+		if raw == "" {
+			continue
+		}
+		d, err := parseSeconds(raw)
+		if err != nil {
+			return Config{}, fmt.Errorf("%s=%q: %w", v.name, raw, err)
+		}
+		*v.dst = d
+	}
+	cfg.fillDefaults()
+	return cfg, nil
+}
+
+func parseSeconds(s string) (time.Duration, error) {
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		return 0, errors.New("want a number of seconds, like 10 or 3.05")
+	}
+	if f <= 0 || f > 24*3600 {
+		return 0, errors.New("want seconds greater than 0 and at most 86400")
+	}
+	return time.Duration(f * float64(time.Second)), nil
+}
+
+// ReadTokenFile returns the token stored in path, surrounding whitespace
+// trimmed. Its errors never quote the file's content.
+func ReadTokenFile(path string) (string, error) {
+	const maxTokenFile = 64 << 10
+	st, err := os.Stat(path)
+	if err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	if !st.Mode().IsRegular() && st.Mode()&os.ModeNamedPipe == 0 {
+		return "", fmt.Errorf("token file %s: not a regular file", path)
+	}
+	if st.Size() > maxTokenFile {
+		return "", fmt.Errorf("token file %s: %d bytes, too large for a token", path, st.Size())
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", fmt.Errorf("token file %s is empty", path)
+	}
+	if err := checkToken(tok); err != nil {
+		return "", fmt.Errorf("token file %s: %w", path, err)
+	}
+	return tok, nil
+}
+
+// checkToken rejects tokens that cannot go in an HTTP header. The message
+// never includes the token.
+func checkToken(tok string) error {
+	for i := 0; i < len(tok); i++ {
+		if c := tok[i]; c < 0x20 || c == 0x7f {
+			return fmt.Errorf("token contains a control character at byte %d", i)
+		}
+	}
+	return nil
+}
+
+func (c *Config) fillDefaults() {
+	c.Service = strings.TrimRight(c.Service, "/")
+	c.Gateway = strings.TrimRight(c.Gateway, "/")
+	if c.Service == "" {
+		c.Service = DefaultService
+	}
+	if c.Gateway == "" {
+		c.Gateway = c.Service
+	}
+	if c.ConnectTimeout <= 0 {
+		c.ConnectTimeout = DefaultConnectTimeout
+	}
+	if c.ReadTimeout <= 0 {
+		c.ReadTimeout = DefaultReadTimeout
+	}
+	if c.ChunkReadTimeout <= 0 {
+		c.ChunkReadTimeout = DefaultChunkReadTimeout
+	}
+	switch {
+	case c.MaxRetries == 0:
+		c.MaxRetries = DefaultMaxRetries
+	case c.MaxRetries < 0:
+		c.MaxRetries = 0
+	}
+	if c.RetryBase <= 0 {
+		c.RetryBase = DefaultRetryBase
+	}
+	if c.RetryMaxElapsed <= 0 {
+		c.RetryMaxElapsed = DefaultRetryMaxElapsed
+	}
+	if c.CloseBackoff == nil {
+		c.CloseBackoff = append([]time.Duration(nil), DefaultCloseBackoff...)
+	}
+}
+
+func (c *Config) validate() error {
+	if c.Token == "" {
+		return ErrNoToken
+	}
+	if err := checkToken(c.Token); err != nil {
+		return err
+	}
+	for _, b := range []struct{ name, url string }{{"service", c.Service}, {"gateway", c.Gateway}} {
+		u, err := url.Parse(b.url)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("%s URL %q: want http(s)://host[/path]", b.name, redactURL(b.url))
+		}
+		if u.RawQuery != "" || u.Fragment != "" {
+			return fmt.Errorf("%s URL %q: must not have a query or fragment", b.name, redactURL(b.url))
+		}
+	}
+	return nil
+}
+
+const redacted = "REDACTED"
+
+func (c Config) tokenMark() string {
+	if c.Token == "" {
+		return ""
+	}
+	return redacted
+}
+
+// String describes c with the token redacted.
+func (c Config) String() string {
+	return fmt.Sprintf("session.Config{Token:%s Service:%s Gateway:%s ConnectTimeout:%s ReadTimeout:%s ChunkReadTimeout:%s MaxRetries:%d RetryBase:%s RetryMaxElapsed:%s CloseBackoff:%v}",
+		c.tokenMark(), redactURL(c.Service), redactURL(c.Gateway), c.ConnectTimeout, c.ReadTimeout,
+		c.ChunkReadTimeout, c.MaxRetries, c.RetryBase, c.RetryMaxElapsed, c.CloseBackoff)
+}
+
+// GoString is String: %#v must not print the token either.
+func (c Config) GoString() string { return c.String() }
+
+// Format makes every verb (%v, %+v, %#v, %s, %d, ...) print String.
+func (c Config) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(c.String())) }
+
+// LogValue logs c without the token.
+func (c Config) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("token", c.tokenMark()),
+		slog.String("service", redactURL(c.Service)),
+		slog.String("gateway", redactURL(c.Gateway)),
+		slog.Duration("connect_timeout", c.ConnectTimeout),
+		slog.Duration("read_timeout", c.ReadTimeout),
+		slog.Duration("chunk_read_timeout", c.ChunkReadTimeout),
+	)
+}
+
+// redactURL drops user info, query and fragment: only scheme, host and path
+// may appear in messages.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	u.User = nil
+	u.RawQuery = ""
+	u.ForceQuery = false
+	u.Fragment = ""
+	u.RawFragment = ""
+	return u.String()
+}

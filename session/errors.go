@@ -1,0 +1,103 @@
+package session
+
+import (
+	"encoding/json"
+	"errors"
+	"io/fs"
+	"net/http"
+	"strconv"
+	"strings"
+)
+
+var (
+	// ErrClosed is the cause of every request made after Close.
+	ErrClosed = errors.New("datamesh session closed")
+	// ErrNoSession is the cause of a zarr request made before Acquire.
+	ErrNoSession = errors.New("no datamesh session: Acquire one first")
+	// ErrGone matches a 410 answer: the datasource no longer exists.
+	ErrGone = errors.New("datamesh datasource gone")
+)
+
+// Error is every failure of a Datamesh request.
+//
+// errors.Is(err, fs.ErrNotExist) is true for 404 and 410,
+// errors.Is(err, fs.ErrPermission) for 401 and 403 (after the session renewal
+// retry), errors.Is(err, ErrGone) for 410. Timeouts, 5xx and transport errors
+// match none of them; their cause is in Err (context.DeadlineExceeded,
+// context.Canceled, a net error, ...).
+type Error struct {
+	Op     string // what the client was doing: "get", "head", "list", "acquire session", ...
+	Method string
+	URL    string // scheme, host and path only: no query, no credentials
+	Status int    // HTTP status of the last answer; 0 if none
+	Detail string // the server's {"detail": ...}, if any
+	Err    error  // underlying cause when there was no answer or it was unusable
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString("datamesh ")
+	b.WriteString(e.Op)
+	if e.Method != "" {
+		b.WriteString(" ")
+		b.WriteString(e.Method)
+	}
+	if e.URL != "" {
+		b.WriteString(" ")
+		b.WriteString(e.URL)
+	}
+	if e.Status != 0 {
+		b.WriteString(": ")
+		b.WriteString(strconv.Itoa(e.Status))
+		if text := http.StatusText(e.Status); text != "" {
+			b.WriteString(" ")
+			b.WriteString(text)
+		}
+	}
+	if e.Detail != "" {
+		b.WriteString(": ")
+		b.WriteString(e.Detail)
+	}
+	if e.Err != nil {
+		b.WriteString(": ")
+		b.WriteString(e.Err.Error())
+	}
+	return b.String()
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Is maps HTTP statuses to the io/fs sentinels and ErrGone.
+func (e *Error) Is(target error) bool {
+	switch target {
+	case fs.ErrNotExist:
+		return e.Status == http.StatusNotFound || e.Status == http.StatusGone
+	case fs.ErrPermission:
+		return e.Status == http.StatusUnauthorized || e.Status == http.StatusForbidden
+	case ErrGone:
+		return e.Status == http.StatusGone
+	}
+	return false
+}
+
+// parseDetail returns the "detail" of a JSON error body: a string as is,
+// anything else (FastAPI validation lists) as compact JSON. Bounded, so a
+// huge body cannot flood a log line.
+func parseDetail(body []byte) string {
+	const maxDetail = 512
+	var doc struct {
+		Detail json.RawMessage `json:"detail"`
+	}
+	if json.Unmarshal(body, &doc) != nil || len(doc.Detail) == 0 || string(doc.Detail) == "null" {
+		return ""
+	}
+	var s string
+	if json.Unmarshal(doc.Detail, &s) != nil {
+		s = string(doc.Detail)
+	}
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > maxDetail {
+		s = s[:maxDetail] + "..."
+	}
+	return s
+}

@@ -1,0 +1,192 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"html"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+)
+
+// Store reads the Zarr keys of one datasource through the gateway, with the
+// client's current session. It satisfies zarr.Store and zarr.Lister.
+type Store struct {
+	c  *Client
+	id string
+}
+
+// Store returns the key reader of datasource id. An invalid id makes every
+// call fail.
+func (c *Client) Store(id string) *Store { return &Store{c: c, id: id} }
+
+// Get returns the whole value of key.
+func (s *Store) Get(ctx context.Context, key string) ([]byte, error) {
+	resp, err := s.request(ctx, "get", http.MethodGet, key, true)
+	if err != nil {
+		return nil, err
+	}
+	return resp.body, nil
+}
+
+// Head returns the size of key's value from its Content-Length.
+func (s *Store) Head(ctx context.Context, key string) (int64, error) {
+	resp, err := s.request(ctx, "head", http.MethodHead, key, false)
+	if err != nil {
+		return 0, err
+	}
+	if resp.size < 0 {
+		return 0, &Error{Op: "head", Method: http.MethodHead, URL: redactURL(s.keyURL(key, false)),
+			Status: resp.status, Err: errors.New("answer has no Content-Length")}
+	}
+	return resp.size, nil
+}
+
+// List returns the entries of folder prefix ("" for the root): names
+// relative to the folder, folders with a trailing "/".
+func (s *Store) List(ctx context.Context, prefix string) ([]string, error) {
+	prefix = strings.TrimSuffix(prefix, "/")
+	resp, err := s.request(ctx, "list", http.MethodGet, prefix, true)
+	if err != nil {
+		return nil, err
+	}
+	return parseListing(resp.body), nil
+}
+
+// keyURL is the gateway URL of key, or of folder key when list is set.
+func (s *Store) keyURL(key string, list bool) string {
+	u := s.c.gateway + "/zarr/" + pathEscape(s.id) + "/"
+	if key != "" {
+		u += escapeKey(key)
+		if list {
+			u += "/"
+		}
+	}
+	return u
+}
+
+// request sends one zarr request with the current session. On a 401 the
+// session is renewed once (shared with every concurrent caller that saw the
+// same session refused) and the request is retried once.
+func (s *Store) request(ctx context.Context, op, method, key string, read bool) (*response, error) {
+	list := op == "list"
+	r := request{op: op, method: method, url: s.keyURL(key, list), readBody: read,
+		timeout: s.c.cfg.ChunkReadTimeout}
+	if list || isMetadataKey(key) {
+		r.timeout = s.c.cfg.ReadTimeout
+	}
+	if err := checkID(s.id); err != nil {
+		return nil, s.c.errorFor(r, 0, "", err)
+	}
+	if err := checkKey(key, list); err != nil {
+		return nil, s.c.errorFor(r, 0, "", err)
+	}
+	for try := 0; ; try++ {
+		id, err := s.c.sessionID()
+		if err != nil {
+			return nil, s.c.errorFor(r, 0, "", err)
+		}
+		r.sessionID = id
+		resp, err := s.c.do(ctx, r)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case resp.status == http.StatusOK:
+			return resp, nil
+		case resp.status == http.StatusUnauthorized && try == 0:
+			if err := s.c.recoverUnauthorized(ctx, id); err != nil {
+				if ctx.Err() != nil || errors.Is(err, ErrClosed) {
+					return nil, s.c.errorFor(r, 0, "", err)
+				}
+				// The renewal's own error says why (bad token: permission;
+				// gateway down: neither).
+				return nil, fmt.Errorf("datamesh %s %s %s: session refused and not renewed: %w",
+					op, method, redactURL(r.url), err)
+			}
+			continue
+		}
+		return nil, s.c.statusError(r, resp)
+	}
+}
+
+// isMetadataKey tells metadata keys (short reads) from chunk keys.
+func isMetadataKey(key string) bool {
+	last := key[strings.LastIndexByte(key, '/')+1:]
+	return strings.HasPrefix(last, ".") || last == "zarr.json"
+}
+
+// checkKey rejects keys that would address something outside the store.
+func checkKey(key string, list bool) error {
+	if key == "" {
+		if list {
+			return nil
+		}
+		return errors.New("empty key")
+	}
+	for _, seg := range strings.Split(key, "/") {
+		switch seg {
+		case "":
+			return fmt.Errorf("key %q: empty path segment", key)
+		case ".", "..":
+			return fmt.Errorf("key %q: %q segment not allowed", key, seg)
+		}
+	}
+	return nil
+}
+
+// escapeKey percent-encodes each segment of key and keeps the "/".
+func escapeKey(key string) string {
+	segs := strings.Split(key, "/")
+	for i, seg := range segs {
+		segs[i] = pathEscape(seg)
+	}
+	return strings.Join(segs, "/")
+}
+
+func pathEscape(s string) string { return url.PathEscape(s) }
+
+var hrefAttr = regexp.MustCompile(`(?is)<a\s[^>]*?href\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))`)
+
+func hasScheme(href string, schemes ...string) bool {
+	for _, sc := range schemes {
+		if len(href) >= len(sc) && strings.EqualFold(href[:len(sc)], sc) {
+			return true
+		}
+	}
+	return false
+}
+
+// parseListing returns the hrefs of an HTML folder listing that name entries
+// of the folder itself: no parent, no absolute or query links.
+func parseListing(body []byte) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, m := range hrefAttr.FindAllSubmatch(body, -1) {
+		href := string(m[1]) + string(m[2]) + string(m[3])
+		href = html.UnescapeString(strings.TrimSpace(href))
+		if href == "" || strings.ContainsAny(href, "?#") || strings.HasPrefix(href, "/") {
+			continue
+		}
+		if strings.Contains(href, "://") || hasScheme(href, "mailto:", "javascript:", "data:") {
+			continue
+		}
+		name, err := url.PathUnescape(href)
+		if err != nil {
+			continue
+		}
+		name = strings.TrimPrefix(name, "./")
+		switch strings.TrimSuffix(name, "/") {
+		case "", ".", "..":
+			continue
+		}
+		if strings.HasPrefix(name, "../") || seen[name] {
+			continue
+		}
+		seen[name] = true
+		out = append(out, name)
+	}
+	return out
+}
