@@ -1,0 +1,200 @@
+package fs
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	iofs "io/fs"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+
+	"github.com/oceanum-dmfs/dmfs/cache"
+	"github.com/oceanum-dmfs/dmfs/zarr"
+)
+
+// metadataLoadTimeout bounds one load of a store's hierarchy; it runs
+// detached from the caller so that an interrupted `ls` does not fail the
+// others waiting on the same load.
+const metadataLoadTimeout = 2 * time.Minute
+
+// listerWindow is how long after a listing of an array's chunks a lookup of
+// an unknown chunk is taken to come from a lister (`ls -l`, `du`), which
+// stats and reads nothing, rather than from a reader.
+const listerWindow = 30 * time.Second
+
+// datasource is one mounted Zarr store: its hierarchy, loaded once and again
+// after the metadata TTL, and per-array access state for the lookup and
+// readahead policies.
+type datasource struct {
+	id    string
+	store zarr.Store
+	opt   *Options
+	load  singleflight.Group
+
+	mu       sync.Mutex
+	h        *zarr.Hierarchy
+	rootSig  []byte // the root metadata files, to notice a changed store
+	loadedAt time.Time
+	arrays   map[string]*arrayState
+}
+
+// arrayState tells readers from listers, and sequential readers from others.
+type arrayState struct {
+	listedAt time.Time // last readdir of the array's chunks
+	openedAt time.Time // last open of one of its chunks
+	lastRead string    // key (relative to the array) of the last chunk opened
+}
+
+func newDatasource(id string, store zarr.Store, opt *Options) *datasource {
+	return &datasource{id: id, store: store, opt: opt, arrays: map[string]*arrayState{}}
+}
+
+// hierarchy returns the store's tree, loading it on first use and again after
+// the metadata TTL. A failed reload keeps serving the tree already known.
+func (d *datasource) hierarchy(ctx context.Context) (*zarr.Hierarchy, error) {
+	d.mu.Lock()
+	h, fresh := d.h, d.h != nil && d.opt.now().Sub(d.loadedAt) < d.opt.MetadataTTL
+	d.mu.Unlock()
+	if fresh {
+		return h, nil
+	}
+	ch := d.load.DoChan("", func() (any, error) {
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), metadataLoadTimeout)
+		defer cancel()
+		start := d.opt.now()
+		nh, err := zarr.Open(lctx, d.id, d.store)
+		if err != nil {
+			return nil, err
+		}
+		d.install(nh)
+		d.opt.Logger.Debug("metadata loaded", "datasource", d.id, "duration", d.opt.now().Sub(start))
+		return nh, nil
+	})
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case res := <-ch:
+		if res.Err != nil {
+			if h != nil && !errors.Is(res.Err, iofs.ErrNotExist) {
+				d.opt.Logger.Warn("metadata refresh failed; serving the tree already loaded",
+					"datasource", d.id, "err", res.Err)
+				d.mu.Lock()
+				d.loadedAt = d.opt.now() // try again after another TTL
+				d.mu.Unlock()
+				return h, nil
+			}
+			return nil, fmt.Errorf("datasource %s: %w", d.id, res.Err)
+		}
+		return res.Val.(*zarr.Hierarchy), nil
+	}
+}
+
+// install swaps in a freshly loaded tree; when the store's metadata changed,
+// cached chunks of the old one are dropped.
+func (d *datasource) install(h *zarr.Hierarchy) {
+	var sig []byte
+	if root, ok := h.Folder(""); ok {
+		for _, f := range root.Files {
+			sig = append(sig, f.Name...)
+			sig = append(sig, 0)
+			sig = append(sig, f.Data...)
+		}
+	}
+	d.mu.Lock()
+	changed := d.h != nil && !bytes.Equal(sig, d.rootSig)
+	d.h, d.rootSig, d.loadedAt = h, sig, d.opt.now()
+	d.mu.Unlock()
+	if changed {
+		d.opt.Logger.Info("datasource metadata changed; dropping its cached chunks", "datasource", d.id)
+		d.opt.Cache.Invalidate(d.id + "/")
+	}
+}
+
+func (d *datasource) array(path string) *arrayState {
+	st := d.arrays[path]
+	if st == nil {
+		st = &arrayState{}
+		d.arrays[path] = st
+	}
+	return st
+}
+
+// noteListed records a readdir of an array's chunk folders.
+func (d *datasource) noteListed(arrayPath string) {
+	d.mu.Lock()
+	d.array(arrayPath).listedAt = d.opt.now()
+	d.mu.Unlock()
+}
+
+// noteOpened records that a file of the array was opened for reading.
+func (d *datasource) noteOpened(arrayPath string) {
+	d.mu.Lock()
+	d.array(arrayPath).openedAt = d.opt.now()
+	d.mu.Unlock()
+}
+
+// listing reports whether lookups in the array now come from a lister: its
+// chunks were listed recently and none has been opened since.
+func (d *datasource) listerActive(arrayPath string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := d.array(arrayPath)
+	return !st.listedAt.IsZero() && d.opt.now().Sub(st.listedAt) < listerWindow &&
+		!st.openedAt.After(st.listedAt)
+}
+
+// cacheKey names a chunk in the shared cache.
+func (d *datasource) cacheKey(key string) string { return d.id + "/" + key }
+
+func (d *datasource) fetcher(key string) cache.FetchFunc {
+	return func(ctx context.Context) ([]byte, error) {
+		start := d.opt.now()
+		b, err := d.store.Get(ctx, key)
+		d.opt.Logger.Debug("fetch", "datasource", d.id, "key", key, "size", len(b),
+			"duration", d.opt.now().Sub(start), "err", err)
+		return b, err
+	}
+}
+
+// chunkSize answers a lookup of a chunk: from what is known, else with one
+// request that fits the caller — a HEAD for a lister, a GET (into the cache)
+// for a reader, who is about to open it.
+func (d *datasource) chunkSize(ctx context.Context, arrayPath, key string) (int64, error) {
+	ck := d.cacheKey(key)
+	switch size, state := d.opt.Cache.Stat(ck); state {
+	case cache.StatPresent, cache.StatSized:
+		return size, nil
+	case cache.StatMissing:
+		return 0, fmt.Errorf("chunk %s/%s: %w", d.id, key, iofs.ErrNotExist)
+	}
+	if d.listerActive(arrayPath) {
+		return d.opt.Cache.SizeOrHead(ctx, ck, func(ctx context.Context) (int64, error) {
+			return d.store.Head(ctx, key)
+		})
+	}
+	b, err := d.opt.Cache.GetOrFetch(ctx, ck, d.fetcher(key))
+	return int64(len(b)), err
+}
+
+// readChunk returns a chunk's bytes for an open file, and starts readahead
+// when the array is being read in key order.
+func (d *datasource) readChunk(ctx context.Context, arr *zarr.Array, rel string) ([]byte, error) {
+	key := joinKey(arr.Path, rel)
+	d.mu.Lock()
+	st := d.array(arr.Path)
+	prev := st.lastRead
+	st.lastRead, st.openedAt = rel, d.opt.now()
+	d.mu.Unlock()
+	if d.opt.Readahead > 0 && prev != "" && prev != rel {
+		if next := arr.ChunkKeysAfter(prev, 1); len(next) == 1 && next[0] == rel {
+			for _, k := range arr.ChunkKeysAfter(rel, d.opt.Readahead) {
+				full := joinKey(arr.Path, k)
+				d.opt.Cache.Prefetch(d.cacheKey(full), d.fetcher(full))
+			}
+		}
+	}
+	return d.opt.Cache.GetOrFetch(ctx, d.cacheKey(key), d.fetcher(key))
+}

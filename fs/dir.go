@@ -1,0 +1,225 @@
+package fs
+
+import (
+	"context"
+	"sort"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/oceanum-dmfs/dmfs/zarr"
+)
+
+// dirNode is a folder of a datasource's store: the datasource itself, a
+// group, an array, an implicit folder, or a folder of chunk keys inside an
+// array (nested `/` keys, v3 `c/...`). It holds only its path; what it
+// contains is read from the datasource's current hierarchy on every call.
+type dirNode struct {
+	gofs.Inode
+	readOnly
+	ds   *datasource
+	path string // store path of this folder, "" for the datasource root
+	// chunks is set for folders inside an array's chunk keys: the array's
+	// path and this folder's path relative to it.
+	chunks    bool
+	arrayPath string
+	chunkRel  string
+}
+
+var (
+	_ gofs.NodeLookuper  = (*dirNode)(nil)
+	_ gofs.NodeReaddirer = (*dirNode)(nil)
+	_ gofs.NodeGetattrer = (*dirNode)(nil)
+)
+
+// Getattr reports a directory.
+func (n *dirNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	n.ds.opt.dirAttr(&out.Attr)
+	out.Attr.Ino = n.StableAttr().Ino
+	return 0
+}
+
+func (n *dirNode) fullPath(name string) string { return n.ds.id + "/" + joinKey(n.path, name) }
+
+// listing is a folder resolved in the current hierarchy: its metadata files
+// and child folders (ordinary folders only), then the chunk level it shows,
+// if any, and the inode numbers of its entries in that order.
+type listing struct {
+	folder    *zarr.Folder
+	arr       *zarr.Array
+	chunks    zarr.ChunkFolder
+	hasChunks bool
+	nfixed    int64 // files + children
+	inoBase   uint64
+}
+
+func (l *listing) len() int64 {
+	n := l.nfixed
+	if l.hasChunks {
+		n += l.chunks.Len()
+	}
+	return n
+}
+
+func (n *dirNode) resolve(ctx context.Context) (*listing, syscall.Errno) {
+	h, err := n.ds.hierarchy(ctx)
+	if err != nil {
+		return nil, errnoOf(n.ds.opt.Logger, "metadata", n.ds.id, err)
+	}
+	l := &listing{}
+	if n.chunks {
+		af, ok := h.Folder(n.arrayPath)
+		if !ok || af.Array == nil {
+			return nil, syscall.ENOENT
+		}
+		l.arr = af.Array
+		if l.chunks, ok = af.Array.ChunkFolder(n.chunkRel); !ok {
+			return nil, syscall.ENOENT
+		}
+		l.hasChunks = true
+	} else {
+		folder, ok := h.Folder(n.path)
+		if !ok {
+			return nil, syscall.ENOENT
+		}
+		l.folder, l.arr = folder, folder.Array
+		l.nfixed = int64(len(folder.Files) + len(folder.Children))
+		if folder.Array != nil {
+			l.chunks, l.hasChunks = folder.Array.ChunkFolder("")
+		}
+	}
+	l.inoBase = n.ds.opt.inodes.base(n.ds.id+"/"+n.path, uint64(l.len()))
+	return l, 0
+}
+
+// Lookup finds a metadata file, a child folder or a chunk.
+func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	l, errno := n.resolve(ctx)
+	if errno != 0 {
+		return nil, errno
+	}
+	opt := n.ds.opt
+	if f := l.folder; f != nil {
+		if i := sort.Search(len(f.Files), func(i int) bool { return f.Files[i].Name >= name }); i < len(f.Files) && f.Files[i].Name == name {
+			data := f.Files[i].Data
+			ino := l.inoBase + uint64(i)
+			opt.fileAttr(&out.Attr, int64(len(data)))
+			out.Attr.Ino = ino
+			meta := &metaFile{opt: opt, data: data}
+			if l.arr != nil {
+				meta.ds, meta.arrayPath = n.ds, l.arr.Path
+			}
+			return n.NewInode(ctx, meta, gofs.StableAttr{Mode: fuse.S_IFREG, Ino: ino}), 0
+		}
+		if i := sort.SearchStrings(f.Children, name); i < len(f.Children) && f.Children[i] == name {
+			child := &dirNode{ds: n.ds, path: joinKey(n.path, name)}
+			return n.newDir(ctx, child, l.inoBase+uint64(len(f.Files)+i), out), 0
+		}
+	}
+	if !l.hasChunks {
+		return nil, syscall.ENOENT
+	}
+	idx, ok := l.chunks.Index(name)
+	if !ok {
+		return nil, syscall.ENOENT
+	}
+	ino := l.inoBase + uint64(l.nfixed+idx)
+	rel := joinKey(n.chunkRel, name)
+	if l.chunks.Dirs() {
+		child := &dirNode{ds: n.ds, path: joinKey(n.path, name), chunks: true, arrayPath: l.arr.Path, chunkRel: rel}
+		return n.newDir(ctx, child, ino, out), 0
+	}
+	key := joinKey(l.arr.Path, rel)
+	size, err := n.ds.chunkSize(ctx, l.arr.Path, key)
+	if err != nil {
+		return nil, errnoOf(opt.Logger, "lookup", n.fullPath(name), err)
+	}
+	opt.fileAttr(&out.Attr, size)
+	out.Attr.Ino = ino
+	child := &chunkFile{ds: n.ds, arrayPath: l.arr.Path, rel: rel, size: size}
+	return n.NewInode(ctx, child, gofs.StableAttr{Mode: fuse.S_IFREG, Ino: ino}), 0
+}
+
+func (n *dirNode) newDir(ctx context.Context, child *dirNode, ino uint64, out *fuse.EntryOut) *gofs.Inode {
+	n.ds.opt.dirAttr(&out.Attr)
+	out.Attr.Ino = ino
+	return n.NewInode(ctx, child, gofs.StableAttr{Mode: fuse.S_IFDIR, Ino: ino})
+}
+
+// Readdir lists metadata files, child folders, then chunk names computed
+// from the grid, lazily: an array of millions of chunks is never built as a
+// list, and listing costs no request.
+func (n *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	l, errno := n.resolve(ctx)
+	if errno != 0 {
+		return nil, errno
+	}
+	s := &dirStream{l: l}
+	if f := l.folder; f != nil {
+		for _, file := range f.Files {
+			s.fixed = append(s.fixed, fuse.DirEntry{Name: file.Name, Mode: fuse.S_IFREG})
+		}
+		for _, c := range f.Children {
+			s.fixed = append(s.fixed, fuse.DirEntry{Name: c, Mode: fuse.S_IFDIR})
+		}
+	}
+	if l.hasChunks {
+		s.nchunks = l.chunks.Len()
+		s.chunkMode = fuse.S_IFREG
+		if l.chunks.Dirs() {
+			s.chunkMode = fuse.S_IFDIR
+		} else {
+			n.ds.noteListed(l.arr.Path)
+		}
+	}
+	return s, 0
+}
+
+// dirStream yields fixed entries, then chunk names by index.
+type dirStream struct {
+	l         *listing
+	fixed     []fuse.DirEntry
+	nchunks   int64
+	chunkMode uint32
+	pos       int64 // next entry: fixed first, then chunks
+}
+
+var (
+	_ gofs.DirStream        = (*dirStream)(nil)
+	_ gofs.FileReaddirenter = (*dirStream)(nil)
+	_ gofs.FileSeekdirer    = (*dirStream)(nil)
+)
+
+func (s *dirStream) HasNext() bool { return s.pos < int64(len(s.fixed))+s.nchunks }
+
+func (s *dirStream) Next() (fuse.DirEntry, syscall.Errno) {
+	var e fuse.DirEntry
+	if s.pos < int64(len(s.fixed)) {
+		e = s.fixed[s.pos]
+	} else {
+		e = fuse.DirEntry{Name: s.l.chunks.Name(s.pos - int64(len(s.fixed))), Mode: s.chunkMode}
+	}
+	e.Ino = s.l.inoBase + uint64(s.pos)
+	s.pos++
+	e.Off = uint64(s.pos)
+	return e, 0
+}
+
+func (s *dirStream) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+	if !s.HasNext() {
+		return nil, 0
+	}
+	e, errno := s.Next()
+	return &e, errno
+}
+
+func (s *dirStream) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+	if off > uint64(int64(len(s.fixed))+s.nchunks) {
+		return syscall.EINVAL
+	}
+	s.pos = int64(off)
+	return 0
+}
+
+func (s *dirStream) Close() {}

@@ -1,0 +1,142 @@
+// Package fs maps Datamesh datasources to a read-only FUSE tree: the root
+// lists datasources, each datasource directory is its Zarr store (groups,
+// arrays, metadata files, chunk files fetched lazily through the cache).
+// It is the only package that imports go-fuse or speaks errno.
+package fs
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/oceanum-dmfs/dmfs/cache"
+	"github.com/oceanum-dmfs/dmfs/zarr"
+)
+
+// Catalog is what the filesystem needs to know about datasources. The
+// command wires it to the Datamesh client.
+type Catalog interface {
+	// Datasources lists the ids the mount shows at its root.
+	Datasources(ctx context.Context) ([]string, error)
+	// Datasource checks that id exists (an error matching fs.ErrNotExist if
+	// not), for ids looked up by path but not listed.
+	Datasource(ctx context.Context, id string) error
+	// Store gives read access to one datasource's Zarr keys.
+	Store(id string) zarr.Store
+}
+
+// Options configure the tree.
+type Options struct {
+	Catalog Catalog
+	Cache   *cache.Cache
+	// Readahead is how many chunks that follow a sequentially read chunk are
+	// fetched in the background (0 disables).
+	Readahead int
+	// MetadataTTL is how long the catalog and each store's metadata are
+	// trusted before they are fetched again; also the kernel's entry and
+	// attribute timeout.
+	MetadataTTL time.Duration
+	Logger      *slog.Logger
+	UID, GID    uint32
+	// now is the clock, for tests.
+	now     func() time.Time
+	started time.Time
+	inodes  *inodeNumbers
+}
+
+// MountOptions are the go-fuse mount settings dmfs exposes.
+type MountOptions struct {
+	AllowOther bool
+	Debug      bool
+	// DirectMount calls mount(2) directly (root); otherwise fusermount3.
+	DirectMount bool
+}
+
+func (o *Options) fill() {
+	if o.MetadataTTL <= 0 {
+		o.MetadataTTL = 5 * time.Minute
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.now == nil {
+		o.now = time.Now
+	}
+	o.started = o.now()
+	o.inodes = &inodeNumbers{}
+}
+
+// Mount mounts root at mountpoint read-only and starts serving. The returned
+// server's Wait returns when the filesystem is unmounted, from inside or out.
+func Mount(mountpoint string, root *Root, mo MountOptions) (*fuse.Server, error) {
+	ttl := root.opt.MetadataTTL
+	opts := &gofs.Options{
+		EntryTimeout:    &ttl,
+		AttrTimeout:     &ttl,
+		NegativeTimeout: &ttl,
+		UID:             root.opt.UID,
+		GID:             root.opt.GID,
+		MountOptions: fuse.MountOptions{
+			FsName:      "dmfs",
+			Name:        "dmfs",
+			Options:     []string{"ro", "default_permissions"},
+			AllowOther:  mo.AllowOther,
+			Debug:       mo.Debug,
+			DirectMount: mo.DirectMount,
+			// READDIRPLUS would look up every entry of a listing, and a
+			// chunk lookup may cost a request: plain `ls` must cost none.
+			DisableReadDirPlus: true,
+			MaxReadAhead:       1 << 20,
+			MaxBackground:      64,
+			// Many readers of one chunk (dask threads) should not queue.
+			MaxWrite: 1 << 20,
+		},
+	}
+	return gofs.Mount(mountpoint, root, opts)
+}
+
+// inodeNumbers hands out inode numbers: each directory gets a contiguous
+// range, one number per entry in listing order, kept for the mount's life.
+// Numbers follow key order on purpose: cp, tar and find sort entries by
+// inode number before reading them, and reading chunks in key order is what
+// lets readahead work.
+type inodeNumbers struct {
+	mu     sync.Mutex
+	next   uint64
+	ranges map[string]inodeRange
+}
+
+type inodeRange struct{ base, n uint64 }
+
+// base returns the first inode number of the directory key with n entries;
+// a directory that grew gets a fresh range.
+func (a *inodeNumbers) base(key string, n uint64) uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if r, ok := a.ranges[key]; ok && r.n >= n {
+		return r.base
+	}
+	if a.ranges == nil {
+		a.ranges = map[string]inodeRange{}
+		a.next = 2 // 1 is the root's
+	}
+	r := inodeRange{base: a.next, n: n}
+	a.next += n + 1
+	a.ranges[key] = r
+	return r.base
+}
+
+// joinKey joins a folder path and a relative name with "/", as Zarr keys are.
+func joinKey(dir, name string) string {
+	if dir == "" {
+		return name
+	}
+	if name == "" {
+		return dir
+	}
+	return dir + "/" + name
+}

@@ -1,0 +1,456 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	iofs "io/fs"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/oceanum-dmfs/dmfs/cache"
+	"github.com/oceanum-dmfs/dmfs/zarr"
+)
+
+// memStore is an in-memory Zarr store that counts requests.
+type memStore struct {
+	mu    sync.Mutex
+	keys  map[string][]byte
+	gets  map[string]int
+	heads map[string]int
+	err   error // returned for every chunk request when set
+}
+
+func newMemStore(keys map[string]string) *memStore {
+	s := &memStore{keys: map[string][]byte{}, gets: map[string]int{}, heads: map[string]int{}}
+	for k, v := range keys {
+		s.keys[k] = []byte(v)
+	}
+	return s
+}
+
+func (s *memStore) Get(ctx context.Context, key string) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.gets[key]++
+	if s.err != nil && !strings.HasPrefix(key, ".z") {
+		return nil, s.err
+	}
+	b, ok := s.keys[key]
+	if !ok {
+		return nil, fmt.Errorf("key %s: %w", key, iofs.ErrNotExist)
+	}
+	return b, nil
+}
+
+func (s *memStore) Head(ctx context.Context, key string) (int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.heads[key]++
+	if s.err != nil {
+		return 0, s.err
+	}
+	b, ok := s.keys[key]
+	if !ok {
+		return 0, fmt.Errorf("key %s: %w", key, iofs.ErrNotExist)
+	}
+	return int64(len(b)), nil
+}
+
+func (s *memStore) counts() (gets, heads int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, n := range s.gets {
+		gets += n
+	}
+	for _, n := range s.heads {
+		heads += n
+	}
+	return gets, heads
+}
+
+// memCatalog serves memStores.
+type memCatalog struct {
+	listed  []string
+	hidden  []string // reachable by id, not listed
+	stores  map[string]*memStore
+	lookups int
+}
+
+func (c *memCatalog) Datasources(ctx context.Context) ([]string, error) { return c.listed, nil }
+
+func (c *memCatalog) Datasource(ctx context.Context, id string) error {
+	c.lookups++
+	for _, h := range append(append([]string{}, c.listed...), c.hidden...) {
+		if h == id {
+			return nil
+		}
+	}
+	return fmt.Errorf("datasource %s: %w", id, iofs.ErrNotExist)
+}
+
+func (c *memCatalog) Store(id string) zarr.Store { return c.stores[id] }
+
+// A small consolidated v2 store: a 4x9 int8 array in 2x3 chunks (a 2x3 grid) with
+// "." keys (one chunk absent), and a 1-d array with "/" keys.
+const zmetadata = `{
+ "metadata": {
+  ".zgroup": {"zarr_format": 2},
+  ".zattrs": {"title": "test"},
+  "grid/.zarray": {"chunks": [2, 3], "compressor": null, "dtype": "<i1", "fill_value": 0, "filters": null, "order": "C", "shape": [4, 9], "zarr_format": 2},
+  "grid/.zattrs": {"_ARRAY_DIMENSIONS": ["y", "x"]},
+  "line/.zarray": {"chunks": [2], "compressor": null, "dtype": "<i1", "fill_value": 0, "filters": null, "order": "C", "shape": [6], "zarr_format": 2, "dimension_separator": "/"},
+  "line/.zattrs": {"_ARRAY_DIMENSIONS": ["z"]}
+ },
+ "zarr_consolidated_format": 1
+}`
+
+func testStore() *memStore {
+	return newMemStore(map[string]string{
+		".zmetadata": zmetadata,
+		"grid/0.0":   "aaaaaa", "grid/0.1": "bbbbbb", "grid/1.0": "cccccc", // grid/1.1 absent
+		"line/0": "xx", "line/1": "yy", "line/2": "zz",
+	})
+}
+
+type fixture struct {
+	root  *Root
+	cat   *memCatalog
+	store *memStore
+	cache *cache.Cache
+	now   time.Time
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	f := &fixture{store: testStore(), now: time.Unix(1_700_000_000, 0)}
+	f.cat = &memCatalog{listed: []string{"alpha", "beta_1"}, hidden: []string{"private-x"},
+		stores: map[string]*memStore{"alpha": f.store, "beta_1": testStore(), "private-x": testStore()}}
+	f.cache = cache.New(cache.Options{MaxBytes: 1 << 20})
+	t.Cleanup(f.cache.Close)
+	f.root = NewRoot(Options{Catalog: f.cat, Cache: f.cache, Readahead: 2, MetadataTTL: time.Minute,
+		now: func() time.Time { return f.now }})
+	gofs.NewNodeFS(f.root, &gofs.Options{}) // attaches the root inode, no mount
+	return f
+}
+
+func names(t *testing.T, s gofs.DirStream) []string {
+	t.Helper()
+	var out []string
+	for s.HasNext() {
+		e, errno := s.Next()
+		require.Zero(t, errno)
+		out = append(out, e.Name)
+	}
+	return out
+}
+
+func (f *fixture) lookup(t *testing.T, dir gofs.InodeEmbedder, path string) (*gofs.Inode, fuse.EntryOut, syscall.Errno) {
+	t.Helper()
+	var out fuse.EntryOut
+	var node *gofs.Inode
+	cur := dir
+	for _, name := range strings.Split(path, "/") {
+		var errno syscall.Errno
+		out = fuse.EntryOut{}
+		node, errno = cur.(gofs.NodeLookuper).Lookup(context.Background(), name, &out)
+		if errno != 0 {
+			return nil, out, errno
+		}
+		cur = node.Operations()
+	}
+	return node, out, 0
+}
+
+func TestRootListsCatalogAndLooksUpHiddenIDs(t *testing.T) {
+	f := newFixture(t)
+	s, errno := f.root.Readdir(context.Background())
+	require.Zero(t, errno)
+	assert.Equal(t, []string{"alpha", "beta_1"}, names(t, s))
+
+	_, _, errno = f.lookup(t, f.root, "alpha")
+	require.Zero(t, errno)
+	assert.Equal(t, 0, f.cat.lookups, "a listed id needs no request")
+
+	_, _, errno = f.lookup(t, f.root, "private-x")
+	require.Zero(t, errno)
+	assert.Equal(t, 1, f.cat.lookups)
+
+	for _, bad := range []string{"nope", "..", "UPPER", "a", ".zgroup"} {
+		_, _, errno = f.lookup(t, f.root, bad)
+		assert.Equal(t, syscall.ENOENT, errno, bad)
+	}
+	assert.Equal(t, 2, f.cat.lookups, "only the valid unknown id asks; the miss is remembered")
+	_, _, errno = f.lookup(t, f.root, "nope")
+	assert.Equal(t, syscall.ENOENT, errno)
+	assert.Equal(t, 2, f.cat.lookups)
+}
+
+func TestListingCostsOneMetadataRequest(t *testing.T) {
+	f := newFixture(t)
+	ds, _, errno := f.lookup(t, f.root, "alpha")
+	require.Zero(t, errno)
+	s, errno := ds.Operations().(*dirNode).Readdir(context.Background())
+	require.Zero(t, errno)
+	assert.Equal(t, []string{".zattrs", ".zgroup", ".zmetadata", "grid", "line"}, names(t, s))
+
+	grid, _, errno := f.lookup(t, f.root, "alpha/grid")
+	require.Zero(t, errno)
+	s, errno = grid.Operations().(*dirNode).Readdir(context.Background())
+	require.Zero(t, errno)
+	assert.Equal(t, []string{".zarray", ".zattrs", "0.0", "0.1", "0.2", "1.0", "1.1", "1.2"}, names(t, s))
+
+	line, _, errno := f.lookup(t, f.root, "alpha/line")
+	require.Zero(t, errno)
+	s, errno = line.Operations().(*dirNode).Readdir(context.Background())
+	require.Zero(t, errno)
+	assert.Equal(t, []string{".zarray", ".zattrs", "0", "1", "2"}, names(t, s))
+
+	gets, heads := f.store.counts()
+	assert.Equal(t, 1, gets, "only .zmetadata")
+	assert.Equal(t, 0, heads)
+	assert.Equal(t, 1, f.store.gets[".zmetadata"])
+}
+
+func TestMetadataFilesHaveExactSizes(t *testing.T) {
+	f := newFixture(t)
+	node, out, errno := f.lookup(t, f.root, "alpha/.zmetadata")
+	require.Zero(t, errno)
+	assert.Equal(t, uint64(len(zmetadata)), out.Attr.Size)
+	mf := node.Operations().(*metaFile)
+	_, flags, errno := mf.Open(context.Background(), syscall.O_RDONLY)
+	require.Zero(t, errno)
+	assert.NotZero(t, flags&fuse.FOPEN_KEEP_CACHE)
+	res, errno := mf.Read(context.Background(), nil, make([]byte, 1<<16), 0)
+	require.Zero(t, errno)
+	b, _ := res.Bytes(nil)
+	assert.Equal(t, zmetadata, string(b), ".zmetadata is served byte-exact")
+
+	_, out, errno = f.lookup(t, f.root, "alpha/grid/.zarray")
+	require.Zero(t, errno)
+	assert.NotZero(t, out.Attr.Size)
+	assert.Equal(t, uint32(fuse.S_IFREG|0o444), out.Attr.Mode)
+}
+
+func TestReaderPaysOneGetPerChunk(t *testing.T) {
+	f := newFixture(t)
+	node, out, errno := f.lookup(t, f.root, "alpha/grid/0.1")
+	require.Zero(t, errno)
+	assert.Equal(t, uint64(6), out.Attr.Size)
+	cf := node.Operations().(*chunkFile)
+	fh, _, errno := cf.Open(context.Background(), syscall.O_RDONLY)
+	require.Zero(t, errno)
+	res, errno := cf.Read(context.Background(), fh, make([]byte, 4), 2)
+	require.Zero(t, errno)
+	b, _ := res.Bytes(nil)
+	assert.Equal(t, "bbbb", string(b))
+	res, errno = cf.Read(context.Background(), fh, make([]byte, 4), 100)
+	require.Zero(t, errno)
+	assert.Zero(t, res.Size(), "reading past the end is empty, not an error")
+
+	assert.Equal(t, 1, f.store.gets["grid/0.1"], "lookup GETs, open reuses")
+	assert.Equal(t, 0, f.store.heads["grid/0.1"])
+
+	// A second lookup and open cost nothing.
+	_, _, errno = f.lookup(t, f.root, "alpha/grid/0.1")
+	require.Zero(t, errno)
+	assert.Equal(t, 1, f.store.gets["grid/0.1"])
+}
+
+func TestMissingChunkIsENOENTAtLookupOnce(t *testing.T) {
+	f := newFixture(t)
+	_, _, errno := f.lookup(t, f.root, "alpha/grid/1.1")
+	assert.Equal(t, syscall.ENOENT, errno)
+	_, _, errno = f.lookup(t, f.root, "alpha/grid/1.1")
+	assert.Equal(t, syscall.ENOENT, errno)
+	assert.Equal(t, 1, f.store.gets["grid/1.1"], "known missing costs nothing")
+	// Names outside the grid never reach the store.
+	for _, name := range []string{"2.0", "0.3", "0", "0.0.0", "..", "-1.0"} {
+		_, _, errno = f.lookup(t, f.root, "alpha/grid/"+name)
+		assert.Equal(t, syscall.ENOENT, errno, name)
+	}
+	gets, heads := f.store.counts()
+	assert.Equal(t, 2, gets) // .zmetadata + grid/1.1
+	assert.Equal(t, 0, heads)
+}
+
+func TestListerPaysAtMostOneHeadAndNoBody(t *testing.T) {
+	f := newFixture(t)
+	grid, _, errno := f.lookup(t, f.root, "alpha/grid")
+	require.Zero(t, errno)
+	s, errno := grid.Operations().(*dirNode).Readdir(context.Background())
+	require.Zero(t, errno)
+	want := map[string]int64{"0.0": 6, "0.1": 6, "0.2": -1, "1.0": 6, "1.1": -1, "1.2": -1}
+	for _, name := range names(t, s) {
+		size, chunk := want[name]
+		if !chunk {
+			continue
+		}
+		for range 2 { // ls -l then du: the second costs nothing
+			_, out, errno := f.lookup(t, f.root, "alpha/grid/"+name)
+			if size < 0 {
+				assert.Equal(t, syscall.ENOENT, errno, name)
+			} else {
+				require.Zero(t, errno, name)
+				assert.Equal(t, uint64(size), out.Attr.Size, name)
+			}
+		}
+	}
+	gets, heads := f.store.counts()
+	assert.Equal(t, 1, gets, "no chunk body, only .zmetadata")
+	assert.Equal(t, 6, heads, "one HEAD per chunk")
+
+	// Once a chunk is opened, the directory is being read: lookups GET.
+	node, _, _ := f.lookup(t, f.root, "alpha/grid/0.0")
+	_, _, errno = node.Operations().(*chunkFile).Open(context.Background(), syscall.O_RDONLY)
+	require.Zero(t, errno)
+	f.now = f.now.Add(time.Second)
+	assert.Equal(t, 1, f.store.gets["grid/0.0"])
+}
+
+func TestNestedChunkKeysAreDirectories(t *testing.T) {
+	f := newFixture(t)
+	for _, name := range []string{"0", "1", "2"} {
+		_, out, errno := f.lookup(t, f.root, "alpha/line/"+name)
+		require.Zero(t, errno, name)
+		assert.Equal(t, uint64(2), out.Attr.Size)
+	}
+	_, _, errno := f.lookup(t, f.root, "alpha/line/3")
+	assert.Equal(t, syscall.ENOENT, errno)
+}
+
+func TestSequentialReadsTriggerReadahead(t *testing.T) {
+	f := newFixture(t)
+	open := func(name string) {
+		node, _, errno := f.lookup(t, f.root, "alpha/grid/"+name)
+		require.Zero(t, errno, name)
+		_, _, errno = node.Operations().(*chunkFile).Open(context.Background(), syscall.O_RDONLY)
+		require.Zero(t, errno, name)
+	}
+	open("0.0")
+	open("0.1") // sequential: prefetch 0.2 (absent) and 1.0
+	require.Eventually(t, func() bool {
+		_, st := f.cache.Stat("alpha/grid/1.0")
+		return st == cache.StatPresent
+	}, 5*time.Second, 5*time.Millisecond)
+	open("1.0")
+	assert.Equal(t, 1, f.store.gets["grid/1.0"], "the prefetched chunk answers lookup and open")
+	f.store.mu.Lock()
+	assert.Equal(t, 1, f.store.gets["grid/0.2"])
+	f.store.mu.Unlock()
+}
+
+func TestErrorsMapToErrno(t *testing.T) {
+	cases := []struct {
+		err  error
+		want syscall.Errno
+	}{
+		{fmt.Errorf("x: %w", iofs.ErrNotExist), syscall.ENOENT},
+		{fmt.Errorf("x: %w", iofs.ErrPermission), syscall.EACCES},
+		{context.Canceled, syscall.EINTR},
+		{context.DeadlineExceeded, syscall.EIO},
+		{errors.New("503 after retries"), syscall.EIO},
+	}
+	for _, c := range cases {
+		f := newFixture(t)
+		f.store.err = c.err
+		_, _, errno := f.lookup(t, f.root, "alpha/grid/0.0")
+		assert.Equal(t, c.want, errno, "%v", c.err)
+	}
+}
+
+func TestMalformedMetadataIsEIO(t *testing.T) {
+	f := newFixture(t)
+	f.store.keys[".zmetadata"] = []byte(`{"metadata": {"../x/.zarray": {"shape": [-1]}}`)
+	ds, _, errno := f.lookup(t, f.root, "alpha")
+	require.Zero(t, errno)
+	_, errno = ds.Operations().(*dirNode).Readdir(context.Background())
+	assert.Equal(t, syscall.EIO, errno)
+}
+
+func TestEveryWriteIsEROFS(t *testing.T) {
+	f := newFixture(t)
+	ds, _, _ := f.lookup(t, f.root, "alpha")
+	chunk, _, _ := f.lookup(t, f.root, "alpha/grid/0.0")
+	meta, _, _ := f.lookup(t, f.root, "alpha/.zgroup")
+	ctx := context.Background()
+	for _, n := range []gofs.InodeEmbedder{f.root, ds.Operations(), chunk.Operations(), meta.Operations()} {
+		_, _, _, errno := n.(gofs.NodeCreater).Create(ctx, "new", 0, 0o644, &fuse.EntryOut{})
+		assert.Equal(t, syscall.EROFS, errno)
+		_, errno = n.(gofs.NodeMkdirer).Mkdir(ctx, "d", 0o755, &fuse.EntryOut{})
+		assert.Equal(t, syscall.EROFS, errno)
+		assert.Equal(t, syscall.EROFS, n.(gofs.NodeUnlinker).Unlink(ctx, "x"))
+		assert.Equal(t, syscall.EROFS, n.(gofs.NodeRmdirer).Rmdir(ctx, "x"))
+		assert.Equal(t, syscall.EROFS, n.(gofs.NodeRenamer).Rename(ctx, "a", n, "b", 0))
+		assert.Equal(t, syscall.EROFS, n.(gofs.NodeSetattrer).Setattr(ctx, nil, &fuse.SetAttrIn{}, &fuse.AttrOut{}))
+		assert.Equal(t, syscall.EROFS, n.(gofs.NodeSetxattrer).Setxattr(ctx, "user.x", nil, 0))
+		assert.Equal(t, syscall.EROFS, n.(gofs.NodeRemovexattrer).Removexattr(ctx, "user.x"))
+		_, errno = n.(gofs.NodeWriter).Write(ctx, nil, []byte("x"), 0)
+		assert.Equal(t, syscall.EROFS, errno)
+	}
+	for _, n := range []gofs.NodeOpener{chunk.Operations().(gofs.NodeOpener), meta.Operations().(gofs.NodeOpener)} {
+		for _, fl := range []uint32{syscall.O_WRONLY, syscall.O_RDWR, syscall.O_RDONLY | syscall.O_TRUNC} {
+			_, _, errno := n.Open(ctx, fl)
+			assert.Equal(t, syscall.EROFS, errno)
+		}
+	}
+}
+
+func TestStableInodeNumbers(t *testing.T) {
+	f := newFixture(t)
+	_, a, _ := f.lookup(t, f.root, "alpha/grid/0.0")
+	_, b, _ := f.lookup(t, f.root, "alpha/grid/0.0")
+	_, c, _ := f.lookup(t, f.root, "beta_1/grid/0.0")
+	assert.Equal(t, a.Attr.Ino, b.Attr.Ino)
+	assert.NotEqual(t, a.Attr.Ino, c.Attr.Ino)
+	inos := map[uint64]string{}
+	for _, p := range []string{"alpha", "alpha/grid", "alpha/line", "alpha/.zgroup", "alpha/grid/.zarray", "alpha/line/0"} {
+		_, out, errno := f.lookup(t, f.root, p)
+		require.Zero(t, errno, p)
+		require.NotContains(t, inos, out.Attr.Ino, p)
+		inos[out.Attr.Ino] = p
+	}
+	keys := make([]string, 0, len(inos))
+	for _, p := range inos {
+		keys = append(keys, p)
+	}
+	sort.Strings(keys)
+	assert.Len(t, keys, 6)
+}
+
+func TestCopyOpensArrayMetadataThenGetsChunksWithoutHead(t *testing.T) {
+	f := newFixture(t)
+	grid, _, errno := f.lookup(t, f.root, "alpha/grid")
+	require.Zero(t, errno)
+	s, errno := grid.Operations().(*dirNode).Readdir(context.Background())
+	require.Zero(t, errno)
+	entries := []fuse.DirEntry{}
+	for s.HasNext() {
+		e, _ := s.Next()
+		entries = append(entries, e)
+	}
+	// Inode numbers follow listing order: cp sorts by them before reading.
+	for i := 1; i < len(entries); i++ {
+		assert.Less(t, entries[i-1].Ino, entries[i].Ino)
+	}
+	f.now = f.now.Add(time.Millisecond)
+	meta, _, errno := f.lookup(t, f.root, "alpha/grid/.zarray")
+	require.Zero(t, errno)
+	_, _, errno = meta.Operations().(*metaFile).Open(context.Background(), syscall.O_RDONLY)
+	require.Zero(t, errno)
+	_, out, errno := f.lookup(t, f.root, "alpha/grid/0.0")
+	require.Zero(t, errno)
+	assert.Equal(t, entries[2].Ino, out.Attr.Ino, "lookup and readdir agree on the inode")
+	assert.Equal(t, 1, f.store.gets["grid/0.0"])
+	_, heads := f.store.counts()
+	assert.Zero(t, heads, "a copier pays no HEAD")
+}
