@@ -1,0 +1,233 @@
+package zarr
+
+import (
+	"context"
+	"fmt"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// loadV2Consolidated reads a v2 .zmetadata document. Its entries become
+// files holding their canonical JSON, the form zarr itself writes; the
+// document itself is served as fetched.
+func (b *builder) loadV2Consolidated(raw []byte) error {
+	doc, err := parseJSON(raw)
+	if err != nil {
+		return b.errorf(zmetadataKey, "%v", err)
+	}
+	if doc.kind != jsonObject {
+		return b.errorf(zmetadataKey, "not a JSON object")
+	}
+	if format, ok := doc.get("zarr_consolidated_format"); !ok {
+		return b.errorf(zmetadataKey, "no zarr_consolidated_format")
+	} else if n, ok := format.asInt64(); !ok || n != 1 {
+		return b.errorf(zmetadataKey, "unsupported zarr_consolidated_format %s", format.describe())
+	}
+	meta, ok := doc.get("metadata")
+	if !ok || meta.kind != jsonObject {
+		return b.errorf(zmetadataKey, "metadata is missing or not an object")
+	}
+	if err := b.addNode("", implicitNode, zmetadataKey, raw, nil); err != nil {
+		return err
+	}
+	for i := range meta.members {
+		key, value := meta.members[i].key, &meta.members[i].value
+		if err := b.validNodeKey(zmetadataKey+" entry", key); err != nil {
+			return err
+		}
+		dir, name := splitKey(key)
+		kind := implicitNode
+		var array *Array
+		switch name {
+		case zarrayName:
+			if array, err = parseV2Array(dir, value); err != nil {
+				return b.errorf(zmetadataKey+" entry "+key, "%v", err)
+			}
+			kind = arrayNode
+		case zgroupName:
+			if err := checkV2Group(value); err != nil {
+				return b.errorf(zmetadataKey+" entry "+key, "%v", err)
+			}
+			kind = groupNode
+		case zattrsName:
+			if value.kind != jsonObject {
+				return b.errorf(zmetadataKey+" entry "+key, "attributes are not a JSON object")
+			}
+		default:
+			// Consolidation only records the three metadata documents;
+			// anything else is not metadata this package can serve.
+			continue
+		}
+		if err := b.addNode(dir, kind, name, canonicalJSON(value), array); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// loadV2 reads a v2 hierarchy without consolidated metadata: the root
+// .zgroup (or .zarray), then the folders found by listing each group, with a
+// bounded number of requests in flight.
+func (b *builder) loadV2(ctx context.Context, s Store) error {
+	lim := make(limiter, maxParallelRequests)
+	g, ctx := errgroup.WithContext(ctx)
+	var visit func(path string, depth int, root bool) error
+	visit = func(path string, depth int, root bool) error {
+		isGroup, err := b.loadV2Node(ctx, s, lim, path, root)
+		if err != nil || !isGroup {
+			return err
+		}
+		if depth >= maxWalkDepth {
+			return b.errorf(path, "hierarchy deeper than %d levels", maxWalkDepth)
+		}
+		dirs, err := b.listDirs(ctx, s, lim, path)
+		if err != nil {
+			return err
+		}
+		for _, dir := range dirs {
+			g.Go(func() error { return visit(dir, depth+1, false) })
+		}
+		return nil
+	}
+	g.Go(func() error { return visit("", 0, true) })
+	return g.Wait()
+}
+
+// loadV2Node reads the metadata files of one folder. A folder with neither
+// .zarray nor .zgroup is not part of the hierarchy (an error at the root).
+func (b *builder) loadV2Node(ctx context.Context, s Store, lim limiter, path string, root bool) (isGroup bool, err error) {
+	arrayKey := joinKey(path, zarrayName)
+	groupKey := joinKey(path, zgroupName)
+	attrsKey := joinKey(path, zattrsName)
+	kind, file, key := arrayNode, zarrayName, arrayKey
+	data, missing, err := b.get(ctx, s, lim, arrayKey)
+	if err != nil {
+		return false, err
+	}
+	if missing {
+		kind, file, key = groupNode, zgroupName, groupKey
+		if data, missing, err = b.get(ctx, s, lim, groupKey); err != nil {
+			return false, err
+		}
+		if missing {
+			if root {
+				return false, fmt.Errorf("zarr store %q: %w", b.name, ErrNotZarr)
+			}
+			return false, nil
+		}
+	}
+	value, err := parseJSON(data)
+	if err != nil {
+		return false, b.errorf(key, "%v", err)
+	}
+	var array *Array
+	if kind == arrayNode {
+		if array, err = parseV2Array(path, &value); err != nil {
+			return false, b.errorf(key, "%v", err)
+		}
+	} else if err := checkV2Group(&value); err != nil {
+		return false, b.errorf(key, "%v", err)
+	}
+	if err := b.addNode(path, kind, file, data, array); err != nil {
+		return false, err
+	}
+	attrs, missing, err := b.get(ctx, s, lim, attrsKey)
+	if err != nil || missing {
+		return kind == groupNode, err
+	}
+	if value, err := parseJSON(attrs); err != nil {
+		return false, b.errorf(attrsKey, "%v", err)
+	} else if value.kind != jsonObject {
+		return false, b.errorf(attrsKey, "attributes are not a JSON object")
+	}
+	if err := b.addNode(path, implicitNode, zattrsName, attrs, nil); err != nil {
+		return false, err
+	}
+	return kind == groupNode, nil
+}
+
+func checkV2Group(v *jsonValue) error {
+	if v.kind != jsonObject {
+		return fmt.Errorf("group metadata is not a JSON object")
+	}
+	return checkFormat(v, 2)
+}
+
+func checkFormat(v *jsonValue, want int64) error {
+	format, ok := v.get("zarr_format")
+	if !ok {
+		return fmt.Errorf("no zarr_format")
+	}
+	if n, ok := format.asInt64(); !ok || n != want {
+		return fmt.Errorf("unsupported zarr_format %s, want %d", format.describe(), want)
+	}
+	return nil
+}
+
+// parseV2Array reads the fields of a .zarray document that locate chunks.
+func parseV2Array(path string, v *jsonValue) (*Array, error) {
+	if v.kind != jsonObject {
+		return nil, fmt.Errorf("array metadata is not a JSON object")
+	}
+	if err := checkFormat(v, 2); err != nil {
+		return nil, err
+	}
+	shape, err := intList(v, "shape", 0)
+	if err != nil {
+		return nil, err
+	}
+	chunks, err := intList(v, "chunks", 1)
+	if err != nil {
+		return nil, err
+	}
+	dtype, ok := v.get("dtype")
+	if !ok {
+		return nil, fmt.Errorf("no dtype")
+	}
+	a := &Array{Path: path, ZarrFormat: 2, Shape: shape, Chunks: chunks}
+	switch dtype.kind {
+	case jsonString:
+		a.DType = dtype.text
+	case jsonArray: // structured dtype
+		a.DType = string(compactJSON(dtype))
+	default:
+		return nil, fmt.Errorf("dtype is %s, want a string or a list", dtype.describe())
+	}
+	sep := byte('.')
+	if s, ok := v.get("dimension_separator"); ok && s.kind != jsonNull {
+		if s.kind != jsonString || (s.text != "." && s.text != "/") {
+			return nil, fmt.Errorf("dimension_separator is %s, want \".\" or \"/\"", s.describe())
+		}
+		sep = s.text[0]
+	}
+	if a.grid, err = newChunkGrid(shape, chunks, sep, false); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// intList reads member key of v as a list of integers >= least.
+func intList(v *jsonValue, key string, least int64) ([]int64, error) {
+	list, ok := v.get(key)
+	if !ok {
+		return nil, fmt.Errorf("no %s", key)
+	}
+	if list.kind != jsonArray {
+		return nil, fmt.Errorf("%s is %s, want a list of integers", key, list.describe())
+	}
+	if len(list.items) > maxRank {
+		return nil, fmt.Errorf("%s has %d dimensions, more than the %d supported", key, len(list.items), maxRank)
+	}
+	out := make([]int64, len(list.items))
+	for i := range list.items {
+		n, ok := list.items[i].asInt64()
+		if !ok {
+			return nil, fmt.Errorf("%s[%d] is %s, want an integer", key, i, list.items[i].describe())
+		}
+		if n < least {
+			return nil, fmt.Errorf("%s[%d] is %d, want at least %d", key, i, n, least)
+		}
+		out[i] = n
+	}
+	return out, nil
+}
