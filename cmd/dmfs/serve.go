@@ -1,0 +1,268 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/oceanum-dmfs/dmfs/gateway"
+)
+
+// serveShutdownTimeout bounds how long in-flight requests may finish after a
+// signal.
+const serveShutdownTimeout = 3 * time.Second
+
+// serveOptions are the flags of `dmfs serve`.
+type serveOptions struct {
+	addr        string
+	addrFile    string
+	token       string
+	tokenFile   string
+	demo        bool
+	demoSize    string
+	latency     time.Duration
+	failRate    float64
+	seed        int64
+	sessionTTL  time.Duration
+	maxSessions int
+	logLevel    string
+}
+
+func (o *serveOptions) addFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&o.addr, "addr", "127.0.0.1:8765", "address to listen on (port 0 picks a free port)")
+	fs.StringVar(&o.addrFile, "addr-file", "", "write the address listened on (127.0.0.1:PORT) to this file once ready")
+	fs.StringVar(&o.token, "token", "", "the only token accepted (prefer --token-file or $DATAMESH_TOKEN: arguments are visible to other users)")
+	fs.StringVar(&o.tokenFile, "token-file", "", "read the accepted token from this file")
+	fs.BoolVar(&o.demo, "demo", false, "write sample datasources into DIR (default $XDG_CACHE_HOME/dmfs/demo) and serve them")
+	fs.StringVar(&o.demoSize, "demo-size", "0", "with --demo, rough uncompressed size of demo_grid, e.g. 1GiB (0: a few MB)")
+	fs.DurationVar(&o.latency, "latency", 0, "delay added to every request before it is answered, e.g. 20ms")
+	fs.Float64Var(&o.failRate, "fail-rate", 0, "fraction of /zarr/ requests answered 503 (0 to 1)")
+	fs.Int64Var(&o.seed, "seed", 1, "seed of the injected failure sequence")
+	fs.DurationVar(&o.sessionTTL, "session-ttl", 0, "cap on every session's lifetime, e.g. 10s (0: as the client asks)")
+	fs.IntVar(&o.maxSessions, "max-sessions", 0, "answer 429 to a session request while this many are open (0: no limit)")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+}
+
+const serveUsage = `Usage: dmfs serve [flags] DIR
+       dmfs serve --demo [flags] [DIR]
+
+Serves every Zarr store (v2 or v3) in a subfolder of DIR as a Datamesh
+datasource whose id is the folder name, over the Datamesh HTTP protocol.
+
+The token: --token-file or --token, else $DATAMESH_TOKEN. When none is given, any non-empty token is accepted; a request without a token is always
+refused. The token is never logged.
+
+Flags:
+`
+
+// runServe runs `dmfs serve`; args excludes "serve". It blocks until ctx is
+// cancelled (SIGINT/SIGTERM from main) and returns an exit code.
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var opts serveOptions
+	flags := pflag.NewFlagSet("dmfs serve", pflag.ContinueOnError)
+	flags.SetOutput(stderr)
+	opts.addFlags(flags)
+	flags.Usage = func() {
+		fmt.Fprint(stderr, serveUsage)
+		fmt.Fprint(stderr, flags.FlagUsages())
+	}
+	if err := flags.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return exitOK
+		}
+		return serveUsageError(stderr, err)
+	}
+	logger, err := newLogger(opts.logLevel, stderr)
+	if err != nil {
+		return serveUsageError(stderr, err)
+	}
+
+	dir, err := serveDir(&opts, flags.Args())
+	if err != nil {
+		return serveUsageError(stderr, err)
+	}
+	demoBytes, err := parseBytes(opts.demoSize)
+	if err != nil {
+		return serveUsageError(stderr, fmt.Errorf("--demo-size: %w", err))
+	}
+	if flags.Changed("demo-size") && !opts.demo {
+		return serveUsageError(stderr, errors.New("--demo-size needs --demo"))
+	}
+	if opts.failRate < 0 || opts.failRate > 1 || math.IsNaN(opts.failRate) {
+		return serveUsageError(stderr, fmt.Errorf("--fail-rate %g is outside [0, 1]", opts.failRate))
+	}
+	if opts.latency < 0 || opts.sessionTTL < 0 || opts.maxSessions < 0 {
+		return serveUsageError(stderr, errors.New("--latency, --session-ttl and --max-sessions must not be negative"))
+	}
+	token, err := serveToken(&opts)
+	if err != nil {
+		fmt.Fprintf(stderr, "dmfs serve: %v\n", err)
+		return exitFailure
+	}
+
+	if opts.demo {
+		start := time.Now()
+		if err := gateway.WriteDemo(ctx, dir, gateway.DemoOptions{GridBytes: demoBytes}); err != nil {
+			fmt.Fprintf(stderr, "dmfs serve: %v\n", err)
+			return exitFailure
+		}
+		logger.Info("demo datasources ready", "dir", dir, "duration", time.Since(start))
+	}
+	srv, err := gateway.New(gateway.Config{
+		Dir: dir, Token: token, Latency: opts.latency, FailRate: opts.failRate, Seed: opts.seed,
+		SessionTTL: opts.sessionTTL, MaxSessions: opts.maxSessions, Logger: logger,
+	})
+	if err != nil {
+		fmt.Fprintf(stderr, "dmfs serve: %v\n", err)
+		return exitFailure
+	}
+
+	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", opts.addr)
+	if err != nil {
+		fmt.Fprintf(stderr, "dmfs serve: listen: %v\n", err)
+		return exitFailure
+	}
+	addr := ln.Addr().String()
+	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
+		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- hs.Serve(ln) }()
+
+	if opts.addrFile != "" {
+		if err := serveWriteAtomic(opts.addrFile, addr); err != nil {
+			fmt.Fprintf(stderr, "dmfs serve: --addr-file: %v\n", err)
+			_ = hs.Close()
+			return exitFailure
+		}
+	}
+	if token == "" {
+		logger.Warn("no token configured: any non-empty token is accepted")
+	}
+	fmt.Fprintf(stdout, "dmfs serve: serving %s at http://%s\n", dir, addr)
+
+	select {
+	case err := <-serveErr:
+		fmt.Fprintf(stderr, "dmfs serve: %v\n", err)
+		return exitFailure
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), serveShutdownTimeout)
+	defer cancel()
+	if err := hs.Shutdown(shutdownCtx); err != nil {
+		_ = hs.Close()
+		logger.Warn("shutdown cut requests short", "err", err)
+	}
+	logger.Info("stopped")
+	return exitOK
+}
+
+func serveUsageError(stderr io.Writer, err error) int {
+	fmt.Fprintf(stderr, "dmfs serve: %v\nRun 'dmfs serve --help' for usage.\n", err)
+	return exitUsage
+}
+
+// serveDir picks the folder to serve.
+func serveDir(opts *serveOptions, args []string) (string, error) {
+	switch {
+	case len(args) > 1:
+		return "", fmt.Errorf("one folder expected, got %d arguments", len(args))
+	case len(args) == 1:
+		return args[0], nil
+	case !opts.demo:
+		return "", errors.New("missing DIR, the folder of Zarr stores to serve")
+	}
+	if cache := os.Getenv("XDG_CACHE_HOME"); cache != "" && filepath.IsAbs(cache) {
+		return filepath.Join(cache, "dmfs", "demo"), nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("no DIR given and no home folder for the demo cache: %w", err)
+	}
+	return filepath.Join(home, ".cache", "dmfs", "demo"), nil
+}
+
+// serveToken finds the token: --token-file, else $DATAMESH_TOKEN, else
+// --token; "" accepts any token.
+func serveToken(opts *serveOptions) (string, error) {
+	if opts.tokenFile != "" && opts.token != "" {
+		return "", errors.New("give --token or --token-file, not both")
+	}
+	if opts.tokenFile != "" {
+		b, err := os.ReadFile(opts.tokenFile)
+		if err != nil {
+			return "", fmt.Errorf("--token-file: %w", err)
+		}
+		t := strings.TrimSpace(string(b))
+		if t == "" {
+			return "", fmt.Errorf("--token-file %s is empty", opts.tokenFile)
+		}
+		return t, nil
+	}
+	if opts.token != "" {
+		return opts.token, nil
+	}
+	return strings.TrimSpace(os.Getenv("DATAMESH_TOKEN")), nil
+}
+
+// parseBytes parses sizes like 1GiB, 500MB, 64k or 1024.
+func parseBytes(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	i := 0
+	for i < len(t) && (t[i] >= '0' && t[i] <= '9' || t[i] == '.') {
+		i++
+	}
+	num, unit := t[:i], strings.ToLower(strings.TrimSpace(t[i:]))
+	v, err := strconv.ParseFloat(num, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a size like 1GiB", s)
+	}
+	mult := map[string]float64{
+		"": 1, "b": 1,
+		"k": 1 << 10, "kb": 1e3, "kib": 1 << 10,
+		"m": 1 << 20, "mb": 1e6, "mib": 1 << 20,
+		"g": 1 << 30, "gb": 1e9, "gib": 1 << 30,
+		"t": 1 << 40, "tb": 1e12, "tib": 1 << 40,
+	}[unit]
+	if mult == 0 {
+		return 0, fmt.Errorf("%q: unknown unit %q (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)", s, unit)
+	}
+	b := v * mult
+	if b > math.MaxInt64/2 {
+		return 0, fmt.Errorf("%q is too large", s)
+	}
+	return int64(b), nil
+}
+
+// serveWriteAtomic writes a file that readers see whole or not at all.
+func serveWriteAtomic(path, content string) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".addr-*")
+	if err != nil {
+		return err
+	}
+	if _, err := tmp.WriteString(content); err != nil {
+		tmp.Close()
+		os.Remove(tmp.Name())
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		os.Remove(tmp.Name())
+		return err
+	}
+	return nil
+}

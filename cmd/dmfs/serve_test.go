@@ -1,0 +1,231 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// serveLockedBuffer is a bytes.Buffer safe for the server goroutine and the
+// test to share.
+type serveLockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *serveLockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *serveLockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func TestServeHelp(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	code := runServe(context.Background(), []string{"--help"}, &stdout, &stderr)
+	assert.Equal(t, exitOK, code)
+	for _, want := range []string{"--addr", "127.0.0.1:8765", "--addr-file", "--token ", "--token-file", "--demo ",
+		"--demo-size", "--latency", "--fail-rate", "--seed", "(default 1)", "--session-ttl", "--max-sessions",
+		"--log-level", `(default "info")`, "any non-empty token"} {
+		assert.Contains(t, stderr.String(), want)
+	}
+}
+
+func TestServeUsageErrors(t *testing.T) {
+	dir := t.TempDir()
+	tests := []struct {
+		name string
+		args []string
+		code int
+		msg  string
+	}{
+		{"no dir", nil, exitUsage, "missing DIR"},
+		{"two dirs", []string{dir, dir}, exitUsage, "one folder expected"},
+		{"unknown flag", []string{"--bogus", dir}, exitUsage, "bogus"},
+		{"fail rate", []string{"--fail-rate", "1.5", dir}, exitUsage, "--fail-rate"},
+		{"demo size", []string{"--demo", "--demo-size", "lots", dir}, exitUsage, "--demo-size"},
+		{"demo size without demo", []string{"--demo-size", "1GiB", dir}, exitUsage, "needs --demo"},
+		{"log level", []string{"--log-level", "loud", dir}, exitUsage, "--log-level"},
+		{"negative latency", []string{"--latency", "-1s", dir}, exitUsage, "negative"},
+		{"bad duration", []string{"--session-ttl", "soon", dir}, exitUsage, "session-ttl"},
+		{"missing folder", []string{"--addr", "127.0.0.1:0", filepath.Join(dir, "nope")}, exitFailure, "nope"},
+		{"token and token file", []string{"--token", "a", "--token-file", filepath.Join(dir, "t"), dir}, exitFailure, "not both"},
+		{"missing token file", []string{"--token-file", filepath.Join(dir, "t"), dir}, exitFailure, "--token-file"},
+		{"bad address", []string{"--addr", "256.0.0.1:1", dir}, exitFailure, "listen"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := runServe(context.Background(), tc.args, &stdout, &stderr)
+			assert.Equal(t, tc.code, code)
+			assert.Contains(t, stderr.String(), tc.msg)
+			assert.Empty(t, stdout.String())
+		})
+	}
+}
+
+func TestServeParseBytes(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"0", 0, true},
+		{"1024", 1024, true},
+		{"1GiB", 1 << 30, true},
+		{"1gib", 1 << 30, true},
+		{"1G", 1 << 30, true},
+		{"1.5 MiB", 3 << 19, true},
+		{"500MB", 500e6, true},
+		{"64k", 64 << 10, true},
+		{"2TB", 2e12, true},
+		{"", 0, false},
+		{"GiB", 0, false},
+		{"1 parsec", 0, false},
+		{"-1GiB", 0, false},
+		{"1e30TiB", 0, false},
+	}
+	for _, tc := range tests {
+		got, err := parseBytes(tc.in)
+		if !tc.ok {
+			assert.Error(t, err, tc.in)
+			continue
+		}
+		require.NoError(t, err, tc.in)
+		assert.Equal(t, tc.want, got, tc.in)
+	}
+}
+
+func TestServeDemoDir(t *testing.T) {
+	cache := t.TempDir()
+	t.Setenv("XDG_CACHE_HOME", cache)
+	dir, err := serveDir(&serveOptions{demo: true}, nil)
+	require.NoError(t, err)
+	assert.Equal(t, filepath.Join(cache, "dmfs", "demo"), dir)
+
+	t.Setenv("XDG_CACHE_HOME", "")
+	t.Setenv("HOME", "/home/someone")
+	dir, err = serveDir(&serveOptions{demo: true}, nil)
+	require.NoError(t, err)
+	assert.Equal(t, "/home/someone/.cache/dmfs/demo", dir)
+
+	dir, err = serveDir(&serveOptions{demo: true}, []string{"/x"})
+	require.NoError(t, err)
+	assert.Equal(t, "/x", dir)
+}
+
+// startServe runs runServe in the background and waits for --addr-file.
+func startServe(t *testing.T, args ...string) (addr string, stdout, stderr *serveLockedBuffer, stop func() int) {
+	t.Helper()
+	addrFile := filepath.Join(t.TempDir(), "addr")
+	ctx, cancel := context.WithCancel(context.Background())
+	stdout, stderr = &serveLockedBuffer{}, &serveLockedBuffer{}
+	done := make(chan int, 1)
+	go func() {
+		done <- runServe(ctx, append([]string{"--addr", "127.0.0.1:0", "--addr-file", addrFile}, args...), stdout, stderr)
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		b, err := os.ReadFile(addrFile)
+		if err == nil {
+			addr = string(b)
+			break
+		}
+		select {
+		case code := <-done:
+			cancel()
+			t.Fatalf("dmfs serve exited with %d before it was ready: %s", code, stderr.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			cancel()
+			t.Fatalf("no address file after 30s: %s", stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	stop = func() int {
+		cancel()
+		select {
+		case code := <-done:
+			return code
+		case <-time.After(5 * time.Second):
+			t.Fatal("dmfs serve did not stop within 5s of cancellation")
+			return -1
+		}
+	}
+	return addr, stdout, stderr, stop
+}
+
+func serveGet(t *testing.T, url string, hdr ...string) int {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	require.NoError(t, err)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func TestServeDemoWithTokenFile(t *testing.T) {
+	const token = "file-token-123"
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	require.NoError(t, os.WriteFile(tokenFile, []byte(token+"\n"), 0o600))
+	t.Setenv("DATAMESH_TOKEN", "env-token-ignored")
+	demo := t.TempDir()
+
+	addr, stdout, stderr, stop := startServe(t, "--demo", "--token-file", tokenFile, "--latency", "1ms", demo)
+	assert.Regexp(t, `^127\.0\.0\.1:\d+$`, addr)
+	base := "http://" + addr
+	assert.Contains(t, stdout.String(), base)
+
+	assert.Equal(t, 200, serveGet(t, base+"/session/", "X-DATAMESH-TOKEN", token))
+	assert.Equal(t, 401, serveGet(t, base+"/session/", "X-DATAMESH-TOKEN", "env-token-ignored"))
+	assert.Equal(t, 401, serveGet(t, base+"/session/"))
+	assert.Equal(t, 200, serveGet(t, base+"/datasource/demo_grid", "Authorization", "Token "+token))
+	assert.Equal(t, 200, serveGet(t, base+"/_dmfs/counters"))
+
+	assert.Equal(t, exitOK, stop())
+	_, err := os.Stat(filepath.Join(demo, "demo_grid", ".zmetadata"))
+	assert.NoError(t, err)
+	logs := stderr.String()
+	assert.Contains(t, logs, "route=session_acquire")
+	assert.NotContains(t, logs, token)
+}
+
+func TestServeEnvTokenAndAnyToken(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "tiny_store"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "tiny_store", ".zgroup"), []byte(`{"zarr_format":2}`), 0o644))
+
+	t.Setenv("DATAMESH_TOKEN", "env-token")
+	addr, _, stderr, stop := startServe(t, dir)
+	assert.Equal(t, 200, serveGet(t, "http://"+addr+"/datasource/tiny_store", "X-DATAMESH-TOKEN", "env-token"))
+	assert.Equal(t, 401, serveGet(t, "http://"+addr+"/datasource/tiny_store", "X-DATAMESH-TOKEN", "other"))
+	assert.Equal(t, exitOK, stop())
+	assert.NotContains(t, stderr.String(), "env-token")
+
+	t.Setenv("DATAMESH_TOKEN", "")
+	addr, _, stderr, stop = startServe(t, "--log-level", "warn", dir)
+	assert.Equal(t, 200, serveGet(t, "http://"+addr+"/datasource/tiny_store", "X-DATAMESH-TOKEN", "anything"))
+	assert.Equal(t, 401, serveGet(t, "http://"+addr+"/datasource/tiny_store"))
+	assert.Equal(t, exitOK, stop())
+	assert.Contains(t, stderr.String(), "any non-empty token is accepted")
+	assert.False(t, strings.Contains(stderr.String(), "route="), "info lines hidden at --log-level warn")
+}

@@ -1,0 +1,188 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+const debianPython = "/usr/bin/python3"
+
+// pythonReader is run by Debian's python over the demo stores; it prints
+// what xarray decoded, as JSON.
+const pythonReader = `
+import json, sys, math
+import xarray as xr
+d = sys.argv[1]
+g = xr.open_zarr(d + "/demo_grid")
+s = xr.open_zarr(d + "/demo_stations")
+p = xr.open_zarr(d + "/demo_sparse", consolidated=False)
+def f(v):
+    v = float(v)
+    return None if math.isnan(v) else v
+out = {
+    "grid_dims": {k: int(v) for k, v in g.sizes.items()},
+    "grid_time": [str(t)[:19] for t in g.time.values[[0, 5, -1]]],
+    "grid_lat": [f(x) for x in g.lat.values[[0, 45, -1]]],
+    "grid_lon": [f(x) for x in g.lon.values[[0, 1, -1]]],
+    "grid_points": {v: [f(g[v].values[t, i, j]) for (t, i, j) in [(0, 0, 0), (3, 10, 20), (23, 90, 179), (7, 45, 91)]] for v in ["u10", "v10", "t2m"]},
+    "grid_units": g.u10.attrs.get("units"),
+    "stations": [int(x) for x in s.station.values],
+    "station_lat": [f(x) for x in s.latitude.values],
+    "hs": [f(s.hs.values[i, t]) for (i, t) in [(0, 0), (2, 100), (5, 719)]],
+    "tp": [f(s.tp.values[i, t]) for (i, t) in [(1, 1), (4, 500)]],
+    "station_time_last": str(s.time.values[-1])[:19],
+    "sparse": [f(p.field.values[y, x]) for (y, x) in [(0, 0), (0, 15), (15, 0), (39, 39), (25, 5)]],
+}
+print(json.dumps(out))
+`
+
+// TestDemoReadableByXarray checks that xarray with zarr 2.x opens each demo
+// store and decodes the values Go wrote.
+func TestDemoReadableByXarray(t *testing.T) {
+	if err := exec.Command(debianPython, "-c", "import xarray, zarr").Run(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s cannot import xarray and zarr (needed on CI): %v", debianPython, err)
+		}
+		t.Skipf("%s cannot import xarray and zarr: %v", debianPython, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, debianPython, "-c", pythonReader, demoDir).Output()
+	if ee, ok := err.(*exec.ExitError); ok {
+		t.Fatalf("python: %v\n%s", err, ee.Stderr)
+	}
+	require.NoError(t, err)
+	var got struct {
+		GridDims        map[string]int        `json:"grid_dims"`
+		GridTime        []string              `json:"grid_time"`
+		GridLat         []float64             `json:"grid_lat"`
+		GridLon         []float64             `json:"grid_lon"`
+		GridPoints      map[string][]*float64 `json:"grid_points"`
+		GridUnits       string                `json:"grid_units"`
+		Stations        []int                 `json:"stations"`
+		StationLat      []float64             `json:"station_lat"`
+		Hs, Tp          []*float64
+		StationTimeLast string     `json:"station_time_last"`
+		Sparse          []*float64 `json:"sparse"`
+	}
+	require.NoError(t, json.Unmarshal(out, &got), string(out))
+
+	g := newDemoGrid(demoDefault)
+	assert.Equal(t, map[string]int{"time": 24, "lat": 91, "lon": 180}, got.GridDims)
+	assert.Equal(t, []string{"2020-01-01T00:00:00", "2020-01-01T05:00:00", "2020-01-01T23:00:00"}, got.GridTime)
+	assert.Equal(t, []float64{-90, 0, 90}, got.GridLat)
+	assert.Equal(t, []float64{0, 2, 358}, got.GridLon)
+	assert.Equal(t, "m s-1", got.GridUnits)
+	points := [][3]int{{0, 0, 0}, {3, 10, 20}, {23, 90, 179}, {7, 45, 91}}
+	for v, meta := range demoGridVars {
+		require.Len(t, got.GridPoints[meta.name], len(points))
+		for k, p := range points {
+			want := float64(g.value(v, p[0], p[1], p[2]))
+			require.NotNil(t, got.GridPoints[meta.name][k])
+			assert.Equal(t, want, *got.GridPoints[meta.name][k], "%s%v", meta.name, p)
+		}
+	}
+	assert.Equal(t, []int{1001, 1002, 1003, 1004, 1005, 1006}, got.Stations)
+	for i, p := range demoStationsPos {
+		assert.Equal(t, p.lat, got.StationLat[i])
+	}
+	for k, p := range [][2]int{{0, 0}, {2, 100}, {5, 719}} {
+		assert.Equal(t, float64(demoStationValue(0, p[0], p[1])), *got.Hs[k])
+	}
+	for k, p := range [][2]int{{1, 1}, {4, 500}} {
+		assert.Equal(t, float64(demoStationValue(1, p[0], p[1])), *got.Tp[k])
+	}
+	assert.Equal(t, "2020-01-30T23:00:00", got.StationTimeLast)
+	for k, p := range [][2]int{{0, 0}, {0, 15}, {15, 0}, {39, 39}, {25, 5}} {
+		if demoSparsePresent(p[0]/demoSparseChunk, p[1]/demoSparseChunk) {
+			require.NotNil(t, got.Sparse[k], "%v", p)
+			assert.Equal(t, float64(demoSparseValue(p[0], p[1])), *got.Sparse[k], "%v", p)
+		} else {
+			assert.Nil(t, got.Sparse[k], "absent chunk at %v must read as fill_value (NaN)", p)
+		}
+	}
+}
+
+func TestDemoLayout(t *testing.T) {
+	// Absent chunks really are absent, and "/" separates chunk keys.
+	_, err := os.Stat(filepath.Join(demoDir, "demo_sparse", "field", "0", "1"))
+	assert.ErrorIs(t, err, os.ErrNotExist)
+	_, err = os.Stat(filepath.Join(demoDir, "demo_sparse", "field", "0", "0"))
+	assert.NoError(t, err)
+	_, err = os.Stat(filepath.Join(demoDir, "demo_sparse", ".zmetadata"))
+	assert.ErrorIs(t, err, os.ErrNotExist)
+
+	var zarray map[string]any
+	b, err := os.ReadFile(filepath.Join(demoDir, "demo_grid", "u10", ".zarray"))
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(b, &zarray))
+	assert.Equal(t, map[string]any{"id": "zlib", "level": 1.0}, zarray["compressor"])
+	assert.Equal(t, "NaN", zarray["fill_value"])
+
+	// A few hundred chunks that compress only partly.
+	var chunks int
+	var size int64
+	for _, v := range demoGridVars {
+		entries, err := os.ReadDir(filepath.Join(demoDir, "demo_grid", v.name))
+		require.NoError(t, err)
+		for _, e := range entries {
+			if e.Name()[0] == '.' {
+				continue
+			}
+			fi, err := e.Info()
+			require.NoError(t, err)
+			chunks++
+			size += fi.Size()
+		}
+	}
+	assert.Equal(t, 3*4*3*4, chunks)
+	raw := int64(3 * demoDefault * demoLat * demoLon * 4)
+	assert.Greater(t, size, raw/5)
+	assert.Less(t, size, raw*4/5)
+	assert.False(t, math.IsNaN(float64(newDemoGrid(1).value(2, 0, 0, 0))))
+}
+
+func TestWriteDemoIdempotent(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	require.NoError(t, WriteDemo(ctx, dir, DemoOptions{}))
+	chunk := filepath.Join(dir, "demo_grid", "u10", "0.0.0")
+	old := time.Unix(1_000_000, 0)
+	require.NoError(t, os.Chtimes(chunk, old, old))
+
+	require.NoError(t, WriteDemo(ctx, dir, DemoOptions{}))
+	fi, err := os.Stat(chunk)
+	require.NoError(t, err)
+	assert.Equal(t, old, fi.ModTime(), "same options: nothing rewritten")
+
+	require.NoError(t, WriteDemo(ctx, dir, DemoOptions{GridBytes: 12 << 20}))
+	fi, err = os.Stat(chunk)
+	require.NoError(t, err)
+	assert.NotEqual(t, old, fi.ModTime(), "new options: rewritten")
+	s := newServer(t, Config{Dir: dir})
+	assert.Equal(t, []string{"demo_grid", "demo_sparse", "demo_stations"}, s.datasourceIDs())
+	f := getFeature(t, s, "demo_grid")
+	steps := int(12 << 20 / (demoLat * demoLon * 4 * demoVars))
+	assert.Equal(t, float64(steps), f.Properties["schema"].(map[string]any)["dims"].(map[string]any)["time"])
+
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	assert.ErrorIs(t, WriteDemo(cancelled, t.TempDir(), DemoOptions{}), context.Canceled)
+	assert.Error(t, WriteDemo(ctx, "", DemoOptions{}))
+	assert.Error(t, WriteDemo(ctx, t.TempDir(), DemoOptions{GridBytes: -1}))
+	// No temporary folders are left behind.
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	for _, e := range entries {
+		assert.NotContains(t, e.Name(), ".tmp")
+	}
+}

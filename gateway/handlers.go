@@ -1,0 +1,204 @@
+package gateway
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"html"
+	"io/fs"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+)
+
+var errNoKey = errors.New("no key")
+
+// pathUnescape decodes a percent-encoded path; "+" stays "+".
+func pathUnescape(s string) (string, error) {
+	out, err := url.PathUnescape(s)
+	if err != nil {
+		return "", fmt.Errorf("bad percent-encoding in %q", s)
+	}
+	return out, nil
+}
+
+// checkKey refuses keys that could name something outside the store.
+func checkKey(key string) error {
+	switch {
+	case strings.ContainsRune(key, 0):
+		return errors.New("key contains NUL")
+	case strings.HasPrefix(key, "/"):
+		return errors.New("key is an absolute path")
+	case strings.ContainsRune(key, '\\'):
+		return errors.New("key contains a backslash")
+	}
+	for _, seg := range strings.Split(strings.TrimSuffix(key, "/"), "/") {
+		switch seg {
+		case "..", ".":
+			return errors.New("key contains a relative path segment")
+		case "":
+			if key != "" {
+				return errors.New("key contains an empty path segment")
+			}
+		}
+	}
+	return nil
+}
+
+func (s *Server) serveCatalog(w http.ResponseWriter, r *http.Request, _ *request) {
+	q := r.URL.Query()
+	search := strings.ToLower(strings.TrimSpace(q.Get("search")))
+	limit := -1
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			writeDetail(w, http.StatusBadRequest, fmt.Sprintf("limit must be a non-negative integer, not %q", v))
+			return
+		}
+		limit = n
+	}
+	var buf bytes.Buffer
+	buf.WriteString(`{"type":"FeatureCollection","features":[`)
+	n := 0
+	for _, id := range s.datasourceIDs() {
+		if limit >= 0 && n >= limit {
+			break
+		}
+		ds := s.lookup(id)
+		if ds.gone() {
+			continue
+		}
+		if search != "" && !strings.Contains(ds.id, search) &&
+			!strings.Contains(strings.ToLower(ds.name), search) &&
+			!strings.Contains(strings.ToLower(ds.description), search) {
+			continue
+		}
+		if n > 0 {
+			buf.WriteByte(',')
+		}
+		buf.Write(ds.feature)
+		n++
+	}
+	buf.WriteString("]}")
+	writeRawJSON(w, http.StatusOK, buf.Bytes())
+}
+
+func (s *Server) serveDatasource(w http.ResponseWriter, _ *http.Request, q *request) {
+	ds := s.lookup(q.arg)
+	if ds == nil {
+		writeDetail(w, http.StatusNotFound, fmt.Sprintf("Datasource %q not found", q.arg))
+		return
+	}
+	if ds.gone() {
+		writeDetail(w, http.StatusGone, fmt.Sprintf("Datasource %q was removed", q.arg))
+		return
+	}
+	writeRawJSON(w, http.StatusOK, ds.feature)
+}
+
+// serveQuery answers /zarr/query/...: staged OceanQL queries are not
+// implemented, so no query exists.
+func (s *Server) serveQuery(w http.ResponseWriter, _ *http.Request, q *request) {
+	if !s.checkZarrSession(w, q) {
+		return
+	}
+	writeDetail(w, http.StatusNotFound, "Query not found")
+}
+
+func (s *Server) serveZarr(w http.ResponseWriter, r *http.Request, q *request) {
+	if !s.checkZarrSession(w, q) {
+		return
+	}
+	if s.injectFailure() {
+		writeDetail(w, http.StatusServiceUnavailable, "injected failure")
+		return
+	}
+	if errors.Is(q.keyErr, errNoKey) {
+		writeDetail(w, http.StatusNotFound, "Not found.")
+		return
+	}
+	if q.keyErr != nil {
+		writeDetail(w, http.StatusBadRequest, q.keyErr.Error())
+		return
+	}
+	if err := checkKey(q.key); err != nil {
+		writeDetail(w, http.StatusBadRequest, fmt.Sprintf("refused key %q: %v", q.key, err))
+		return
+	}
+	ds := s.lookup(q.arg)
+	if ds == nil {
+		writeDetail(w, http.StatusNotFound, fmt.Sprintf("Datasource %q not found", q.arg))
+		return
+	}
+	if ds.gone() {
+		writeDetail(w, http.StatusGone, fmt.Sprintf("Datasource %q was removed", q.arg))
+		return
+	}
+	if q.route == routeZarrList {
+		s.serveListing(w, r, ds, strings.TrimSuffix(q.key, "/"))
+		return
+	}
+	if ds.escaping[q.key] {
+		writeDetail(w, http.StatusBadRequest, fmt.Sprintf("refused key %q: it leads outside the datasource", q.key))
+		return
+	}
+	if _, ok := ds.files[q.key]; !ok {
+		writeDetail(w, http.StatusNotFound, fmt.Sprintf("Key %q not found in %q", q.key, q.arg))
+		return
+	}
+	// os.Root refuses anything that would leave the store, even a symlink
+	// planted after startup.
+	path := q.key
+	if target, ok := ds.links[q.key]; ok {
+		path = target
+	}
+	f, err := ds.root.Open(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			writeDetail(w, http.StatusNotFound, fmt.Sprintf("Key %q not found in %q", q.key, q.arg))
+			return
+		}
+		writeDetail(w, http.StatusBadRequest, fmt.Sprintf("refused key %q", q.key))
+		return
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		writeDetail(w, http.StatusNotFound, fmt.Sprintf("Key %q not found in %q", q.key, q.arg))
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	http.ServeContent(w, r, "", fi.ModTime(), f)
+}
+
+// serveListing writes the HTML index of one folder, in the shape that
+// rclone's http backend and fsspec's HTTP filesystem parse.
+func (s *Server) serveListing(w http.ResponseWriter, r *http.Request, ds *datasource, folder string) {
+	entries, ok := ds.folders[folder]
+	if !ok {
+		writeDetail(w, http.StatusNotFound, fmt.Sprintf("Folder %q not found in %q", folder+"/", ds.id))
+		return
+	}
+	var b bytes.Buffer
+	title := html.EscapeString(ds.id + "/" + folder)
+	fmt.Fprintf(&b, "<!DOCTYPE html>\n<html><head><title>%s</title></head><body>\n<h1>%s</h1>\n<ul>\n", title, title)
+	for _, e := range entries {
+		href, text := url.PathEscape(e.name), html.EscapeString(e.name)
+		if strings.Contains(href, ":") {
+			href = "./" + href // not a URL scheme
+		}
+		if e.isDir {
+			href, text = href+"/", text+"/"
+		}
+		fmt.Fprintf(&b, "<li><a href=\"%s\">%s</a></li>\n", html.EscapeString(href), text)
+	}
+	b.WriteString("</ul>\n</body></html>\n")
+	h := w.Header()
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	h.Set("Content-Length", strconv.Itoa(b.Len()))
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(b.Bytes())
+	}
+}
