@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	iofs "io/fs"
+	"slices"
 	"sync"
 	"time"
 
@@ -24,6 +25,11 @@ const metadataLoadTimeout = 2 * time.Minute
 // an unknown chunk is taken to come from a lister (`ls -l`, `du`), which
 // stats and reads nothing, rather than from a reader.
 const listerWindow = 30 * time.Second
+
+// sequentialSlack is how far ahead of the previous open a chunk may be and
+// still count as reading in key order: parallel readers (dask threads) open
+// neighbouring chunks slightly out of order.
+const sequentialSlack = 4
 
 // datasource is one mounted Zarr store: its hierarchy, loaded once and again
 // after the metadata TTL, and per-array access state for the lookup and
@@ -188,12 +194,10 @@ func (d *datasource) readChunk(ctx context.Context, arr *zarr.Array, rel string)
 	prev := st.lastRead
 	st.lastRead, st.openedAt = rel, d.opt.now()
 	d.mu.Unlock()
-	if d.opt.Readahead > 0 && prev != "" && prev != rel {
-		if next := arr.ChunkKeysAfter(prev, 1); len(next) == 1 && next[0] == rel {
-			for _, k := range arr.ChunkKeysAfter(rel, d.opt.Readahead) {
-				full := joinKey(arr.Path, k)
-				d.opt.Cache.Prefetch(d.cacheKey(full), d.fetcher(full))
-			}
+	if d.opt.Readahead > 0 && prev != "" && prev != rel && slices.Contains(arr.ChunkKeysAfter(prev, sequentialSlack), rel) {
+		for _, k := range arr.ChunkKeysAfter(rel, d.opt.Readahead) {
+			full := joinKey(arr.Path, k)
+			d.opt.Cache.Prefetch(d.cacheKey(full), d.fetcher(full))
 		}
 	}
 	return d.opt.Cache.GetOrFetch(ctx, d.cacheKey(key), d.fetcher(key))

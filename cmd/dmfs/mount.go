@@ -1,0 +1,352 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	iofs "io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/oceanum-dmfs/dmfs/cache"
+	"github.com/oceanum-dmfs/dmfs/fs"
+	"github.com/oceanum-dmfs/dmfs/session"
+)
+
+// readyFDEnv tells a re-executed dmfs that it is the background mount and
+// which file descriptor reports readiness to the waiting parent.
+const readyFDEnv = "DMFS_READY_FD"
+
+// startupTimeout bounds how long `dmfs mount` waits for the background mount.
+const startupTimeout = 2 * time.Minute
+
+// runMount runs `dmfs mount`.
+func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var o mountOptions
+	flags := pflag.NewFlagSet("dmfs mount", pflag.ContinueOnError)
+	flags.SetOutput(stderr)
+	o.AddFlags(flags, os.Getenv)
+	flags.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: dmfs mount [flags] MOUNTPOINT\n\nMounts the Datamesh datasources the token can see, read-only, one directory per datasource.\nReturns once the mount is ready (or use --foreground).\n\nFlags:\n%s", flags.FlagUsages())
+	}
+	if err := flags.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return exitOK
+		}
+		fmt.Fprintf(stderr, "dmfs mount: %v\nRun 'dmfs mount --help' for usage.\n", err)
+		return exitUsage
+	}
+	if flags.NArg() != 1 {
+		fmt.Fprintln(stderr, "dmfs mount: expected exactly one MOUNTPOINT")
+		flags.Usage()
+		return exitUsage
+	}
+	o.Mountpoint = flags.Arg(0)
+	if fd := os.Getenv(readyFDEnv); fd != "" {
+		return mountDaemon(ctx, &o, fd)
+	}
+	if o.Foreground {
+		return mountForeground(ctx, &o, stderr)
+	}
+	return mountBackground(ctx, &o, args, stderr)
+}
+
+// mountForeground serves in this process, logging to stderr (or --log-file).
+func mountForeground(ctx context.Context, o *mountOptions, stderr io.Writer) int {
+	logw := stderr
+	if o.LogFile != "" {
+		f, err := openLogFile(o.LogFile)
+		if err != nil {
+			fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
+			return exitUsage
+		}
+		defer f.Close()
+		logw = f
+	}
+	log, err := newLogger(o.LogLevel, logw)
+	if err != nil {
+		fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
+		return exitUsage
+	}
+	return serveMount(ctx, o, log, func(err error) {
+		if err != nil {
+			fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
+		}
+	})
+}
+
+// mountBackground re-executes dmfs detached from the terminal and waits until
+// it reports the mount ready or fails, like gcsfuse and mountpoint-s3.
+func mountBackground(ctx context.Context, o *mountOptions, args []string, stderr io.Writer) int {
+	// Check what can be checked here, so the common mistakes need no child.
+	mp, err := checkMountpoint(o.Mountpoint)
+	if err != nil {
+		fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
+		return exitMountPoint
+	}
+	if _, err := newLogger(o.LogLevel, io.Discard); err != nil {
+		fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
+		return exitUsage
+	}
+	logFile := o.LogFile
+	if logFile == "" {
+		if err := os.MkdirAll(stateDir(), 0o700); err != nil {
+			fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
+			return exitFailure
+		}
+		logFile = stateFile(mp, ".log")
+	}
+	logf, err := openLogFile(logFile)
+	if err != nil {
+		fmt.Fprintf(stderr, "dmfs mount: log file: %v\n", err)
+		return exitFailure
+	}
+	defer logf.Close()
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
+		return exitFailure
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
+		return exitFailure
+	}
+	// The child gets the same flags with the absolute mount point, so that
+	// it does not depend on this process's working directory.
+	childArgs := append([]string{"mount"}, args[:len(args)-1]...)
+	childArgs = append(childArgs, "--log-file", logFile, mp)
+	cmd := exec.Command(exe, childArgs...)
+	cmd.Env = append(os.Environ(), readyFDEnv+"=3")
+	cmd.ExtraFiles = []*os.File{pw}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.Dir = "/"
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintf(stderr, "dmfs mount: starting the background process: %v\n", err)
+		return exitFailure
+	}
+	pw.Close()
+	type report struct {
+		line string
+		err  error
+	}
+	got := make(chan report, 1)
+	go func() {
+		line, err := bufio.NewReader(pr).ReadString('\n')
+		got <- report{line, err}
+	}()
+	exited := make(chan int, 1)
+	go func() {
+		cmd.Wait()
+		exited <- cmd.ProcessState.ExitCode()
+	}()
+	timer := time.NewTimer(startupTimeout)
+	defer timer.Stop()
+	select {
+	case r := <-got:
+		line := strings.TrimSpace(r.line)
+		if line == "ready" {
+			return exitOK
+		}
+		code := exitFailure
+		select {
+		case code = <-exited:
+		case <-time.After(10 * time.Second):
+		}
+		if line == "" {
+			line = fmt.Sprintf("the background process ended before the mount was ready; see %s", logFile)
+		} else {
+			line = strings.TrimPrefix(line, "error ")
+		}
+		fmt.Fprintf(stderr, "dmfs mount: %s\n", line)
+		if code == exitOK {
+			code = exitFailure
+		}
+		return code
+	case <-ctx.Done():
+		cmd.Process.Signal(syscall.SIGTERM)
+		fmt.Fprintln(stderr, "dmfs mount: interrupted; the background mount was told to stop")
+		return exitFailure
+	case <-timer.C:
+		cmd.Process.Signal(syscall.SIGTERM)
+		fmt.Fprintf(stderr, "dmfs mount: the mount was not ready after %s; see %s\n", startupTimeout, logFile)
+		return exitFailure
+	}
+}
+
+// mountDaemon is the background process: it serves and reports readiness on
+// the inherited file descriptor.
+func mountDaemon(ctx context.Context, o *mountOptions, fdText string) int {
+	var fd int
+	if _, err := fmt.Sscan(fdText, &fd); err != nil || fd < 3 {
+		fmt.Fprintf(os.Stderr, "dmfs mount: invalid %s\n", readyFDEnv)
+		return exitUsage
+	}
+	os.Unsetenv(readyFDEnv)
+	ready := os.NewFile(uintptr(fd), "ready")
+	var logw io.Writer = os.Stderr // the parent pointed it at the log file
+	if o.LogFile != "" {
+		if f, err := openLogFile(o.LogFile); err == nil {
+			defer f.Close()
+			logw = f
+		}
+	}
+	log, err := newLogger(o.LogLevel, logw)
+	if err != nil {
+		fmt.Fprintf(ready, "error %v\n", err)
+		return exitUsage
+	}
+	return serveMount(ctx, o, log, func(err error) {
+		if err != nil {
+			fmt.Fprintf(ready, "error %s\n", oneLine(err.Error()))
+		} else {
+			fmt.Fprintln(ready, "ready")
+		}
+		ready.Close()
+	})
+}
+
+func oneLine(s string) string { return strings.ReplaceAll(s, "\n", "; ") }
+
+// serveMount acquires the session, mounts, reports readiness, serves until
+// the mount ends (unmounted from outside, or ctx cancelled by a signal), and
+// always closes the session.
+func serveMount(ctx context.Context, o *mountOptions, log *slog.Logger, ready func(error)) int {
+	fail := func(code int, err error) int {
+		log.Error("mount failed", "err", err)
+		ready(err)
+		return code
+	}
+	mp, err := checkMountpoint(o.Mountpoint)
+	if err != nil {
+		return fail(exitMountPoint, err)
+	}
+	cfg, err := session.ConfigFromEnv(os.Getenv)
+	if err != nil {
+		return fail(exitUsage, err)
+	}
+	if o.TokenFile != "" {
+		tok, err := session.ReadTokenFile(o.TokenFile)
+		if err != nil {
+			return fail(exitAuth, err)
+		}
+		cfg.Token = tok
+	}
+	if o.Service != "" {
+		cfg.Service = strings.TrimRight(o.Service, "/")
+		if os.Getenv("DATAMESH_GATEWAY") == "" && o.Gateway == "" {
+			cfg.Gateway = cfg.Service
+		}
+	}
+	if o.Gateway != "" {
+		cfg.Gateway = strings.TrimRight(o.Gateway, "/")
+	}
+	cfg.Logger = log
+	client, err := session.New(cfg)
+	if err != nil {
+		if errors.Is(err, session.ErrNoToken) {
+			return fail(exitAuth, errors.New("no Datamesh token: set DATAMESH_TOKEN or pass --token-file FILE; "+
+				"to try dmfs offline, run 'dmfs serve --demo' and mount with --service http://127.0.0.1:8765"))
+		}
+		return fail(exitUsage, err)
+	}
+	info, err := client.Acquire(ctx, o.SessionDuration)
+	if err != nil {
+		return fail(startupCode(err), fmt.Errorf("acquiring a Datamesh session: %w", err))
+	}
+	log.Info("session acquired", "session", info.ID, "until", info.EndTime)
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := client.Close(cctx); err != nil {
+			log.Error("closing the session", "session", info.ID, "err", err)
+		} else {
+			log.Info("session closed", "session", info.ID)
+		}
+	}()
+	catalog := &datameshCatalog{client: client, only: o.Datasources}
+	if err := catalog.check(ctx); err != nil {
+		return fail(startupCode(err), err)
+	}
+
+	// Keep the heap near the cache budget so peak RSS stays bounded.
+	debug.SetMemoryLimit(int64(o.CacheSize) + 32<<20)
+	chunks := cache.New(cache.Options{
+		MaxBytes:     int64(o.CacheSize),
+		FetchTimeout: cfg.ChunkReadTimeout + time.Minute,
+		Logger:       log,
+	})
+	defer chunks.Close()
+	root := fs.NewRoot(fs.Options{
+		Catalog:     catalog,
+		Cache:       chunks,
+		Readahead:   o.Readahead,
+		MetadataTTL: o.MetadataTTL,
+		Logger:      log,
+		UID:         uint32(os.Getuid()),
+		GID:         uint32(os.Getgid()),
+	})
+	server, err := fs.Mount(mp, root, fs.MountOptions{
+		AllowOther:  o.AllowOther,
+		Debug:       o.FuseDebug,
+		DirectMount: os.Geteuid() == 0,
+	})
+	if err != nil {
+		return fail(exitMountPoint, fmt.Errorf("mounting at %s: %w", mp, err))
+	}
+	pidFile, err := writePidFile(mp)
+	if err != nil {
+		log.Warn("pid file not written; 'dmfs unmount' will not wait for the session to close", "err", err)
+	} else {
+		defer os.Remove(pidFile)
+	}
+	log.Info("mounted", "mountpoint", mp, "service", cfg.Service, "gateway", cfg.Gateway)
+	ready(nil)
+
+	done := make(chan struct{})
+	go func() {
+		server.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		log.Info("unmounted", "mountpoint", mp)
+	case <-ctx.Done():
+		log.Info("signal received; unmounting", "mountpoint", mp)
+		if err := server.Unmount(); err != nil {
+			// Files are open: detach so the path is free at once; the
+			// kernel drops the connection when they are closed.
+			log.Warn("unmount failed; detaching lazily", "err", err)
+			if err := syscall.Unmount(mp, syscall.MNT_DETACH); err != nil {
+				exec.Command("fusermount3", "-u", "-z", mp).Run()
+			}
+		}
+		select {
+		case <-done:
+		case <-time.After(2 * time.Second):
+		}
+	}
+	return exitOK
+}
+
+// startupCode maps a startup failure to an exit code.
+func startupCode(err error) int {
+	switch {
+	case errors.Is(err, iofs.ErrPermission):
+		return exitAuth
+	case errors.Is(err, iofs.ErrNotExist):
+		return exitUsage
+	default:
+		return exitGateway
+	}
+}

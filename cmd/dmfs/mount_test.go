@@ -1,0 +1,134 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func runArgs(t *testing.T, env map[string]string, args ...string) (int, string, string) {
+	t.Helper()
+	for k, v := range env {
+		t.Setenv(k, v)
+	}
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), args, &stdout, &stderr)
+	return code, stdout.String(), stderr.String()
+}
+
+func TestRunDispatch(t *testing.T) {
+	cases := []struct {
+		args []string
+		code int
+		out  string
+	}{
+		{nil, exitUsage, "Usage:"},
+		{[]string{"frobnicate"}, exitUsage, "unknown command"},
+		{[]string{"version"}, exitOK, "dmfs "},
+		{[]string{"help"}, exitOK, "dmfs mount"},
+		{[]string{"mount"}, exitUsage, "exactly one MOUNTPOINT"},
+		{[]string{"mount", "a", "b"}, exitUsage, "exactly one MOUNTPOINT"},
+		{[]string{"mount", "--no-such-flag", "x"}, exitUsage, "unknown flag"},
+		{[]string{"unmount"}, exitUsage, "exactly one MOUNTPOINT"},
+	}
+	for _, c := range cases {
+		code, stdout, stderr := runArgs(t, nil, c.args...)
+		assert.Equal(t, c.code, code, "%v", c.args)
+		assert.Contains(t, stdout+stderr, c.out, "%v", c.args)
+	}
+}
+
+func TestMountHelpDocumentsEveryFlag(t *testing.T) {
+	code, _, stderr := runArgs(t, nil, "mount", "--help")
+	assert.Equal(t, exitOK, code)
+	for _, flag := range []string{"--token-file", "--service", "--gateway", "--session-duration", "--datasource",
+		"--cache-size", "--readahead", "--metadata-ttl", "--allow-other", "--log-level", "--log-file",
+		"--fuse-debug", "--foreground", "DATAMESH_SERVICE", "DATAMESH_GATEWAY", "DATAMESH_TOKEN", "(default 1GiB)"} {
+		assert.Contains(t, stderr, flag)
+	}
+}
+
+func TestMountWithoutTokenSaysWhereOneGoes(t *testing.T) {
+	mp := t.TempDir()
+	code, _, stderr := runArgs(t, map[string]string{"DATAMESH_TOKEN": "", "DATAMESH_TOKEN_FILE": ""},
+		"mount", "--foreground", "--service", "http://127.0.0.1:9", mp)
+	assert.Equal(t, exitAuth, code)
+	for _, s := range []string{"DATAMESH_TOKEN", "--token-file", "dmfs serve --demo"} {
+		assert.Contains(t, stderr, s)
+	}
+}
+
+func TestCheckMountpoint(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	require.NoError(t, os.WriteFile(file, nil, 0o644))
+	full := filepath.Join(dir, "full")
+	require.NoError(t, os.Mkdir(full, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(full, "x"), nil, 0o644))
+	empty := filepath.Join(dir, "empty")
+	require.NoError(t, os.Mkdir(empty, 0o755))
+
+	cases := []struct {
+		path, err string
+	}{
+		{filepath.Join(dir, "missing"), "does not exist"},
+		{file, "not a directory"},
+		{full, "not empty"},
+		{"/proc", "already a mount point"},
+		{empty, ""},
+	}
+	for _, c := range cases {
+		abs, err := checkMountpoint(c.path)
+		if c.err == "" {
+			require.NoError(t, err)
+			assert.Equal(t, empty, abs)
+			continue
+		}
+		require.Error(t, err, c.path)
+		assert.ErrorIs(t, err, errMountPoint)
+		assert.Contains(t, err.Error(), c.err)
+	}
+}
+
+func TestReadMounts(t *testing.T) {
+	info := strings.Join([]string{
+		"22 1 0:21 / /proc rw,nosuid - proc proc rw",
+		`95 22 0:50 / /home/me/data\040mesh rw,nosuid,nodev - fuse.dmfs dmfs rw,user_id=0`,
+		"96 22 0:51 / /mnt/other rw - fuse.rclone remote: rw",
+		"garbage",
+	}, "\n")
+	mounts, err := readMounts(strings.NewReader(info))
+	require.NoError(t, err)
+	require.Len(t, mounts, 3)
+	assert.Equal(t, "/home/me/data mesh", mounts[1].Mountpoint)
+	assert.True(t, isDmfsMount(mounts[1]))
+	assert.False(t, isDmfsMount(mounts[2]))
+	assert.False(t, isDmfsMount(mounts[0]))
+}
+
+func TestByteSizeFlag(t *testing.T) {
+	var b byteSize
+	require.NoError(t, b.Set("512MiB"))
+	assert.Equal(t, byteSize(512<<20), b)
+	assert.Equal(t, "512MiB", b.String())
+	assert.Error(t, b.Set("lots"))
+}
+
+func TestStateFilesAreDistinctPerMountpoint(t *testing.T) {
+	t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
+	a, b := stateFile("/a/b", ".pid"), stateFile("/a_b", ".pid")
+	assert.NotEqual(t, a, b)
+	_, err := writePidFile("/a/b")
+	require.NoError(t, err)
+	pid, ok := readPidFile("/a/b")
+	assert.True(t, ok)
+	assert.Equal(t, os.Getpid(), pid)
+	_, ok = readPidFile("/a_b")
+	assert.False(t, ok)
+}

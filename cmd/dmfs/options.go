@@ -1,0 +1,99 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+// mountOptions holds every `dmfs mount` setting; flags fall back to the
+// environment names the official Datamesh clients use.
+type mountOptions struct {
+	TokenFile       string
+	Service         string
+	Gateway         string
+	SessionDuration time.Duration
+	Datasources     []string
+	CacheSize       byteSize
+	Readahead       int
+	MetadataTTL     time.Duration
+	AllowOther      bool
+	LogLevel        string
+	LogFile         string
+	FuseDebug       bool
+	Foreground      bool
+	Mountpoint      string
+}
+
+// AddFlags declares the flags, with defaults taken from the environment.
+func (o *mountOptions) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
+	o.CacheSize = 1 << 30
+	fs.StringVar(&o.TokenFile, "token-file", getenv("DATAMESH_TOKEN_FILE"),
+		"read the Datamesh token from this file (env DATAMESH_TOKEN_FILE; else env DATAMESH_TOKEN)")
+	fs.StringVar(&o.Service, "service", getenv("DATAMESH_SERVICE"),
+		"Datamesh service URL (env DATAMESH_SERVICE; default https://datamesh.oceanum.io)")
+	fs.StringVar(&o.Gateway, "gateway", getenv("DATAMESH_GATEWAY"),
+		"Datamesh gateway URL for sessions and zarr data (env DATAMESH_GATEWAY; default: the service URL)")
+	fs.DurationVar(&o.SessionDuration, "session-duration", time.Hour,
+		"length of the Datamesh session; it is renewed before it ends for as long as the mount lives")
+	fs.StringArrayVar(&o.Datasources, "datasource", nil,
+		"mount only this datasource id (repeatable; default: every datasource in the catalog)")
+	fs.Var(&o.CacheSize, "cache-size", "memory for fetched chunks, e.g. 512MiB, 2GiB")
+	fs.IntVar(&o.Readahead, "readahead", 32,
+		"chunks fetched ahead of a reader that reads an array in key order (0 disables)")
+	fs.DurationVar(&o.MetadataTTL, "metadata-ttl", 5*time.Minute,
+		"how long the catalog, store metadata and chunk existence are trusted before being fetched again")
+	fs.BoolVar(&o.AllowOther, "allow-other", false,
+		"let other users read the mount (needs user_allow_other in /etc/fuse.conf when not root)")
+	fs.StringVar(&o.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&o.LogFile, "log-file", "",
+		"write logs to this file (default: stderr with --foreground, else a file beside the pid file)")
+	fs.BoolVar(&o.FuseDebug, "fuse-debug", false, "log every FUSE operation (very verbose)")
+	fs.BoolVarP(&o.Foreground, "foreground", "f", false,
+		"stay attached to the terminal and log to stderr, instead of returning once the mount is ready")
+}
+
+// byteSize is a size flag that takes units (KiB, MiB, GiB, TiB, K, M, G, T, KB, MB, GB).
+type byteSize int64
+
+func (b *byteSize) String() string { return formatBytes(int64(*b)) }
+func (b *byteSize) Type() string   { return "size" }
+func (b *byteSize) Set(s string) error {
+	n, err := parseBytes(s)
+	if err != nil {
+		return err
+	}
+	*b = byteSize(n)
+	return nil
+}
+
+func formatBytes(n int64) string {
+	for _, u := range []struct {
+		name string
+		mult int64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n >= u.mult && n%u.mult == 0 {
+			return fmt.Sprintf("%d%s", n/u.mult, u.name)
+		}
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+// newLogger builds the slog logger for a level name and an output.
+func newLogger(level string, w io.Writer) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("invalid --log-level %q (debug, info, warn, error)", level)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+// openLogFile appends to a log file, creating its folder.
+func openLogFile(path string) (*os.File, error) {
+	return os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+}

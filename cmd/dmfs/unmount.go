@@ -1,0 +1,125 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+// unmountWait bounds how long `dmfs unmount` waits for the mount's process
+// to close its session and exit.
+const unmountWait = 15 * time.Second
+
+// runUnmount runs `dmfs unmount`: it unmounts, then waits until the serving
+// process has closed its session and exited.
+func runUnmount(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	flags := pflag.NewFlagSet("dmfs unmount", pflag.ContinueOnError)
+	flags.SetOutput(stderr)
+	lazy := flags.Bool("lazy", false, "detach now even if files are open; the mount goes away when they are closed")
+	flags.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: dmfs unmount [--lazy] MOUNTPOINT\n\nUnmounts a dmfs mount and returns once its Datamesh session is closed.\n\nFlags:\n%s", flags.FlagUsages())
+	}
+	if err := flags.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return exitOK
+		}
+		fmt.Fprintf(stderr, "dmfs unmount: %v\nRun 'dmfs unmount --help' for usage.\n", err)
+		return exitUsage
+	}
+	if flags.NArg() != 1 {
+		fmt.Fprintln(stderr, "dmfs unmount: expected exactly one MOUNTPOINT")
+		flags.Usage()
+		return exitUsage
+	}
+	mp, err := filepath.Abs(flags.Arg(0))
+	if err != nil {
+		fmt.Fprintf(stderr, "dmfs unmount: %v\n", err)
+		return exitUsage
+	}
+	m, ok, err := findMount(mp)
+	if err != nil {
+		fmt.Fprintf(stderr, "dmfs unmount: reading the mount table: %v\n", err)
+		return exitFailure
+	}
+	if !ok {
+		fmt.Fprintf(stderr, "dmfs unmount: %s is not mounted\n", mp)
+		return exitNotMounted
+	}
+	if !isDmfsMount(m) {
+		fmt.Fprintf(stderr, "dmfs unmount: %s is not a dmfs mount (it is %s)\n", mp, m.FSType)
+		return exitNotMounted
+	}
+	pid, hasPid := readPidFile(mp)
+	if err := unmount(mp, *lazy); err != nil {
+		if errors.Is(err, syscall.EBUSY) {
+			fmt.Fprintf(stderr, "dmfs unmount: %s is busy: files or directories under it are open "+
+				"(see 'fuser -vm %s'); close them, or use 'dmfs unmount --lazy'\n", mp, mp)
+			return exitBusy
+		}
+		fmt.Fprintf(stderr, "dmfs unmount: %v\n", err)
+		return exitFailure
+	}
+	if !hasPid {
+		return exitOK
+	}
+	deadline := time.Now().Add(unmountWait)
+	for processAlive(pid) {
+		if time.Now().After(deadline) {
+			fmt.Fprintf(stderr, "dmfs unmount: unmounted, but process %d has not exited after %s\n", pid, unmountWait)
+			return exitFailure
+		}
+		select {
+		case <-ctx.Done():
+			return exitFailure
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return exitOK
+}
+
+// unmount detaches the filesystem: umount2 as root, fusermount3 otherwise.
+func unmount(mp string, lazy bool) error {
+	if os.Geteuid() == 0 {
+		flags := 0
+		if lazy {
+			flags = syscall.MNT_DETACH
+		}
+		return syscall.Unmount(mp, flags)
+	}
+	args := []string{"-u"}
+	if lazy {
+		args = append(args, "-z")
+	}
+	out, err := exec.Command("fusermount3", append(args, mp)...).CombinedOutput()
+	if err != nil {
+		msg := strings.TrimSpace(string(out))
+		if strings.Contains(msg, "busy") {
+			return fmt.Errorf("%s: %w", msg, syscall.EBUSY)
+		}
+		return fmt.Errorf("fusermount3 -u %s: %v: %s", mp, err, msg)
+	}
+	return nil
+}
+
+// processAlive reports whether pid still runs (and is not a zombie).
+func processAlive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// Field 3, after the parenthesised command name, is the state.
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
+		return s[i+2] != 'Z'
+	}
+	return true
+}
