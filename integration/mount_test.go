@@ -1,0 +1,448 @@
+package integration
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// sourceFiles lists the keys of a datasource folder as relative paths.
+func sourceFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	for rel := range readAll(t, dir) {
+		if strings.HasPrefix(filepath.Base(rel), ".dmfs") { // the demo generator's stamp
+			continue
+		}
+		out = append(out, rel)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// isMetadata reports whether a key is a Zarr metadata document.
+func isMetadata(rel string) bool {
+	base := filepath.Base(rel)
+	return base == ".zgroup" || base == ".zarray" || base == ".zattrs" || base == "zarr.json" || base == ".zmetadata"
+}
+
+// assertSameFile compares a file read through the mount with the source:
+// chunks and .zmetadata byte for byte, other metadata as JSON values (they
+// are served as canonical JSON from the consolidated document).
+func assertSameFile(t *testing.T, rel string, want, got []byte) {
+	t.Helper()
+	if isMetadata(rel) && filepath.Base(rel) != ".zmetadata" {
+		var w, g any
+		require.NoError(t, json.Unmarshal(want, &w), rel)
+		require.NoError(t, json.Unmarshal(got, &g), rel)
+		assert.Equal(t, w, g, rel)
+		return
+	}
+	assert.True(t, string(want) == string(got), "%s differs: %d bytes in the source, %d through the mount", rel, len(want), len(got))
+}
+
+func chunkCount(files []string) int {
+	n := 0
+	for _, f := range files {
+		if !isMetadata(f) {
+			n++
+		}
+	}
+	return n
+}
+
+func sumRoutes(c counters, routes ...string) int64 {
+	var n int64
+	for _, r := range routes {
+		n += c.ByRoute[r]
+	}
+	return n
+}
+
+func TestListingCostsOnlyConsolidatedMetadata(t *testing.T) {
+	g := startGateway(t, "")
+	m := mountForeground(t, g)
+
+	root := strings.Fields(runCmd(t, "ls", m.Dir))
+	assert.Equal(t, []string{"demo_grid", "demo_sparse", "demo_stations"}, root)
+
+	ds := filepath.Join(m.Dir, "demo_grid")
+	g.resetCounters(t)
+	runCmd(t, "ls", "-R", ds)
+	found := strings.Split(strings.TrimSpace(runCmd(t, "find", ds, "-type", "f")), "\n")
+	c := g.counters(t)
+	assert.Equal(t, int64(1), c.ByRoute["zarr_get"], "ls -R and find: one .zmetadata request")
+	assert.Equal(t, int64(1), c.ZarrKeys["demo_grid/.zmetadata GET"])
+	assert.Zero(t, c.ByRoute["zarr_head"], "names only: no HEAD")
+
+	// find sees every key of the source (all demo_grid chunks exist).
+	var rels []string
+	for _, f := range found {
+		rel, _ := filepath.Rel(ds, f)
+		rels = append(rels, rel)
+	}
+	sort.Strings(rels)
+	src := sourceFiles(t, filepath.Join(demoDir, "demo_grid"))
+	assert.Equal(t, src, rels)
+
+	// ls -lR: at most one HEAD per chunk, never a body.
+	g.resetCounters(t)
+	out := runCmd(t, "ls", "-laR", ds)
+	c = g.counters(t)
+	assert.Zero(t, c.ByRoute["zarr_get"], "ls -lR downloads no chunk")
+	assert.LessOrEqual(t, c.ByRoute["zarr_head"], int64(chunkCount(src)))
+	assert.Contains(t, out, ".zmetadata")
+
+	// Sizes are exact for every stat.
+	for _, rel := range src {
+		want, err := os.Stat(filepath.Join(demoDir, "demo_grid", rel))
+		require.NoError(t, err)
+		got, err := os.Stat(filepath.Join(ds, rel))
+		require.NoError(t, err, rel)
+		if filepath.Base(rel) == ".zmetadata" || !isMetadata(rel) {
+			assert.Equal(t, want.Size(), got.Size(), rel)
+		}
+		assert.False(t, got.IsDir(), rel)
+	}
+	g.resetCounters(t)
+	runCmd(t, "ls", "-laR", ds)
+	assert.Zero(t, sumRoutes(g.counters(t), "zarr_get", "zarr_head"), "a second ls -lR costs nothing")
+}
+
+func TestCopyIsByteExactAndCheap(t *testing.T) {
+	g := startGateway(t, "")
+	m := mountForeground(t, g)
+	for _, ds := range []string{"demo_grid", "demo_stations"} {
+		t.Run(ds, func(t *testing.T) {
+			g.resetCounters(t)
+			dst := filepath.Join(t.TempDir(), ds)
+			runCmd(t, "cp", "-r", filepath.Join(m.Dir, ds), dst)
+			c := g.counters(t)
+
+			src := readAll(t, filepath.Join(demoDir, ds))
+			got := readAll(t, dst)
+			for rel, want := range src {
+				if strings.HasPrefix(filepath.Base(rel), ".dmfs") {
+					continue
+				}
+				b, ok := got[rel]
+				if assert.True(t, ok, "%s not copied", rel) {
+					assertSameFile(t, rel, want, b)
+				}
+			}
+			chunks := chunkCount(sourceFiles(t, filepath.Join(demoDir, ds)))
+			for key, n := range c.ZarrKeys {
+				if strings.HasSuffix(key, " GET") {
+					assert.Equal(t, int64(1), n, "%s fetched %d times", key, n)
+				}
+			}
+			perChunk := float64(sumRoutes(c, "zarr_get", "zarr_head")-1) / float64(chunks)
+			t.Logf("cold cp -r of %s: %d GET, %d HEAD for %d chunks (%.3f requests per chunk)",
+				ds, c.ByRoute["zarr_get"], c.ByRoute["zarr_head"], chunks, perChunk)
+			assert.LessOrEqual(t, perChunk, 1.1)
+
+			// Warm: reading everything again costs no request.
+			g.resetCounters(t)
+			runCmd(t, "md5sum", listFiles(t, filepath.Join(m.Dir, ds))...)
+			c = g.counters(t)
+			assert.Zero(t, sumRoutes(c, "zarr_get", "zarr_head"), "warm re-read")
+		})
+	}
+}
+
+func listFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	require.NoError(t, filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
+		if err == nil && info.Mode().IsRegular() {
+			out = append(out, p)
+		}
+		return err
+	}))
+	return out
+}
+
+// compareXarray opens each datasource through the mount and from the source
+// folder and checks that every variable is identical.
+const compareXarray = `
+import sys, xarray as xr, numpy as np
+mnt, src = sys.argv[1], sys.argv[2]
+for ds in sys.argv[3:]:
+    a = xr.open_zarr(f"{mnt}/{ds}").load()
+    b = xr.open_zarr(f"{src}/{ds}").load()
+    xr.testing.assert_identical(a, b)
+    for name, v in a.data_vars.items():
+        assert v.size > 0, name
+    print(ds, "ok", sorted(a.data_vars))
+`
+
+func TestXarrayReadsTheSameValues(t *testing.T) {
+	requirePrereq(t, pythonOK, "/usr/bin/python3 with xarray")
+	g := startGateway(t, "")
+	m := mountForeground(t, g)
+	g.resetCounters(t)
+	out := python(t, compareXarray, m.Dir, demoDir, "demo_grid", "demo_stations", "demo_sparse")
+	assert.Equal(t, 3, strings.Count(out, " ok "), out)
+	c := g.counters(t)
+	for key, n := range c.ZarrKeys {
+		if strings.HasSuffix(key, " GET") {
+			assert.Equal(t, int64(1), n, "%s fetched %d times: a cold read is one request per chunk", key, n)
+		}
+	}
+	assert.Zero(t, c.ByRoute["zarr_head"], "a reader never pays a HEAD")
+	assert.Zero(t, c.ZarrWithoutSession)
+}
+
+func TestSparseArrayMissingChunksAreENOENT(t *testing.T) {
+	g := startGateway(t, "")
+	m := mountForeground(t, g)
+	ds := filepath.Join(m.Dir, "demo_sparse")
+	src := map[string]bool{}
+	for _, rel := range sourceFiles(t, filepath.Join(demoDir, "demo_sparse")) {
+		src[rel] = true
+	}
+	listed := 0
+	missing := 0
+	for _, p := range strings.Split(strings.TrimSpace(runCmd(t, "find", ds, "-type", "f")), "\n") {
+		rel, _ := filepath.Rel(ds, p)
+		listed++
+		_, err := os.Stat(p)
+		if src[rel] {
+			assert.NoError(t, err, rel)
+		} else {
+			missing++
+			assert.True(t, errors.Is(err, syscall.ENOENT), "%s: want ENOENT, got %v", rel, err)
+		}
+	}
+	assert.Positive(t, missing, "demo_sparse has absent chunks")
+	assert.Greater(t, listed, missing)
+}
+
+func TestWritesAreEROFS(t *testing.T) {
+	g := startGateway(t, "")
+	m := mountForeground(t, g)
+	ds := filepath.Join(m.Dir, "demo_grid")
+	_, err := os.ReadDir(ds)
+	require.NoError(t, err)
+	checks := map[string]error{}
+	_, checks["create"] = os.Create(filepath.Join(ds, "new"))
+	checks["mkdir"] = os.Mkdir(filepath.Join(ds, "d"), 0o755)
+	checks["remove"] = os.Remove(filepath.Join(ds, ".zgroup"))
+	checks["rename"] = os.Rename(filepath.Join(ds, ".zgroup"), filepath.Join(ds, "g"))
+	checks["chmod"] = os.Chmod(filepath.Join(ds, ".zgroup"), 0o777)
+	_, checks["open for write"] = os.OpenFile(filepath.Join(ds, ".zgroup"), os.O_WRONLY, 0)
+	checks["setxattr"] = syscall.Setxattr(filepath.Join(ds, ".zgroup"), "user.x", []byte("1"), 0)
+	for op, err := range checks {
+		assert.True(t, errors.Is(err, syscall.EROFS), "%s: want EROFS, got %v", op, err)
+	}
+}
+
+// TestSessionClosedOnEveryUnmountPath ends a mount each way a user can and
+// checks the session was released and the process exited promptly.
+func TestSessionClosedOnEveryUnmountPath(t *testing.T) {
+	g := startGateway(t, "")
+	paths := map[string]func(t *testing.T, m *mount){
+		"dmfs unmount": func(t *testing.T, m *mount) {
+			out, err := exec.Command(dmfsBin, "unmount", m.Dir).CombinedOutput()
+			require.NoError(t, err, string(out))
+		},
+		"umount": func(t *testing.T, m *mount) { require.NoError(t, syscall.Unmount(m.Dir, 0)) },
+		"SIGINT": func(t *testing.T, m *mount) { require.NoError(t, m.proc.cmd.Process.Signal(syscall.SIGINT)) },
+		"SIGTERM": func(t *testing.T, m *mount) {
+			require.NoError(t, m.proc.cmd.Process.Signal(syscall.SIGTERM))
+		},
+	}
+	if _, err := exec.LookPath("fusermount3"); err == nil {
+		paths["fusermount3 -u"] = func(t *testing.T, m *mount) {
+			out, err := exec.Command("fusermount3", "-u", m.Dir).CombinedOutput()
+			require.NoError(t, err, string(out))
+		}
+	}
+	for name, end := range paths {
+		t.Run(name, func(t *testing.T) {
+			before := g.counters(t)
+			m := mountForeground(t, g)
+			runCmd(t, "ls", filepath.Join(m.Dir, "demo_grid"))
+			mid := g.counters(t)
+			assert.Equal(t, before.Sessions.Acquired+1, mid.Sessions.Acquired, "one session per mount")
+			start := time.Now()
+			end(t, m)
+			assert.Equal(t, 0, m.proc.wait(t, 10*time.Second))
+			assert.Less(t, time.Since(start), 5*time.Second, "exit within 5 s")
+			assert.False(t, isMounted(m.Dir))
+			after := g.counters(t)
+			assert.Zero(t, after.Sessions.Open, "no session left open")
+			assert.Zero(t, after.ZarrWithoutSession)
+		})
+	}
+}
+
+func TestBackgroundMountAndUnmount(t *testing.T) {
+	requireFUSE(t)
+	g := startGateway(t, "")
+	runtime := t.TempDir()
+	mp := filepath.Join(t.TempDir(), "mnt")
+	require.NoError(t, os.Mkdir(mp, 0o755))
+	trackMount(mp, true)
+	t.Cleanup(func() { (&mount{Dir: mp}).unmountQuietly() })
+	cmd := exec.Command(dmfsBin, "mount", "--service", g.URL, mp)
+	cmd.Env = append(os.Environ(), "DATAMESH_TOKEN="+testToken, "XDG_RUNTIME_DIR="+runtime)
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, string(out))
+	assert.True(t, isMounted(mp), "dmfs mount returns only once the mount serves")
+	pids, _ := filepath.Glob(filepath.Join(runtime, "dmfs", "*.pid"))
+	require.Len(t, pids, 1)
+	b, err := os.ReadFile(pids[0])
+	require.NoError(t, err)
+	var pid int
+	_, err = fmt.Sscan(strings.TrimSpace(string(b)), &pid)
+	require.NoError(t, err)
+	track(pid)
+	t.Cleanup(func() { untrack(pid) })
+
+	assert.Contains(t, runCmd(t, "ls", mp), "demo_grid")
+	assert.Equal(t, int64(1), g.counters(t).Sessions.Open)
+
+	// Busy: an open file makes unmount fail clearly, not hang.
+	f, err := os.Open(filepath.Join(mp, "demo_grid", ".zmetadata"))
+	require.NoError(t, err)
+	un := exec.Command(dmfsBin, "unmount", mp)
+	un.Env = cmd.Env
+	out, err = un.CombinedOutput()
+	f.Close()
+	var exitErr *exec.ExitError
+	require.True(t, errors.As(err, &exitErr), "unmount of a busy mount must fail: %s", out)
+	assert.Equal(t, 6, exitErr.ExitCode())
+	assert.Contains(t, string(out), "busy")
+
+	un = exec.Command(dmfsBin, "unmount", mp)
+	un.Env = cmd.Env
+	start := time.Now()
+	out, err = un.CombinedOutput()
+	require.NoError(t, err, string(out))
+	assert.Less(t, time.Since(start), 5*time.Second)
+	assert.False(t, isMounted(mp))
+	assert.False(t, running(pid), "the mount process has exited")
+	assert.Zero(t, g.counters(t).Sessions.Open, "session closed before unmount returned")
+
+	// Unmounting what is not a dmfs mount is refused clearly.
+	un = exec.Command(dmfsBin, "unmount", mp)
+	out, err = un.CombinedOutput()
+	require.True(t, errors.As(err, &exitErr), string(out))
+	assert.Equal(t, 7, exitErr.ExitCode())
+}
+
+func TestStartupErrorsAreClearAndLeaveNoMount(t *testing.T) {
+	requireFUSE(t)
+	g := startGateway(t, "")
+	empty := func(t *testing.T) string {
+		mp := filepath.Join(t.TempDir(), "mnt")
+		require.NoError(t, os.Mkdir(mp, 0o755))
+		return mp
+	}
+	notEmpty := func(t *testing.T) string {
+		mp := empty(t)
+		require.NoError(t, os.WriteFile(filepath.Join(mp, "x"), nil, 0o644))
+		return mp
+	}
+	cases := []struct {
+		name     string
+		env      []string
+		args     []string
+		mp       func(t *testing.T) string
+		code     int
+		contains []string
+	}{
+		{"no token", []string{"DATAMESH_TOKEN="}, []string{"--service", g.URL}, empty, 3,
+			[]string{"DATAMESH_TOKEN", "--token-file", "dmfs serve --demo"}},
+		{"bad token", []string{"DATAMESH_TOKEN=wrong-token-value"}, []string{"--service", g.URL}, empty, 3, []string{"session"}},
+		{"unreachable gateway", []string{"DATAMESH_TOKEN=" + testToken, "DATAMESH_CONNECT_TIMEOUT=1"},
+			[]string{"--service", "http://127.0.0.1:9"}, empty, 4, []string{"127.0.0.1:9"}},
+		{"missing mount point", []string{"DATAMESH_TOKEN=" + testToken}, []string{"--service", g.URL},
+			func(t *testing.T) string { return filepath.Join(t.TempDir(), "nope") }, 5, []string{"does not exist"}},
+		{"mount point not empty", []string{"DATAMESH_TOKEN=" + testToken}, []string{"--service", g.URL}, notEmpty, 5, []string{"not empty"}},
+		{"unknown datasource", []string{"DATAMESH_TOKEN=" + testToken}, []string{"--service", g.URL, "--datasource", "no_such_ds"}, empty, 2, []string{"no_such_ds"}},
+	}
+	for _, c := range cases {
+		for _, mode := range []string{"background", "foreground"} {
+			t.Run(c.name+"/"+mode, func(t *testing.T) {
+				mp := c.mp(t)
+				args := append([]string{"mount"}, c.args...)
+				if mode == "foreground" {
+					args = append(args, "--foreground")
+				}
+				cmd := exec.Command(dmfsBin, append(args, mp)...)
+				cmd.Env = append(append(os.Environ(), "XDG_RUNTIME_DIR="+t.TempDir()), c.env...)
+				done := make(chan struct{})
+				var out []byte
+				var err error
+				go func() { out, err = cmd.CombinedOutput(); close(done) }()
+				select {
+				case <-done:
+				case <-time.After(60 * time.Second):
+					cmd.Process.Kill()
+					t.Fatal("dmfs mount hung")
+				}
+				var exitErr *exec.ExitError
+				require.True(t, errors.As(err, &exitErr), "want failure, got %v: %s", err, out)
+				assert.Equal(t, c.code, exitErr.ExitCode(), string(out))
+				for _, s := range c.contains {
+					assert.Contains(t, string(out), s)
+				}
+				assert.NotContains(t, string(out), testToken)
+				assert.NotContains(t, string(out), "wrong-token-value")
+				assert.False(t, isMounted(mp))
+			})
+		}
+	}
+	assert.Zero(t, g.counters(t).Sessions.Open, "failed mounts leave no session open")
+}
+
+func TestFaultsAndSessionExpiryAreSurvived(t *testing.T) {
+	requirePrereq(t, pythonOK, "/usr/bin/python3 with xarray")
+	g := startGateway(t, "", "--fail-rate", "0.1", "--session-ttl", "10s")
+	m := mountForeground(t, g, "--cache-size", "4MiB")
+	start := time.Now()
+	check := func(ds string) {
+		dst := filepath.Join(t.TempDir(), ds)
+		runCmd(t, "cp", "-r", filepath.Join(m.Dir, ds), dst)
+		got := readAll(t, dst)
+		for rel, want := range readAll(t, filepath.Join(demoDir, ds)) {
+			if !strings.HasPrefix(filepath.Base(rel), ".dmfs") {
+				assertSameFile(t, rel, want, got[rel])
+			}
+		}
+	}
+	check("demo_grid")
+	python(t, compareXarray, m.Dir, demoDir, "demo_sparse")
+	// Outlive the 10 s session, then read data never read before.
+	time.Sleep(time.Until(start.Add(12 * time.Second)))
+	check("demo_stations")
+	c := g.counters(t)
+	assert.GreaterOrEqual(t, c.Sessions.Acquired, int64(2), "the session was renewed")
+	assert.Positive(t, c.ByStatus["503"], "faults were injected")
+	assert.Zero(t, c.ZarrWithoutSession)
+}
+
+// running reports whether pid is alive; an exited child of a reparented
+// daemon may linger as a zombie, which counts as ended.
+func running(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
+}
