@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"sync"
 )
 
 // Store reads the Zarr keys of one datasource through the gateway, with the
@@ -16,6 +17,8 @@ import (
 type Store struct {
 	c  *Client
 	id string
+	// goneLogged makes a 410 (datasource removed) one log line, not one per key.
+	goneLogged sync.Once
 }
 
 // Store returns the key reader of datasource id. An invalid id makes every
@@ -26,6 +29,7 @@ func (c *Client) Store(id string) *Store { return &Store{c: c, id: id} }
 func (s *Store) Get(ctx context.Context, key string) ([]byte, error) {
 	resp, err := s.request(ctx, "get", http.MethodGet, key, true)
 	if err != nil {
+		s.noteGone(err)
 		return nil, err
 	}
 	return resp.body, nil
@@ -35,6 +39,7 @@ func (s *Store) Get(ctx context.Context, key string) ([]byte, error) {
 func (s *Store) Head(ctx context.Context, key string) (int64, error) {
 	resp, err := s.request(ctx, "head", http.MethodHead, key, false)
 	if err != nil {
+		s.noteGone(err)
 		return 0, err
 	}
 	if resp.size < 0 {
@@ -53,6 +58,16 @@ func (s *Store) List(ctx context.Context, prefix string) ([]string, error) {
 		return nil, err
 	}
 	return parseListing(resp.body), nil
+}
+
+// noteGone logs, once, that the gateway says the datasource no longer
+// exists: callers see "not found" for each key, this says why.
+func (s *Store) noteGone(err error) {
+	if errors.Is(err, ErrGone) {
+		s.goneLogged.Do(func() {
+			s.c.log.Warn("datamesh datasource is gone (410); its keys read as missing", "datasource", s.id, "error", err.Error())
+		})
+	}
 }
 
 // keyURL is the gateway URL of key, or of folder key when list is set.

@@ -1,13 +1,16 @@
 package session
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -470,4 +473,32 @@ func BenchmarkGet(b *testing.B) {
 			}
 		}
 	})
+}
+
+func TestGoneDatasourceIsLoggedOnce(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/session/") {
+			w.Header().Set("Content-Type", "application/json")
+			fmt.Fprint(w, `{"id":"s1","user":"u","creation_time":"2026-01-01T00:00:00Z","end_time":"2099-01-01T00:00:00Z"}`)
+			return
+		}
+		w.WriteHeader(http.StatusGone)
+		fmt.Fprint(w, `{"detail":"Datasource removed"}`)
+	}))
+	defer srv.Close()
+	var logs bytes.Buffer
+	c, err := New(Config{Token: "tok", Service: srv.URL, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	require.NoError(t, err)
+	_, err = c.Acquire(context.Background(), time.Hour)
+	require.NoError(t, err)
+	defer c.Close(context.Background())
+	st := c.Store("old_ds")
+	for _, key := range []string{"a/0", "a/1", "b/0"} {
+		_, err := st.Get(context.Background(), key)
+		assert.ErrorIs(t, err, fs.ErrNotExist)
+		assert.ErrorIs(t, err, ErrGone)
+	}
+	_, err = st.Head(context.Background(), "a/2")
+	assert.ErrorIs(t, err, ErrGone)
+	assert.Equal(t, 1, strings.Count(logs.String(), "gone (410)"), logs.String())
 }
