@@ -26,6 +26,10 @@ const metadataLoadTimeout = 2 * time.Minute
 // stats and reads nothing, rather than from a reader.
 const listerWindow = 30 * time.Second
 
+// copierWindow is how soon after listing an array an open of its metadata
+// must come to be taken as a tool copying the whole folder, not a person.
+const copierWindow = time.Second
+
 // sequentialSlack is how far ahead of the previous open a chunk may be and
 // still count as reading in key order: parallel readers (dask threads) open
 // neighbouring chunks slightly out of order.
@@ -135,11 +139,31 @@ func (d *datasource) noteListed(arrayPath string) {
 	d.mu.Unlock()
 }
 
-// noteOpened records that a file of the array was opened for reading.
+// noteOpened records that a metadata file of the array was opened for
+// reading. Right after a listing this is a copier (cp, tar, rsync read
+// .zarray before the chunks): its first chunks are fetched ahead at once.
 func (d *datasource) noteOpened(arrayPath string) {
 	d.mu.Lock()
-	d.array(arrayPath).openedAt = d.opt.now()
+	st := d.array(arrayPath)
+	now := d.opt.now()
+	copying := !st.listedAt.IsZero() && now.Sub(st.listedAt) < copierWindow && !st.openedAt.After(st.listedAt)
+	st.openedAt = now
+	h := d.h
 	d.mu.Unlock()
+	if !copying || d.opt.Readahead <= 0 || h == nil {
+		return
+	}
+	if f, ok := h.Folder(arrayPath); ok && f.Array != nil {
+		d.prefetch(f.Array, f.Array.ChunkKeysAfter("", d.opt.Readahead))
+	}
+}
+
+// prefetch starts background fetches of chunk keys (relative to arr).
+func (d *datasource) prefetch(arr *zarr.Array, rels []string) {
+	for _, k := range rels {
+		full := joinKey(arr.Path, k)
+		d.opt.Cache.Prefetch(d.cacheKey(full), d.fetcher(full))
+	}
 }
 
 // listing reports whether lookups in the array now come from a lister: its
@@ -195,10 +219,7 @@ func (d *datasource) readChunk(ctx context.Context, arr *zarr.Array, rel string)
 	st.lastRead, st.openedAt = rel, d.opt.now()
 	d.mu.Unlock()
 	if d.opt.Readahead > 0 && prev != "" && prev != rel && slices.Contains(arr.ChunkKeysAfter(prev, sequentialSlack), rel) {
-		for _, k := range arr.ChunkKeysAfter(rel, d.opt.Readahead) {
-			full := joinKey(arr.Path, k)
-			d.opt.Cache.Prefetch(d.cacheKey(full), d.fetcher(full))
-		}
+		d.prefetch(arr, arr.ChunkKeysAfter(rel, d.opt.Readahead))
 	}
 	return d.opt.Cache.GetOrFetch(ctx, d.cacheKey(key), d.fetcher(key))
 }

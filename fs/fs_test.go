@@ -453,4 +453,10 @@ func TestCopyOpensArrayMetadataThenGetsChunksWithoutHead(t *testing.T) {
 	assert.Equal(t, 1, f.store.gets["grid/0.0"])
 	_, heads := f.store.counts()
 	assert.Zero(t, heads, "a copier pays no HEAD")
+	// Opening .zarray right after the listing started readahead of the
+	// first chunks.
+	require.Eventually(t, func() bool {
+		_, st := f.cache.Stat("alpha/grid/0.1")
+		return st == cache.StatPresent
+	}, 5*time.Second, 5*time.Millisecond)
 }
