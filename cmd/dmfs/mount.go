@@ -57,7 +57,7 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if o.Foreground {
 		return mountForeground(ctx, &o, stderr)
 	}
-	return mountBackground(ctx, &o, args, stderr)
+	return mountBackground(ctx, &o, flags, stderr)
 }
 
 // mountForeground serves in this process, logging to stderr (or --log-file).
@@ -86,7 +86,7 @@ func mountForeground(ctx context.Context, o *mountOptions, stderr io.Writer) int
 
 // mountBackground re-executes dmfs detached from the terminal and waits until
 // it reports the mount ready or fails, like gcsfuse and mountpoint-s3.
-func mountBackground(ctx context.Context, o *mountOptions, args []string, stderr io.Writer) int {
+func mountBackground(ctx context.Context, o *mountOptions, flags *pflag.FlagSet, stderr io.Writer) int {
 	// Check what can be checked here, so the common mistakes need no child.
 	mp, err := checkMountpoint(o.Mountpoint)
 	if err != nil {
@@ -121,10 +121,9 @@ func mountBackground(ctx context.Context, o *mountOptions, args []string, stderr
 		fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
 		return exitFailure
 	}
-	// The child gets the same flags with the absolute mount point, so that
-	// it does not depend on this process's working directory.
-	childArgs := append([]string{"mount"}, args[:len(args)-1]...)
-	childArgs = append(childArgs, "--log-file", logFile, mp)
+	// The child gets the flags as parsed and the absolute mount point, so
+	// that it does not depend on this process's working directory.
+	childArgs := append(append([]string{"mount"}, childFlags(flags)...), "--log-file="+logFile, "--", mp)
 	cmd := exec.Command(exe, childArgs...)
 	cmd.Env = append(os.Environ(), readyFDEnv+"=3")
 	cmd.ExtraFiles = []*os.File{pw}
@@ -182,6 +181,25 @@ func mountBackground(ctx context.Context, o *mountOptions, args []string, stderr
 		fmt.Fprintf(stderr, "dmfs mount: the mount was not ready after %s; see %s\n", startupTimeout, logFile)
 		return exitFailure
 	}
+}
+
+// childFlags renders the flags set on the command line (except --log-file,
+// which the parent decides) so that a re-executed dmfs parses the same.
+func childFlags(flags *pflag.FlagSet) []string {
+	var out []string
+	flags.Visit(func(f *pflag.Flag) {
+		if f.Name == "log-file" {
+			return
+		}
+		if sv, ok := f.Value.(pflag.SliceValue); ok {
+			for _, v := range sv.GetSlice() {
+				out = append(out, "--"+f.Name+"="+v)
+			}
+			return
+		}
+		out = append(out, "--"+f.Name+"="+f.Value.String())
+	})
+	return out
 }
 
 // mountDaemon is the background process: it serves and reports readiness on

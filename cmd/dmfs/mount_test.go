@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spf13/pflag"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -131,4 +132,26 @@ func TestStateFilesAreDistinctPerMountpoint(t *testing.T) {
 	assert.Equal(t, os.Getpid(), pid)
 	_, ok = readPidFile("/a_b")
 	assert.False(t, ok)
+}
+
+func TestChildFlagsReparseToTheSameOptions(t *testing.T) {
+	args := []string{"/mnt/x", "--cache-size", "2GiB", "--datasource", "a_b", "--datasource=c-d",
+		"--readahead", "8", "--allow-other", "--session-duration", "90m", "--log-file", "/tmp/l"}
+	parse := func(args []string) (mountOptions, []string) {
+		var o mountOptions
+		fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+		o.AddFlags(fs, func(string) string { return "" })
+		require.NoError(t, fs.Parse(args))
+		return o, fs.Args()
+	}
+	want, pos := parse(args)
+	assert.Equal(t, []string{"/mnt/x"}, pos)
+	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	var o mountOptions
+	o.AddFlags(fs, func(string) string { return "" })
+	require.NoError(t, fs.Parse(args))
+	got, pos := parse(append(childFlags(fs), "--", "/mnt/x"))
+	assert.Equal(t, []string{"/mnt/x"}, pos)
+	want.LogFile = ""
+	assert.Equal(t, want, got)
 }
