@@ -1,0 +1,225 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+)
+
+// sample is one measurement of one operation in one run.
+type sample struct {
+	Seconds float64
+	Bytes   int64 // bytes read by the operation (0: not a data transfer)
+	Capped  bool  // stopped at the time cap; Seconds is then a lower bound
+	// Gateway requests during the operation, from its counters.
+	Requests, Gets, Heads int64
+	Chunks                int64 // chunks the operation covers, for requests per chunk
+	RSS                   int64 // peak RSS of the dmfs daemon after the operation (0: n/a)
+}
+
+// summary is the median, min and max of a series.
+type summary struct{ Median, Min, Max float64 }
+
+func summarize(xs []float64) (summary, bool) {
+	if len(xs) == 0 {
+		return summary{}, false
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	n := len(s)
+	med := s[n/2]
+	if n%2 == 0 {
+		med = (s[n/2-1] + s[n/2]) / 2
+	}
+	return summary{Median: med, Min: s[0], Max: s[n-1]}, true
+}
+
+func (s summary) format(unit string, prec int) string {
+	f := func(v float64) string { return fmt.Sprintf("%.*f", prec, v) }
+	if s.Min == s.Max {
+		return f(s.Median) + unit
+	}
+	return fmt.Sprintf("%s%s (%s–%s)", f(s.Median), unit, f(s.Min), f(s.Max))
+}
+
+// measure names, in table order.
+const (
+	mDirect        = "direct HTTP, 16 clients (the limit)"
+	mCpCold        = "dmfs `cp -r` cold"
+	mCpWarm        = "dmfs `cp -r` warm"
+	mCpColdSmall   = "dmfs `cp -r` cold, cache = 1/10 of data"
+	mCpWarmSmall   = "dmfs `cp -r` warm, cache = 1/10 of data"
+	mRclone        = "rclone mount `cp -r` cold (default VFS)"
+	mRcloneFull    = "rclone mount `cp -r` cold (`--vfs-cache-mode full`)"
+	mLsR           = "dmfs `ls -R`"
+	mLslR          = "dmfs `ls -lR`"
+	mXrLoadCold    = "dmfs xarray `.load()` cold"
+	mXrLoadWarm    = "dmfs xarray `.load()` warm"
+	mXrMeanCold    = "dmfs xarray `.mean()` cold"
+	mXrMeanWarm    = "dmfs xarray `.mean()` warm"
+	mFsspecLoad    = "fsspec xarray `.load()`"
+	mFsspecMean    = "fsspec xarray `.mean()`"
+	ratioCpDirect  = "cp -r cold throughput: dmfs / direct HTTP"
+	ratioCpRclone  = "cp -r cold throughput: dmfs / rclone (default)"
+	ratioCpRcFull  = "cp -r cold throughput: dmfs / rclone (full cache)"
+	ratioLoad      = "xarray `.load()` cold: fsspec time / dmfs time"
+	ratioMean      = "xarray `.mean()` cold: fsspec time / dmfs time"
+	ratioCpDirectS = "cp -r cold throughput, cache 1/10: dmfs / direct HTTP"
+)
+
+var measureOrder = []string{mDirect, mCpCold, mCpWarm, mCpColdSmall, mCpWarmSmall, mRclone, mRcloneFull,
+	mLsR, mLslR, mXrLoadCold, mXrLoadWarm, mXrMeanCold, mXrMeanWarm, mFsspecLoad, mFsspecMean}
+
+var ratioOrder = []string{ratioCpDirect, ratioCpDirectS, ratioCpRclone, ratioCpRcFull, ratioLoad, ratioMean}
+
+// latencyResult holds every run at one gateway latency.
+type latencyResult struct {
+	Latency time.Duration
+	Samples map[string][]sample
+	Ratios  map[string][]float64
+}
+
+func newLatencyResult(l time.Duration) *latencyResult {
+	return &latencyResult{Latency: l, Samples: map[string][]sample{}, Ratios: map[string][]float64{}}
+}
+
+func (r *latencyResult) add(name string, s sample) { r.Samples[name] = append(r.Samples[name], s) }
+
+// addRatio records num/den of one run when both exist in that run.
+func (r *latencyResult) addRatio(name string, num, den float64) {
+	if num > 0 && den > 0 {
+		r.Ratios[name] = append(r.Ratios[name], num/den)
+	}
+}
+
+func pick(ss []sample, f func(sample) float64) []float64 {
+	out := make([]float64, len(ss))
+	for i, s := range ss {
+		out[i] = f(s)
+	}
+	return out
+}
+
+// writeTable writes one latency's measurements as a Markdown table.
+func (r *latencyResult) writeTable(w io.Writer) {
+	fmt.Fprintf(w, "| Operation | Time, s: median (min–max) | MB/s | Gateway requests | Requests per chunk | Peak RSS, MiB |\n")
+	fmt.Fprintf(w, "|---|---|---|---|---|---|\n")
+	for _, name := range measureOrder {
+		ss := r.Samples[name]
+		if len(ss) == 0 {
+			continue
+		}
+		t, _ := summarize(pick(ss, func(s sample) float64 { return s.Seconds }))
+		timeCol := t.format("", 2)
+		capped := 0
+		for _, s := range ss {
+			if s.Capped {
+				capped++
+			}
+		}
+		if capped > 0 {
+			timeCol = fmt.Sprintf("> %s (capped in %d of %d runs)", timeCol, capped, len(ss))
+		}
+		mbps := "—"
+		if ss[0].Bytes > 0 {
+			m, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.Bytes) / 1e6 / s.Seconds }))
+			mbps = m.format("", 1)
+		}
+		req, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.Requests) }))
+		reqCol := req.format("", 0)
+		if g, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.Gets) })); g.Max > 0 {
+			h, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.Heads) }))
+			reqCol += fmt.Sprintf(" (GET %s, HEAD %s)", g.format("", 0), h.format("", 0))
+		}
+		perChunk := "—"
+		if ss[0].Chunks > 0 {
+			p, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.Requests) / float64(s.Chunks) }))
+			perChunk = p.format("", 3)
+		}
+		rss := "—"
+		if ss[0].RSS > 0 {
+			m, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.RSS) / (1 << 20) }))
+			rss = m.format("", 0)
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s |\n", name, timeCol, mbps, reqCol, perChunk, rss)
+	}
+	fmt.Fprintf(w, "\n| Ratio (computed within each run) | median (min–max) |\n|---|---|\n")
+	for _, name := range ratioOrder {
+		if s, ok := summarize(r.Ratios[name]); ok {
+			fmt.Fprintf(w, "| %s | %s |\n", name, s.format("x", 2))
+		}
+	}
+}
+
+// target is one DESIGN.md §6 figure checked against a run.
+type target struct {
+	What, Want, Got string
+	Met             bool
+}
+
+func (r *latencyResult) targets(cacheSmall int64) []target {
+	var out []target
+	ratio := func(name, want string, min float64) {
+		if s, ok := summarize(r.Ratios[name]); ok {
+			out = append(out, target{name, want, s.format("x", 2), s.Min >= min})
+		}
+	}
+	ratio(ratioCpDirect, "≥ 0.8x", 0.8)
+	ratio(ratioCpRclone, "≥ 3x", 3)
+	ratio(ratioCpRcFull, "≥ 3x", 3)
+	ratio(ratioLoad, "> 1x", 1.0000001)
+	ratio(ratioMean, "> 1x", 1.0000001)
+	zero := func(name string) {
+		ss := r.Samples[name]
+		if len(ss) == 0 {
+			return
+		}
+		s, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.Requests) }))
+		out = append(out, target{name + ": gateway requests", "0", s.format("", 0), s.Max == 0})
+	}
+	zero(mCpWarm)
+	zero(mXrLoadWarm)
+	zero(mXrMeanWarm)
+	perChunk := func(name, want string, max float64) {
+		ss := r.Samples[name]
+		if len(ss) == 0 || ss[0].Chunks == 0 {
+			return
+		}
+		s, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.Requests) / float64(s.Chunks) }))
+		out = append(out, target{name + ": requests per chunk", want, s.format("", 3), s.Max <= max})
+	}
+	perChunk(mCpCold, "≤ 1.1", 1.1)
+	perChunk(mXrLoadCold, "= 1", 1)
+	if ss := r.Samples[mLsR]; len(ss) > 0 {
+		s, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.Gets + s.Heads) }))
+		out = append(out, target{mLsR + ": zarr requests", "≤ 1 (`.zmetadata`)", s.format("", 0), s.Max <= 1})
+	}
+	if ss := r.Samples[mLslR]; len(ss) > 0 {
+		g, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.Gets) }))
+		h, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.Heads) / float64(max(1, s.Chunks)) }))
+		out = append(out, target{mLslR + ": GETs / HEADs per chunk", "≤ 1 GET (`.zmetadata`) / ≤ 1",
+			g.format("", 0) + " / " + h.format("", 3), g.Max <= 1 && h.Max <= 1})
+	}
+	if ss := r.Samples[mCpColdSmall]; len(ss) > 0 && cacheSmall > 0 {
+		s, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.RSS-cacheSmall) / (1 << 20) }))
+		out = append(out, target{"peak RSS − cache size (cache 1/10, reading all data)", "≤ 64 MiB",
+			s.format(" MiB", 0), s.Max <= 64})
+	}
+	return out
+}
+
+func writeTargets(w io.Writer, ts []target) {
+	fmt.Fprintf(w, "| Figure | Target | Measured: median (min–max) | Met in every run |\n|---|---|---|---|\n")
+	for _, t := range ts {
+		met := "yes"
+		if !t.Met {
+			met = "**no**"
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s |\n", t.What, t.Want, t.Got, met)
+	}
+}
+
+// escapeCell keeps a value from breaking a Markdown table row.
+func escapeCell(s string) string { return strings.ReplaceAll(s, "|", `\|`) }

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Benchmarks dmfs against direct HTTP, rclone mount and xarray over fsspec on
+# the same local gateway, and writes docs/benchmarks.md (issue 7). Needs the
+# packages scripts/test.sh installs (fuse3, rclone, python3-xarray, ...).
+#
+#   scripts/bench.sh                          # 640MiB, 3 runs, 20ms and 0ms (~11 min on 2 cores)
+#   scripts/bench.sh --size 1GiB --runs 3 --latency 20ms,0ms --out docs/benchmarks.md   # ~18 min
+#   scripts/bench.sh --size 64MiB --runs 1    # a quick look
+#
+# Any flag is passed on to integration/bench (see --help there).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bin=$(mktemp -d)
+trap 'rm -rf "$bin"' EXIT
+go build -o "$bin/dmfs" ./cmd/dmfs
+go build -o "$bin/bench" ./integration/bench
+
+args=("$@")
+if ((${#args[@]} == 0)); then
+	args=(--size 640MiB --runs 3 --latency 20ms,0ms --out docs/benchmarks.md)
+fi
+"$bin/bench" --dmfs "$bin/dmfs" --command "scripts/bench.sh ${args[*]}" "${args[@]}"
