@@ -21,6 +21,9 @@ import (
 // others waiting on the same load.
 const metadataLoadTimeout = 2 * time.Minute
 
+// headAheadTimeout bounds one background HEAD.
+const headAheadTimeout = time.Minute
+
 // listerWindow is how long after a listing of an array's chunks a lookup of
 // an unknown chunk is taken to come from a lister (`ls -l`, `du`), which
 // stats and reads nothing, rather than from a reader.
@@ -139,10 +142,11 @@ func (d *datasource) noteListed(arrayPath string) {
 	d.mu.Unlock()
 }
 
-// noteOpened records that a metadata file of the array was opened for
-// reading. Right after a listing this is a copier (cp, tar, rsync read
-// .zarray before the chunks): its first chunks are fetched ahead at once.
-func (d *datasource) noteOpened(arrayPath string) {
+// noteOpened records that a file of the array was opened for reading: its
+// metadata (from "") or the chunk from. Right after a listing this is a
+// copier (cp, tar, rsync read .zarray before the chunks): the chunks from
+// there on are fetched ahead at once.
+func (d *datasource) noteOpened(arrayPath, from string) {
 	d.mu.Lock()
 	st := d.array(arrayPath)
 	now := d.opt.now()
@@ -154,8 +158,26 @@ func (d *datasource) noteOpened(arrayPath string) {
 		return
 	}
 	if f, ok := h.Folder(arrayPath); ok && f.Array != nil {
-		d.prefetch(f.Array, f.Array.ChunkKeysAfter("", d.opt.Readahead))
+		keys := f.Array.ChunkKeysAfter(from, d.readaheadCount(""))
+		if from != "" {
+			keys = append([]string{from}, keys...)
+		}
+		d.prefetch(f.Array, keys)
 	}
+}
+
+// readaheadCount is how many chunks to fetch ahead: --readahead, but no more
+// than a quarter of the cache holds, judging by the size of key (when known)
+// so that readahead never pushes out what is being read.
+func (d *datasource) readaheadCount(key string) int {
+	n := d.opt.Readahead
+	if key == "" {
+		return n
+	}
+	if size, st := d.opt.Cache.Stat(d.cacheKey(key)); st != cache.StatUnknown && st != cache.StatMissing && size > 0 {
+		n = int(min(int64(n), max(d.opt.cacheBytes/4/size, 1)))
+	}
+	return n
 }
 
 // prefetch starts background fetches of chunk keys (relative to arr).
@@ -172,8 +194,14 @@ func (d *datasource) listerActive(arrayPath string) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	st := d.array(arrayPath)
-	return !st.listedAt.IsZero() && d.opt.now().Sub(st.listedAt) < listerWindow &&
-		!st.openedAt.After(st.listedAt)
+	now := d.opt.now()
+	active := !st.listedAt.IsZero() && now.Sub(st.listedAt) < listerWindow && !st.openedAt.After(st.listedAt)
+	if active {
+		// A lister still at work keeps the window open, however long
+		// the folder.
+		st.listedAt = now
+	}
+	return active
 }
 
 // cacheKey names a chunk in the shared cache.
@@ -192,7 +220,8 @@ func (d *datasource) fetcher(key string) cache.FetchFunc {
 // chunkSize answers a lookup of a chunk: from what is known, else with one
 // request that fits the caller — a HEAD for a lister, a GET (into the cache)
 // for a reader, who is about to open it.
-func (d *datasource) chunkSize(ctx context.Context, arrayPath, key string) (int64, error) {
+func (d *datasource) chunkSize(ctx context.Context, arr *zarr.Array, rel string) (int64, error) {
+	key := joinKey(arr.Path, rel)
 	ck := d.cacheKey(key)
 	switch size, state := d.opt.Cache.Stat(ck); state {
 	case cache.StatPresent, cache.StatSized:
@@ -200,13 +229,40 @@ func (d *datasource) chunkSize(ctx context.Context, arrayPath, key string) (int6
 	case cache.StatMissing:
 		return 0, fmt.Errorf("chunk %s/%s: %w", d.id, key, iofs.ErrNotExist)
 	}
-	if d.listerActive(arrayPath) {
-		return d.opt.Cache.SizeOrHead(ctx, ck, func(ctx context.Context) (int64, error) {
-			return d.store.Head(ctx, key)
-		})
+	if d.listerActive(arr.Path) {
+		d.headAhead(arr, rel)
+		return d.opt.Cache.SizeOrHead(ctx, ck, d.header(key))
 	}
 	b, err := d.opt.Cache.GetOrFetch(ctx, ck, d.fetcher(key))
 	return int64(len(b)), err
+}
+
+func (d *datasource) header(key string) func(context.Context) (int64, error) {
+	return func(ctx context.Context) (int64, error) { return d.store.Head(ctx, key) }
+}
+
+// headAhead sends the HEADs of the chunks that follow rel in the background,
+// so that a lister, which stats one file at a time, finds their sizes known.
+// At most headAheadWorkers run per mount; more are dropped (a hint).
+func (d *datasource) headAhead(arr *zarr.Array, rel string) {
+	for _, k := range arr.ChunkKeysAfter(rel, max(d.opt.Readahead, 1)) {
+		key := joinKey(arr.Path, k)
+		ck := d.cacheKey(key)
+		if _, st := d.opt.Cache.Stat(ck); st != cache.StatUnknown {
+			continue
+		}
+		select {
+		case d.opt.heads <- struct{}{}:
+		default:
+			return
+		}
+		go func() {
+			defer func() { <-d.opt.heads }()
+			ctx, cancel := context.WithTimeout(context.Background(), headAheadTimeout)
+			defer cancel()
+			d.opt.Cache.SizeOrHead(ctx, ck, d.header(key))
+		}()
+	}
 }
 
 // readChunk returns a chunk's bytes for an open file, and starts readahead
@@ -219,7 +275,7 @@ func (d *datasource) readChunk(ctx context.Context, arr *zarr.Array, rel string)
 	st.lastRead, st.openedAt = rel, d.opt.now()
 	d.mu.Unlock()
 	if d.opt.Readahead > 0 && prev != "" && prev != rel && slices.Contains(arr.ChunkKeysAfter(prev, sequentialSlack), rel) {
-		d.prefetch(arr, arr.ChunkKeysAfter(rel, d.opt.Readahead))
+		d.prefetch(arr, arr.ChunkKeysAfter(rel, d.readaheadCount(key)))
 	}
 	return d.opt.Cache.GetOrFetch(ctx, d.cacheKey(key), d.fetcher(key))
 }

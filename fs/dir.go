@@ -130,8 +130,7 @@ func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 		child := &dirNode{ds: n.ds, path: joinKey(n.path, name), chunks: true, arrayPath: l.arr.Path, chunkRel: rel}
 		return n.newDir(ctx, child, ino, out), 0
 	}
-	key := joinKey(l.arr.Path, rel)
-	size, err := n.ds.chunkSize(ctx, l.arr.Path, key)
+	size, err := n.ds.chunkSize(ctx, l.arr, rel)
 	if err != nil {
 		return nil, errnoOf(opt.Logger, "lookup", n.fullPath(name), err)
 	}

@@ -2,10 +2,13 @@ package fs
 
 import (
 	"context"
+	"sync"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/oceanum-dmfs/dmfs/zarr"
 )
 
 // metaFile is a metadata document (.zmetadata, .zgroup, .zarray, .zattrs,
@@ -41,7 +44,7 @@ func (f *metaFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 		return nil, 0, syscall.EROFS
 	}
 	if f.ds != nil {
-		f.ds.noteOpened(f.arrayPath)
+		f.ds.noteOpened(f.arrayPath, "")
 	}
 	return nil, fuse.FOPEN_KEEP_CACHE, 0
 }
@@ -68,56 +71,79 @@ var (
 	_ gofs.NodeGetattrer = (*chunkFile)(nil)
 )
 
-// chunkHandle keeps an open chunk's bytes: reads never refetch, even if the
-// cache evicts the chunk meanwhile.
-type chunkHandle struct{ data []byte }
+// chunkHandle is an open chunk. Its bytes are fetched on the first read,
+// not at open: when the kernel still holds the file's pages (a warm re-read
+// after the chunk left dmfs's cache) no read comes and nothing is fetched.
+// Once fetched, reads never refetch, even if the cache evicts the chunk.
+type chunkHandle struct {
+	file *chunkFile
+	arr  *zarr.Array
+
+	mu   sync.Mutex
+	data []byte
+}
 
 // Getattr reports the size learnt at lookup.
 func (f *chunkFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	size := f.size
-	if h, ok := fh.(*chunkHandle); ok {
-		size = int64(len(h.data))
-	}
-	f.ds.opt.fileAttr(&out.Attr, size)
+	f.ds.opt.fileAttr(&out.Attr, f.size)
 	out.Attr.Ino = f.StableAttr().Ino
 	return 0
 }
 
-// Open fetches the chunk (or takes it from the cache) so that reads are exact
-// and an error surfaces at open, not as a short read.
+// Open checks the chunk is still part of its array; bytes come on first read.
 func (f *chunkFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
 		return nil, 0, syscall.EROFS
 	}
-	path := f.ds.id + "/" + joinKey(f.arrayPath, f.rel)
 	h, err := f.ds.hierarchy(ctx)
 	if err != nil {
-		return nil, 0, errnoOf(f.ds.opt.Logger, "open", path, err)
+		return nil, 0, errnoOf(f.ds.opt.Logger, "open", f.path(), err)
 	}
 	folder, ok := h.Folder(f.arrayPath)
 	if !ok || folder.Array == nil || !folder.Array.IsChunkKey(f.rel) {
 		return nil, 0, syscall.ENOENT
 	}
-	data, err := f.ds.readChunk(ctx, folder.Array, f.rel)
-	if err != nil {
-		return nil, 0, errnoOf(f.ds.opt.Logger, "open", path, err)
-	}
-	if int64(len(data)) != f.size {
-		// The object changed since lookup: the kernel's cached size is
-		// stale, so let it reread attributes instead of keeping pages.
-		f.ds.opt.Logger.Info("chunk size changed since lookup", "path", path, "was", f.size, "now", len(data))
-		return &chunkHandle{data: data}, fuse.FOPEN_DIRECT_IO, 0
-	}
-	return &chunkHandle{data: data}, fuse.FOPEN_KEEP_CACHE, 0
+	f.ds.noteOpened(f.arrayPath, f.rel)
+	return &chunkHandle{file: f, arr: folder.Array}, fuse.FOPEN_KEEP_CACHE, 0
 }
 
-// Read serves from the open handle's bytes.
+func (f *chunkFile) path() string { return f.ds.id + "/" + joinKey(f.arrayPath, f.rel) }
+
+// Read serves from the chunk's bytes, fetching them (or taking them from the
+// cache) on the first read of this handle.
 func (f *chunkFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	h, ok := fh.(*chunkHandle)
 	if !ok {
 		return nil, syscall.EBADF
 	}
-	return fuse.ReadResultData(sliceAt(h.data, off, len(dest))), 0
+	data, errno := h.bytes(ctx)
+	if errno != 0 {
+		return nil, errno
+	}
+	return fuse.ReadResultData(sliceAt(data, off, len(dest))), 0
+}
+
+func (h *chunkHandle) bytes(ctx context.Context) ([]byte, syscall.Errno) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.data != nil {
+		return h.data, 0
+	}
+	f := h.file
+	data, err := f.ds.readChunk(ctx, h.arr, f.rel)
+	if err != nil {
+		return nil, errnoOf(f.ds.opt.Logger, "read", f.path(), err)
+	}
+	if int64(len(data)) != f.size {
+		// The object changed on the server since lookup: the kernel would
+		// cut or pad it to the old size. Wrong bytes are worse than an
+		// error; the entry expires after the metadata TTL.
+		f.ds.opt.Logger.Warn("chunk size changed on the server since lookup; refusing to serve it",
+			"path", f.path(), "was", f.size, "now", len(data))
+		return nil, syscall.EIO
+	}
+	h.data = data
+	return data, 0
 }
 
 // sliceAt returns up to n bytes of data from off, clamped to its length.

@@ -46,7 +46,14 @@ type Options struct {
 	now     func() time.Time
 	started time.Time
 	inodes  *inodeNumbers
+	// heads bounds background HEADs (headAhead) per mount.
+	heads chan struct{}
+	// cacheBytes is the cache's budget, which bounds readahead.
+	cacheBytes int64
 }
+
+// headAheadWorkers bounds the HEADs sent ahead of a lister.
+const headAheadWorkers = 16
 
 // MountOptions are the go-fuse mount settings dmfs exposes.
 type MountOptions struct {
@@ -68,6 +75,8 @@ func (o *Options) fill() {
 	}
 	o.started = o.now()
 	o.inodes = &inodeNumbers{}
+	o.heads = make(chan struct{}, headAheadWorkers)
+	o.cacheBytes = o.Cache.Stats().MaxBytes
 }
 
 // Mount mounts root at mountpoint read-only and starts serving. The returned

@@ -66,6 +66,12 @@ func (s *memStore) Head(ctx context.Context, key string) (int64, error) {
 	return int64(len(b)), nil
 }
 
+func (s *memStore) getCount(key string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gets[key]
+}
+
 func (s *memStore) counts() (gets, heads int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -218,7 +224,7 @@ func TestListingCostsOneMetadataRequest(t *testing.T) {
 	gets, heads := f.store.counts()
 	assert.Equal(t, 1, gets, "only .zmetadata")
 	assert.Equal(t, 0, heads)
-	assert.Equal(t, 1, f.store.gets[".zmetadata"])
+	assert.Equal(t, 1, f.store.getCount(".zmetadata"))
 }
 
 func TestMetadataFilesHaveExactSizes(t *testing.T) {
@@ -257,13 +263,13 @@ func TestReaderPaysOneGetPerChunk(t *testing.T) {
 	require.Zero(t, errno)
 	assert.Zero(t, res.Size(), "reading past the end is empty, not an error")
 
-	assert.Equal(t, 1, f.store.gets["grid/0.1"], "lookup GETs, open reuses")
+	assert.Equal(t, 1, f.store.getCount("grid/0.1"), "lookup GETs, open reuses")
 	assert.Equal(t, 0, f.store.heads["grid/0.1"])
 
 	// A second lookup and open cost nothing.
 	_, _, errno = f.lookup(t, f.root, "alpha/grid/0.1")
 	require.Zero(t, errno)
-	assert.Equal(t, 1, f.store.gets["grid/0.1"])
+	assert.Equal(t, 1, f.store.getCount("grid/0.1"))
 }
 
 func TestMissingChunkIsENOENTAtLookupOnce(t *testing.T) {
@@ -272,7 +278,7 @@ func TestMissingChunkIsENOENTAtLookupOnce(t *testing.T) {
 	assert.Equal(t, syscall.ENOENT, errno)
 	_, _, errno = f.lookup(t, f.root, "alpha/grid/1.1")
 	assert.Equal(t, syscall.ENOENT, errno)
-	assert.Equal(t, 1, f.store.gets["grid/1.1"], "known missing costs nothing")
+	assert.Equal(t, 1, f.store.getCount("grid/1.1"), "known missing costs nothing")
 	// Names outside the grid never reach the store.
 	for _, name := range []string{"2.0", "0.3", "0", "0.0.0", "..", "-1.0"} {
 		_, _, errno = f.lookup(t, f.root, "alpha/grid/"+name)
@@ -309,12 +315,10 @@ func TestListerPaysAtMostOneHeadAndNoBody(t *testing.T) {
 	assert.Equal(t, 1, gets, "no chunk body, only .zmetadata")
 	assert.Equal(t, 6, heads, "one HEAD per chunk")
 
-	// Once a chunk is opened, the directory is being read: lookups GET.
+	// Reading a chunk whose size a HEAD gave costs its one GET.
 	node, _, _ := f.lookup(t, f.root, "alpha/grid/0.0")
-	_, _, errno = node.Operations().(*chunkFile).Open(context.Background(), syscall.O_RDONLY)
-	require.Zero(t, errno)
-	f.now = f.now.Add(time.Second)
-	assert.Equal(t, 1, f.store.gets["grid/0.0"])
+	assert.Equal(t, "aaaaaa", readAllOf(t, node))
+	assert.Equal(t, 1, f.store.getCount("grid/0.0"))
 }
 
 func TestNestedChunkKeysAreDirectories(t *testing.T) {
@@ -333,8 +337,7 @@ func TestSequentialReadsTriggerReadahead(t *testing.T) {
 	open := func(name string) {
 		node, _, errno := f.lookup(t, f.root, "alpha/grid/"+name)
 		require.Zero(t, errno, name)
-		_, _, errno = node.Operations().(*chunkFile).Open(context.Background(), syscall.O_RDONLY)
-		require.Zero(t, errno, name)
+		readAllOf(t, node)
 	}
 	open("0.0")
 	open("0.1") // sequential: prefetch 0.2 (absent) and 1.0
@@ -343,10 +346,8 @@ func TestSequentialReadsTriggerReadahead(t *testing.T) {
 		return st == cache.StatPresent
 	}, 5*time.Second, 5*time.Millisecond)
 	open("1.0")
-	assert.Equal(t, 1, f.store.gets["grid/1.0"], "the prefetched chunk answers lookup and open")
-	f.store.mu.Lock()
-	assert.Equal(t, 1, f.store.gets["grid/0.2"])
-	f.store.mu.Unlock()
+	assert.Equal(t, 1, f.store.getCount("grid/1.0"), "the prefetched chunk answers lookup and open")
+	assert.Equal(t, 1, f.store.getCount("grid/0.2"))
 }
 
 func TestErrorsMapToErrno(t *testing.T) {
@@ -450,7 +451,7 @@ func TestCopyOpensArrayMetadataThenGetsChunksWithoutHead(t *testing.T) {
 	_, out, errno := f.lookup(t, f.root, "alpha/grid/0.0")
 	require.Zero(t, errno)
 	assert.Equal(t, entries[2].Ino, out.Attr.Ino, "lookup and readdir agree on the inode")
-	assert.Equal(t, 1, f.store.gets["grid/0.0"])
+	assert.Equal(t, 1, f.store.getCount("grid/0.0"))
 	_, heads := f.store.counts()
 	assert.Zero(t, heads, "a copier pays no HEAD")
 	// Opening .zarray right after the listing started readahead of the
@@ -459,4 +460,78 @@ func TestCopyOpensArrayMetadataThenGetsChunksWithoutHead(t *testing.T) {
 		_, st := f.cache.Stat("alpha/grid/0.1")
 		return st == cache.StatPresent
 	}, 5*time.Second, 5*time.Millisecond)
+}
+
+// readAllOf opens a chunk file and reads it whole, as cat does.
+func readAllOf(t *testing.T, node *gofs.Inode) string {
+	t.Helper()
+	cf := node.Operations().(*chunkFile)
+	fh, _, errno := cf.Open(context.Background(), syscall.O_RDONLY)
+	require.Zero(t, errno)
+	res, errno := cf.Read(context.Background(), fh, make([]byte, 1<<16), 0)
+	require.Zero(t, errno)
+	b, _ := res.Bytes(nil)
+	return string(b)
+}
+
+func TestOpenFetchesNothingUntilRead(t *testing.T) {
+	f := newFixture(t)
+	grid, _, _ := f.lookup(t, f.root, "alpha/grid")
+	s, errno := grid.Operations().(*dirNode).Readdir(context.Background())
+	require.Zero(t, errno)
+	names(t, s)
+	node, _, errno := f.lookup(t, f.root, "alpha/grid/0.1") // lister: HEAD
+	require.Zero(t, errno)
+	f.now = f.now.Add(time.Minute) // too late to look like a copier
+	cf := node.Operations().(*chunkFile)
+	fh, _, errno := cf.Open(context.Background(), syscall.O_RDONLY)
+	require.Zero(t, errno)
+	assert.Zero(t, f.store.getCount("grid/0.1"), "the kernel may hold the pages: no fetch at open")
+	for _, off := range []int64{0, 3} {
+		res, errno := cf.Read(context.Background(), fh, make([]byte, 2), off)
+		require.Zero(t, errno)
+		b, _ := res.Bytes(nil)
+		assert.Equal(t, "bb", string(b))
+	}
+	assert.Equal(t, 1, f.store.getCount("grid/0.1"))
+}
+
+func TestChunkThatChangedSizeIsEIONotWrongBytes(t *testing.T) {
+	f := newFixture(t)
+	grid, _, _ := f.lookup(t, f.root, "alpha/grid")
+	s, _ := grid.Operations().(*dirNode).Readdir(context.Background())
+	names(t, s)
+	node, out, errno := f.lookup(t, f.root, "alpha/grid/1.0") // HEAD: 6 bytes
+	require.Zero(t, errno)
+	require.Equal(t, uint64(6), out.Attr.Size)
+	f.store.mu.Lock()
+	f.store.keys["grid/1.0"] = []byte("longer now")
+	f.store.mu.Unlock()
+	f.now = f.now.Add(time.Minute)
+	cf := node.Operations().(*chunkFile)
+	fh, _, errno := cf.Open(context.Background(), syscall.O_RDONLY)
+	require.Zero(t, errno)
+	_, errno = cf.Read(context.Background(), fh, make([]byte, 64), 0)
+	assert.Equal(t, syscall.EIO, errno)
+}
+
+func TestListerLookupSendsHeadsAhead(t *testing.T) {
+	f := newFixture(t)
+	grid, _, _ := f.lookup(t, f.root, "alpha/grid")
+	s, _ := grid.Operations().(*dirNode).Readdir(context.Background())
+	names(t, s)
+	_, _, errno := f.lookup(t, f.root, "alpha/grid/0.0")
+	require.Zero(t, errno)
+	// Readahead is 2: the sizes of 0.1 and 0.2 (absent) come in the background.
+	require.Eventually(t, func() bool {
+		_, a := f.cache.Stat("alpha/grid/0.1")
+		_, b := f.cache.Stat("alpha/grid/0.2")
+		return a == cache.StatSized && b == cache.StatMissing
+	}, 5*time.Second, 5*time.Millisecond)
+	_, out, errno := f.lookup(t, f.root, "alpha/grid/0.1")
+	require.Zero(t, errno)
+	assert.Equal(t, uint64(6), out.Attr.Size)
+	gets, heads := f.store.counts()
+	assert.Equal(t, 1, gets, "no chunk body")
+	assert.LessOrEqual(t, heads, 4, "one HEAD per chunk at most")
 }
