@@ -3,8 +3,8 @@
 # the same local gateway, and writes docs/benchmarks.md (issue 7). Needs the
 # packages scripts/test.sh installs (fuse3, rclone, python3-xarray, ...).
 #
-#   scripts/bench.sh                          # 640MiB, 3 runs, 20ms and 0ms (~11 min on 2 cores)
-#   scripts/bench.sh --size 1GiB --runs 3 --latency 20ms,0ms --out docs/benchmarks.md   # ~18 min
+#   scripts/bench.sh                          # 1GiB, 3 runs, 20ms and 0ms (~14 min on 2 cores)
+#   scripts/bench.sh --size 640MiB --runs 3 --latency 20ms,0ms --out docs/benchmarks.md   # ~11 min
 #   scripts/bench.sh --size 64MiB --runs 1    # a quick look
 #
 # Any flag is passed on to integration/bench (see --help there).
@@ -18,6 +18,6 @@ go build -o "$bin/bench" ./integration/bench
 
 args=("$@")
 if ((${#args[@]} == 0)); then
-	args=(--size 640MiB --runs 3 --latency 20ms,0ms --out docs/benchmarks.md)
+	args=(--size 1GiB --runs 3 --latency 20ms,0ms --out docs/benchmarks.md)
 fi
 "$bin/bench" --dmfs "$bin/dmfs" --command "scripts/bench.sh ${args[*]}" "${args[@]}"

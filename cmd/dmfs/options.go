@@ -5,10 +5,11 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"strconv"
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/oceanum-dmfs/dmfs/internal/bytesize"
 )
 
 // mountOptions holds every `dmfs mount` setting; flags fall back to the
@@ -61,27 +62,15 @@ func (o *mountOptions) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 // byteSize is a size flag that takes units (KiB, MiB, GiB, TiB, K, M, G, T, KB, MB, GB).
 type byteSize int64
 
-func (b *byteSize) String() string { return formatBytes(int64(*b)) }
+func (b *byteSize) String() string { return bytesize.Format(int64(*b)) }
 func (b *byteSize) Type() string   { return "size" }
 func (b *byteSize) Set(s string) error {
-	n, err := parseBytes(s)
+	n, err := bytesize.Parse(s)
 	if err != nil {
 		return err
 	}
 	*b = byteSize(n)
 	return nil
-}
-
-func formatBytes(n int64) string {
-	for _, u := range []struct {
-		name string
-		mult int64
-	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
-		if n >= u.mult && n%u.mult == 0 {
-			return fmt.Sprintf("%d%s", n/u.mult, u.name)
-		}
-	}
-	return strconv.FormatInt(n, 10)
 }
 
 // newLogger builds the slog logger for a level name and an output.

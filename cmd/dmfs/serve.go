@@ -11,13 +11,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
 
 	"github.com/oceanum-dmfs/dmfs/gateway"
+	"github.com/oceanum-dmfs/dmfs/internal/bytesize"
 )
 
 // serveShutdownTimeout bounds how long in-flight requests may finish after a
@@ -93,7 +93,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if err != nil {
 		return serveUsageError(stderr, err)
 	}
-	demoBytes, err := parseBytes(opts.demoSize)
+	demoBytes, err := bytesize.Parse(opts.demoSize)
 	if err != nil {
 		return serveUsageError(stderr, fmt.Errorf("--demo-size: %w", err))
 	}
@@ -214,35 +214,6 @@ func serveToken(opts *serveOptions) (string, error) {
 		return opts.token, nil
 	}
 	return strings.TrimSpace(os.Getenv("DATAMESH_TOKEN")), nil
-}
-
-// parseBytes parses sizes like 1GiB, 500MB, 64k or 1024.
-func parseBytes(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	i := 0
-	for i < len(t) && (t[i] >= '0' && t[i] <= '9' || t[i] == '.') {
-		i++
-	}
-	num, unit := t[:i], strings.ToLower(strings.TrimSpace(t[i:]))
-	v, err := strconv.ParseFloat(num, 64)
-	if err != nil {
-		return 0, fmt.Errorf("%q is not a size like 1GiB", s)
-	}
-	mult := map[string]float64{
-		"": 1, "b": 1,
-		"k": 1 << 10, "kb": 1e3, "kib": 1 << 10,
-		"m": 1 << 20, "mb": 1e6, "mib": 1 << 20,
-		"g": 1 << 30, "gb": 1e9, "gib": 1 << 30,
-		"t": 1 << 40, "tb": 1e12, "tib": 1 << 40,
-	}[unit]
-	if mult == 0 {
-		return 0, fmt.Errorf("%q: unknown unit %q (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)", s, unit)
-	}
-	b := v * mult
-	if b > math.MaxInt64/2 {
-		return 0, fmt.Errorf("%q is too large", s)
-	}
-	return int64(b), nil
 }
 
 // serveWriteAtomic writes a file that readers see whole or not at all.

@@ -78,38 +78,6 @@ func TestServeUsageErrors(t *testing.T) {
 	}
 }
 
-func TestServeParseBytes(t *testing.T) {
-	tests := []struct {
-		in   string
-		want int64
-		ok   bool
-	}{
-		{"0", 0, true},
-		{"1024", 1024, true},
-		{"1GiB", 1 << 30, true},
-		{"1gib", 1 << 30, true},
-		{"1G", 1 << 30, true},
-		{"1.5 MiB", 3 << 19, true},
-		{"500MB", 500e6, true},
-		{"64k", 64 << 10, true},
-		{"2TB", 2e12, true},
-		{"", 0, false},
-		{"GiB", 0, false},
-		{"1 parsec", 0, false},
-		{"-1GiB", 0, false},
-		{"1e30TiB", 0, false},
-	}
-	for _, tc := range tests {
-		got, err := parseBytes(tc.in)
-		if !tc.ok {
-			assert.Error(t, err, tc.in)
-			continue
-		}
-		require.NoError(t, err, tc.in)
-		assert.Equal(t, tc.want, got, tc.in)
-	}
-}
-
 func TestServeDemoDir(t *testing.T) {
 	cache := t.TempDir()
 	t.Setenv("XDG_CACHE_HOME", cache)

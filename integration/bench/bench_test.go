@@ -28,7 +28,7 @@ func TestParseSize(t *testing.T) {
 		{"1GiB", 1 << 30, false},
 		{"64MiB", 64 << 20, false},
 		{"1.5KiB", 1536, false},
-		{"512M", 512e6, false},
+		{"512M", 512 << 20, false}, // as --cache-size reads it
 		{"4096", 4096, false},
 		{"0", 0, true},
 		{"-1MiB", 0, true},

@@ -54,6 +54,9 @@ func startGateway(ctx context.Context, dmfs, dataDir, tokenFile, size string, la
 	for {
 		if b, err := os.ReadFile(addrFile); err == nil && strings.TrimSpace(string(b)) != "" {
 			g.addr = strings.TrimSpace(string(b))
+			// Flush the freshly written data now, so that its writeback
+			// does not compete with the first run's measurements.
+			syscall.Sync()
 			return g, nil
 		}
 		select {

@@ -29,6 +29,8 @@ import (
 	"encoding/hex"
 
 	"github.com/spf13/pflag"
+
+	"github.com/oceanum-dmfs/dmfs/internal/bytesize"
 )
 
 //go:embed xarray_read.py
@@ -62,7 +64,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.dmfs, "dmfs", "", "the dmfs binary to measure (required)")
 	fs.StringVar(&o.rclone, "rclone", "rclone", "the rclone binary")
 	fs.StringVar(&o.python, "python", "/usr/bin/python3", "the Python with xarray, zarr, fsspec and aiohttp")
-	fs.StringVar(&o.size, "size", "640MiB", "uncompressed size of the demo_grid datasource (dmfs serve --demo-size); 1GiB takes about 18 minutes on 2 cores")
+	fs.StringVar(&o.size, "size", "1GiB", "uncompressed size of the demo_grid datasource (dmfs serve --demo-size); 1GiB takes about 14 minutes on 2 cores")
 	fs.IntVar(&o.runs, "runs", 3, "runs of every measurement (the median is reported)")
 	fs.IntVar(&o.clients, "clients", 16, "parallel clients of the direct-HTTP limit")
 	fs.StringVar(&lat, "latency", "20ms,0ms", "comma-separated gateway latencies (dmfs serve --latency)")
@@ -95,25 +97,13 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	return o, nil
 }
 
-// parseSize reads sizes like 64MiB, 1GiB, 512M or a byte count.
+// parseSize reads a positive size such as 64MiB or 1GiB.
 func parseSize(s string) (int64, error) {
-	units := []struct {
-		suffix string
-		mult   int64
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"K", 1000}, {"M", 1000 * 1000}, {"G", 1000 * 1000 * 1000}, {"B", 1}}
-	t := strings.TrimSpace(s)
-	mult := int64(1)
-	for _, u := range units {
-		if v, ok := strings.CutSuffix(t, u.suffix); ok {
-			t, mult = v, u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseFloat(strings.TrimSpace(t), 64)
+	n, err := bytesize.Parse(s)
 	if err != nil || n <= 0 {
 		return 0, fmt.Errorf("%q is not a positive size such as 64MiB or 1GiB", s)
 	}
-	return int64(n * float64(mult)), nil
+	return n, nil
 }
 
 func parseLatencies(s string) ([]time.Duration, error) {
