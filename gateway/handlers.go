@@ -84,14 +84,24 @@ func (s *Server) serveCatalog(w http.ResponseWriter, r *http.Request, _ *request
 	writeRawJSON(w, http.StatusOK, buf.Bytes())
 }
 
-func (s *Server) serveDatasource(w http.ResponseWriter, _ *http.Request, q *request) {
-	ds := s.lookup(q.arg)
+// liveDatasource returns datasource id, or answers 404 (unknown) or 410
+// (its folder was removed since startup) and returns nil.
+func (s *Server) liveDatasource(w http.ResponseWriter, id string) *datasource {
+	ds := s.lookup(id)
 	if ds == nil {
-		writeDetail(w, http.StatusNotFound, fmt.Sprintf("Datasource %q not found", q.arg))
-		return
+		writeDetail(w, http.StatusNotFound, fmt.Sprintf("Datasource %q not found", id))
+		return nil
 	}
 	if ds.gone() {
-		writeDetail(w, http.StatusGone, fmt.Sprintf("Datasource %q was removed", q.arg))
+		writeDetail(w, http.StatusGone, fmt.Sprintf("Datasource %q was removed", id))
+		return nil
+	}
+	return ds
+}
+
+func (s *Server) serveDatasource(w http.ResponseWriter, _ *http.Request, q *request) {
+	ds := s.liveDatasource(w, q.arg)
+	if ds == nil {
 		return
 	}
 	writeRawJSON(w, http.StatusOK, ds.feature)
@@ -126,13 +136,8 @@ func (s *Server) serveZarr(w http.ResponseWriter, r *http.Request, q *request) {
 		writeDetail(w, http.StatusBadRequest, fmt.Sprintf("refused key %q: %v", q.key, err))
 		return
 	}
-	ds := s.lookup(q.arg)
+	ds := s.liveDatasource(w, q.arg)
 	if ds == nil {
-		writeDetail(w, http.StatusNotFound, fmt.Sprintf("Datasource %q not found", q.arg))
-		return
-	}
-	if ds.gone() {
-		writeDetail(w, http.StatusGone, fmt.Sprintf("Datasource %q was removed", q.arg))
 		return
 	}
 	if q.route == routeZarrList {

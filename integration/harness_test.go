@@ -4,7 +4,6 @@
 package integration
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -20,9 +19,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stretchr/testify/require"
-
 	"github.com/oceanum-dmfs/dmfs/gateway"
+	"github.com/oceanum-dmfs/dmfs/internal/mountinfo"
+	"github.com/stretchr/testify/require"
 )
 
 const testToken = "integration-secret-token"
@@ -336,19 +335,8 @@ func waitMounted(t *testing.T, mp string, p *process) {
 }
 
 func isMounted(mp string) bool {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && fields[4] == mp {
-			return true
-		}
-	}
-	return false
+	_, ok, err := mountinfo.Find(mp)
+	return err == nil && ok
 }
 
 func (m *mount) unmountQuietly() {

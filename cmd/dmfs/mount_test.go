@@ -5,12 +5,13 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/spf13/pflag"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/oceanum-dmfs/dmfs/internal/mountinfo"
 )
 
 func runArgs(t *testing.T, env map[string]string, args ...string) (int, string, string) {
@@ -97,20 +98,11 @@ func TestCheckMountpoint(t *testing.T) {
 	}
 }
 
-func TestReadMounts(t *testing.T) {
-	info := strings.Join([]string{
-		"22 1 0:21 / /proc rw,nosuid - proc proc rw",
-		`95 22 0:50 / /home/me/data\040mesh rw,nosuid,nodev - fuse.dmfs dmfs rw,user_id=0`,
-		"96 22 0:51 / /mnt/other rw - fuse.rclone remote: rw",
-		"garbage",
-	}, "\n")
-	mounts, err := readMounts(strings.NewReader(info))
-	require.NoError(t, err)
-	require.Len(t, mounts, 3)
-	assert.Equal(t, "/home/me/data mesh", mounts[1].Mountpoint)
-	assert.True(t, isDmfsMount(mounts[1]))
-	assert.False(t, isDmfsMount(mounts[2]))
-	assert.False(t, isDmfsMount(mounts[0]))
+func TestIsDmfsMount(t *testing.T) {
+	assert.True(t, isDmfsMount(mountinfo.Entry{FSType: "fuse.dmfs", Source: "dmfs"}))
+	assert.True(t, isDmfsMount(mountinfo.Entry{FSType: "fuse", Source: "dmfs"}))
+	assert.False(t, isDmfsMount(mountinfo.Entry{FSType: "fuse.rclone", Source: "remote:"}))
+	assert.False(t, isDmfsMount(mountinfo.Entry{FSType: "proc", Source: "proc"}))
 }
 
 func TestByteSizeFlag(t *testing.T) {

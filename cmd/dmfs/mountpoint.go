@@ -1,91 +1,20 @@
 package main
 
 import (
-	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/oceanum-dmfs/dmfs/internal/mountinfo"
 )
 
-// mountEntry is one line of /proc/self/mountinfo that matters here.
-type mountEntry struct {
-	Mountpoint string
-	FSType     string
-	Source     string
-}
-
-// readMounts parses mountinfo: "id parent maj:min root mountpoint opts ... - fstype source superopts".
-func readMounts(r io.Reader) ([]mountEntry, error) {
-	var out []mountEntry
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		sep := -1
-		for i, f := range fields {
-			if f == "-" {
-				sep = i
-				break
-			}
-		}
-		if len(fields) < 5 || sep < 0 || sep+2 >= len(fields) {
-			continue
-		}
-		out = append(out, mountEntry{
-			Mountpoint: unescapeMount(fields[4]),
-			FSType:     fields[sep+1],
-			Source:     unescapeMount(fields[sep+2]),
-		})
-	}
-	return out, sc.Err()
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-// findMount returns the mount table entry at path, if any.
-func findMount(path string) (mountEntry, bool, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return mountEntry{}, false, err
-	}
-	defer f.Close()
-	mounts, err := readMounts(f)
-	if err != nil {
-		return mountEntry{}, false, err
-	}
-	for i := len(mounts) - 1; i >= 0; i-- { // the last mount on a path is the visible one
-		if mounts[i].Mountpoint == path {
-			return mounts[i], true, nil
-		}
-	}
-	return mountEntry{}, false, nil
-}
-
-func isDmfsMount(m mountEntry) bool {
+func isDmfsMount(m mountinfo.Entry) bool {
 	return m.FSType == "fuse.dmfs" || (strings.HasPrefix(m.FSType, "fuse") && m.Source == "dmfs")
 }
 
@@ -111,7 +40,7 @@ func checkMountpoint(path string) (string, error) {
 	case !st.IsDir():
 		return "", fmt.Errorf("%w: %s is not a directory", errMountPoint, abs)
 	}
-	if m, ok, err := findMount(abs); err == nil && ok {
+	if m, ok, err := mountinfo.Find(abs); err == nil && ok {
 		return "", fmt.Errorf("%w: %s is already a mount point (%s); unmount it first", errMountPoint, abs, m.FSType)
 	}
 	d, err := os.Open(abs)

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/oceanum-dmfs/dmfs/internal/mountinfo"
 )
 
 // unmountWait bounds how long `dmfs unmount` waits for the mount's process
@@ -45,7 +47,7 @@ func runUnmount(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		fmt.Fprintf(stderr, "dmfs unmount: %v\n", err)
 		return exitUsage
 	}
-	m, ok, err := findMount(mp)
+	m, ok, err := mountinfo.Find(mp)
 	if err != nil {
 		fmt.Fprintf(stderr, "dmfs unmount: reading the mount table: %v\n", err)
 		return exitFailure

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/oceanum-dmfs/dmfs/internal/mountinfo"
 )
 
 // mount is one FUSE mount made by the benchmark; close undoes it whatever
@@ -197,32 +199,8 @@ func (m *rcloneMount) close() error {
 
 // isMounted tells whether path is a mount point now.
 func isMounted(path string) bool {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return false
-	}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && unescapeOctal(f[4]) == path {
-			return true
-		}
-	}
-	return false
-}
-
-func unescapeOctal(s string) string {
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	_, ok, err := mountinfo.Find(path)
+	return err == nil && ok
 }
 
 // timed is one timed command.
