@@ -535,3 +535,50 @@ func TestListerLookupSendsHeadsAhead(t *testing.T) {
 	assert.Equal(t, 1, gets, "no chunk body")
 	assert.LessOrEqual(t, heads, 4, "one HEAD per chunk at most")
 }
+
+func TestCatalogAndMetadataAreRefreshedAfterTTL(t *testing.T) {
+	f := newFixture(t)
+	s, _ := f.root.Readdir(context.Background())
+	assert.Equal(t, []string{"alpha", "beta_1"}, names(t, s))
+	f.cat.listed = []string{"alpha", "beta_1", "gamma"}
+	s, _ = f.root.Readdir(context.Background())
+	assert.Equal(t, []string{"alpha", "beta_1"}, names(t, s), "within the TTL the listing is kept")
+	f.now = f.now.Add(2 * time.Minute)
+	s, _ = f.root.Readdir(context.Background())
+	assert.Equal(t, []string{"alpha", "beta_1", "gamma"}, names(t, s))
+
+	// A store whose metadata changed drops its cached chunks; an unchanged
+	// one keeps them.
+	_, _, errno := f.lookup(t, f.root, "alpha/grid/0.0")
+	require.Zero(t, errno)
+	_, st := f.cache.Stat("alpha/grid/0.0")
+	require.Equal(t, cache.StatPresent, st)
+	f.now = f.now.Add(2 * time.Minute)
+	_, _, errno = f.lookup(t, f.root, "alpha/grid/0.1")
+	require.Zero(t, errno)
+	assert.Equal(t, 2, f.store.getCount(".zmetadata"), "metadata fetched again after the TTL")
+	_, st = f.cache.Stat("alpha/grid/0.0")
+	assert.Equal(t, cache.StatPresent, st, "unchanged metadata keeps the cache")
+
+	f.store.mu.Lock()
+	f.store.keys[".zmetadata"] = []byte(strings.Replace(zmetadata, `"title": "test"`, `"title": "v2"`, 1))
+	f.store.mu.Unlock()
+	f.now = f.now.Add(2 * time.Minute)
+	_, _, errno = f.lookup(t, f.root, "alpha/grid/0.1")
+	require.Zero(t, errno)
+	_, st = f.cache.Stat("alpha/grid/0.0")
+	assert.Equal(t, cache.StatUnknown, st, "changed metadata drops the datasource's chunks")
+}
+
+func TestFailedMetadataRefreshKeepsServing(t *testing.T) {
+	f := newFixture(t)
+	_, _, errno := f.lookup(t, f.root, "alpha/grid/0.0")
+	require.Zero(t, errno)
+	f.store.mu.Lock()
+	f.store.keys[".zmetadata"] = []byte(`{"truncated`)
+	f.store.mu.Unlock()
+	f.now = f.now.Add(2 * time.Minute)
+	_, out, errno := f.lookup(t, f.root, "alpha/grid/0.1")
+	require.Zero(t, errno, "the tree already known is still served")
+	assert.Equal(t, uint64(6), out.Attr.Size)
+}
