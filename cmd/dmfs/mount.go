@@ -26,6 +26,11 @@ import (
 // which file descriptor reports readiness to the waiting parent.
 const readyFDEnv = "DMFS_READY_FD"
 
+// sessionCloseTimeout bounds closing the session when the mount ends, so that
+// an unmount or SIGTERM completes within 5 s even when the gateway is down
+// (the session then expires at its end time).
+const sessionCloseTimeout = 4 * time.Second
+
 // startupTimeout bounds how long `dmfs mount` waits for the background mount.
 const startupTimeout = 2 * time.Minute
 
@@ -284,7 +289,7 @@ func serveMount(ctx context.Context, o *mountOptions, log *slog.Logger, ready fu
 	}
 	log.Info("session acquired", "session", info.ID, "until", info.EndTime)
 	defer func() {
-		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		cctx, cancel := context.WithTimeout(context.Background(), sessionCloseTimeout)
 		defer cancel()
 		if err := client.Close(cctx); err != nil {
 			log.Error("closing the session", "session", info.ID, "err", err)
