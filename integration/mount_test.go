@@ -446,3 +446,33 @@ func running(pid int) bool {
 	i := strings.LastIndexByte(s, ')')
 	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
 }
+
+// TestGatewayGoneGivesEIOAndCleanExit: reads fail with EIO after the
+// retries (never a hang, never fill values), and the mount still ends
+// promptly on SIGTERM even though its session cannot be closed.
+func TestGatewayGoneGivesEIOAndCleanExit(t *testing.T) {
+	g := startGateway(t, "")
+	m := mountForeground(t, g)
+	ds := filepath.Join(m.Dir, "demo_grid")
+	runCmd(t, "ls", ds) // metadata loaded while the gateway lives
+	chunk := filepath.Join(ds, "u10", "0.0.0")
+	g.proc.stop(t)
+
+	done := make(chan error, 1)
+	go func() {
+		_, err := os.ReadFile(chunk)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		assert.True(t, errors.Is(err, syscall.EIO), "want EIO, got %v", err)
+	case <-time.After(2 * time.Minute):
+		t.Fatal("read hung with the gateway gone")
+	}
+	// What is known still answers: names come from the metadata.
+	assert.Contains(t, runCmd(t, "ls", ds), "u10")
+
+	require.NoError(t, m.proc.cmd.Process.Signal(syscall.SIGTERM))
+	assert.Equal(t, 0, m.proc.wait(t, 10*time.Second))
+	assert.False(t, isMounted(m.Dir))
+}
