@@ -63,7 +63,7 @@ func readStoreMeta(ds *datasource) (*storeMeta, error) {
 		var cons struct {
 			Metadata map[string]json.RawMessage `json:"metadata"`
 		}
-		if err := json.Unmarshal(raw, &cons); err != nil {
+		if err := unmarshalZarrJSON(raw, &cons); err != nil {
 			return nil, fmt.Errorf(".zmetadata: %w", err)
 		}
 		docs = cons.Metadata
@@ -81,7 +81,7 @@ func readStoreMeta(ds *datasource) (*storeMeta, error) {
 	}
 	sm := &storeMeta{attrs: map[string]any{}}
 	if raw, ok := docs[".zattrs"]; ok {
-		if err := json.Unmarshal(raw, &sm.attrs); err != nil {
+		if err := unmarshalZarrJSON(raw, &sm.attrs); err != nil {
 			return nil, fmt.Errorf(".zattrs: %w", err)
 		}
 	}
@@ -101,7 +101,7 @@ func readStoreMeta(ds *datasource) (*storeMeta, error) {
 		}
 		attrs := map[string]any{}
 		if rawAttrs, ok := docs[name+"/.zattrs"]; ok {
-			if err := json.Unmarshal(rawAttrs, &attrs); err != nil {
+			if err := unmarshalZarrJSON(rawAttrs, &attrs); err != nil {
 				return nil, fmt.Errorf("%s/.zattrs: %w", name, err)
 			}
 		}
@@ -126,7 +126,7 @@ func parseV2Array(name string, raw json.RawMessage, attrs map[string]any) (*arra
 		Filters   []any  `json:"filters"`
 		Separator string `json:"dimension_separator"`
 	}
-	if err := json.Unmarshal(raw, &z); err != nil {
+	if err := unmarshalZarrJSON(raw, &z); err != nil {
 		return nil, fmt.Errorf("%s/.zarray: %w", name, err)
 	}
 	if len(z.Chunks) != len(z.Shape) {
@@ -163,7 +163,7 @@ func readStoreMetaV3(ds *datasource) (*storeMeta, error) {
 			Metadata map[string]json.RawMessage `json:"metadata"`
 		} `json:"consolidated_metadata"`
 	}
-	if err := json.Unmarshal(raw, &root); err != nil {
+	if err := unmarshalZarrJSON(raw, &root); err != nil {
 		return nil, fmt.Errorf("zarr.json: %w", err)
 	}
 	sm := &storeMeta{attrs: root.Attributes}
@@ -200,7 +200,7 @@ func readStoreMetaV3(ds *datasource) (*storeMeta, error) {
 		var nt struct {
 			NodeType string `json:"node_type"`
 		}
-		if err := json.Unmarshal(doc, &nt); err != nil {
+		if err := unmarshalZarrJSON(doc, &nt); err != nil {
 			return nil, fmt.Errorf("%s/zarr.json: %w", name, err)
 		}
 		if nt.NodeType != "array" {
@@ -235,7 +235,7 @@ func parseV3Array(name string, raw json.RawMessage) (*arrayMeta, error) {
 		Attributes     map[string]any `json:"attributes"`
 		DimensionNames []any          `json:"dimension_names"`
 	}
-	if err := json.Unmarshal(raw, &z); err != nil {
+	if err := unmarshalZarrJSON(raw, &z); err != nil {
 		return nil, fmt.Errorf("%s/zarr.json: %w", name, err)
 	}
 	a := &arrayMeta{name: name, format: 3, shape: z.Shape, chunks: z.ChunkGrid.Configuration.ChunkShape,
@@ -642,4 +642,54 @@ func decodeNumber(b []byte, order binary.ByteOrder, kind byte) float64 {
 		return float64(v)
 	}
 	return math.NaN()
+}
+
+// unmarshalZarrJSON decodes a Zarr metadata document. Python's zarr writes
+// bare NaN, Infinity and -Infinity (in attributes, fill values), which
+// encoding/json rejects; for the catalog's purposes they read as null.
+func unmarshalZarrJSON(data []byte, v any) error {
+	return json.Unmarshal(nonFiniteAsNull(data), v)
+}
+
+// nonFiniteAsNull replaces the bare tokens NaN, Infinity and -Infinity
+// outside strings with null.
+func nonFiniteAsNull(data []byte) []byte {
+	if !bytes.Contains(data, []byte("NaN")) && !bytes.Contains(data, []byte("Infinity")) {
+		return data
+	}
+	out := make([]byte, 0, len(data))
+	inString, escaped := false, false
+	for i := 0; i < len(data); i++ {
+		c := data[i]
+		if inString {
+			out = append(out, c)
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+			continue
+		}
+		if c == '"' {
+			inString = true
+			out = append(out, c)
+			continue
+		}
+		matched := false
+		for _, tok := range []string{"-Infinity", "Infinity", "NaN"} {
+			if bytes.HasPrefix(data[i:], []byte(tok)) {
+				out = append(out, "null"...)
+				i += len(tok) - 1
+				matched = true
+				break
+			}
+		}
+		if !matched {
+			out = append(out, c)
+		}
+	}
+	return out
 }
