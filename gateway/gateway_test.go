@@ -663,7 +663,7 @@ func TestNonFiniteAsNull(t *testing.T) {
 	cases := map[string]string{
 		`{"a": NaN, "b": [Infinity, -Infinity, 1.5]}`: `{"a": null, "b": [null, null, 1.5]}`,
 		`{"s": "NaN and \"Infinity\"", "n": NaN}`:     `{"s": "NaN and \"Infinity\"", "n": null}`,
-		`{"plain": 1}`:                                `{"plain": 1}`,
+		`{"plain": 1}`: `{"plain": 1}`,
 	}
 	for in, want := range cases {
 		assert.Equal(t, want, string(nonFiniteAsNull([]byte(in))), in)
