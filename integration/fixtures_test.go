@@ -76,3 +76,38 @@ func TestZarrFixturesThroughTheMount(t *testing.T) {
 	}
 	assert.GreaterOrEqual(t, stores, 7)
 }
+
+// compareZarr opens each store with zarr-python through the mount (without
+// consolidated metadata, so zarr lists folders and reads every node's
+// metadata) and from the source, and compares every array and attribute.
+const compareZarr = `
+import sys, zarr, numpy as np
+mnt, src = sys.argv[1], sys.argv[2]
+for name in sys.argv[3:]:
+    a, b = zarr.open(f"{mnt}/{name}", mode="r"), zarr.open(f"{src}/{name}", mode="r")
+    def arrays(g, prefix=""):
+        if isinstance(g, zarr.Array):
+            yield prefix, g
+            return
+        for k, v in g.arrays():
+            yield prefix + k, v
+        for k, v in g.groups():
+            yield from arrays(v, prefix + k + "/")
+    got, want = dict(arrays(a)), dict(arrays(b))
+    assert sorted(got) == sorted(want), (name, sorted(got), sorted(want))
+    for k in want:
+        assert dict(got[k].attrs) == dict(want[k].attrs) or str(dict(got[k].attrs)) == str(dict(want[k].attrs)), k
+        np.testing.assert_array_equal(got[k][...], want[k][...], err_msg=f"{name}/{k}")
+    print(name, "ok", len(want))
+`
+
+func TestZarrPythonReadsFixturesThroughTheMount(t *testing.T) {
+	requirePrereq(t, pythonOK, "/usr/bin/python3 with zarr")
+	src, err := filepath.Abs("../zarr/testdata")
+	require.NoError(t, err)
+	g := startGateway(t, src)
+	m := mountForeground(t, g)
+	stores := []string{"v2_groups", "v2_groups_consolidated", "v2_root_array", "v2_xarray"}
+	out := python(t, compareZarr, append([]string{m.Dir, src}, stores...)...)
+	assert.Equal(t, len(stores), strings.Count(out, " ok "), out)
+}
