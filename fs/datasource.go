@@ -16,11 +16,6 @@ import (
 	"github.com/oceanum-dmfs/dmfs/zarr"
 )
 
-// metadataLoadTimeout bounds one load of a store's hierarchy; it runs
-// detached from the caller so that an interrupted `ls` does not fail the
-// others waiting on the same load.
-const metadataLoadTimeout = 2 * time.Minute
-
 // headAheadTimeout bounds one background HEAD.
 const headAheadTimeout = time.Minute
 
@@ -74,9 +69,7 @@ func (d *datasource) hierarchy(ctx context.Context) (*zarr.Hierarchy, error) {
 	if fresh {
 		return h, nil
 	}
-	ch := d.load.DoChan("", func() (any, error) {
-		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), metadataLoadTimeout)
-		defer cancel()
+	nh, err := shared(ctx, &d.load, func(lctx context.Context) (*zarr.Hierarchy, error) {
 		start := d.opt.now()
 		nh, err := zarr.Open(lctx, d.id, d.store)
 		if err != nil {
@@ -86,22 +79,20 @@ func (d *datasource) hierarchy(ctx context.Context) (*zarr.Hierarchy, error) {
 		d.opt.Logger.Debug("metadata loaded", "datasource", d.id, "duration", d.opt.now().Sub(start))
 		return nh, nil
 	})
-	select {
-	case <-ctx.Done():
+	switch {
+	case err == nil:
+		return nh, nil
+	case ctx.Err() != nil:
 		return nil, ctx.Err()
-	case res := <-ch:
-		if res.Err != nil {
-			if h != nil && !errors.Is(res.Err, iofs.ErrNotExist) {
-				d.opt.Logger.Warn("metadata refresh failed; serving the tree already loaded",
-					"datasource", d.id, "err", res.Err)
-				d.mu.Lock()
-				d.loadedAt = d.opt.now() // try again after another TTL
-				d.mu.Unlock()
-				return h, nil
-			}
-			return nil, fmt.Errorf("datasource %s: %w", d.id, res.Err)
-		}
-		return res.Val.(*zarr.Hierarchy), nil
+	case h != nil && !errors.Is(err, iofs.ErrNotExist):
+		d.opt.Logger.Warn("metadata refresh failed; serving the tree already loaded",
+			"datasource", d.id, "err", err)
+		d.mu.Lock()
+		d.loadedAt = d.opt.now() // try again after another TTL
+		d.mu.Unlock()
+		return h, nil
+	default:
+		return nil, fmt.Errorf("datasource %s: %w", d.id, err)
 	}
 }
 

@@ -125,10 +125,13 @@ func (f *chunkFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, o
 
 func (h *chunkHandle) bytes(ctx context.Context) ([]byte, syscall.Errno) {
 	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.data != nil {
-		return h.data, 0
+	data := h.data
+	h.mu.Unlock()
+	if data != nil {
+		return data, 0
 	}
+	// No lock across the fetch: the cache already makes concurrent first
+	// reads share one download, and each stays interruptible.
 	f := h.file
 	data, err := f.ds.readChunk(ctx, h.arr, f.rel)
 	if err != nil {
@@ -142,7 +145,9 @@ func (h *chunkHandle) bytes(ctx context.Context) ([]byte, syscall.Errno) {
 			"path", f.path(), "was", f.size, "now", len(data))
 		return nil, syscall.EIO
 	}
+	h.mu.Lock()
 	h.data = data
+	h.mu.Unlock()
 	return data, 0
 }
 

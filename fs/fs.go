@@ -12,6 +12,7 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/oceanum-dmfs/dmfs/cache"
 	"github.com/oceanum-dmfs/dmfs/zarr"
@@ -137,6 +138,30 @@ func (a *inodeNumbers) base(key string, n uint64) uint64 {
 	a.next += n + 1
 	a.ranges[key] = r
 	return r.base
+}
+
+// loadTimeout bounds one shared load (the catalog, a store's hierarchy).
+const loadTimeout = 2 * time.Minute
+
+// shared runs load once for all concurrent callers of g. It runs detached
+// from any one caller, so an interrupted `ls` does not fail the others
+// waiting on it; each caller waits only as long as its own ctx allows.
+func shared[T any](ctx context.Context, g *singleflight.Group, load func(context.Context) (T, error)) (T, error) {
+	ch := g.DoChan("", func() (any, error) {
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), loadTimeout)
+		defer cancel()
+		return load(lctx)
+	})
+	var zero T
+	select {
+	case <-ctx.Done():
+		return zero, ctx.Err()
+	case res := <-ch:
+		if res.Err != nil {
+			return zero, res.Err
+		}
+		return res.Val.(T), nil
+	}
 }
 
 // joinKey joins a folder path and a relative name with "/", as Zarr keys are.

@@ -12,6 +12,7 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sync/singleflight"
 )
 
 // Root is the mount's top directory: one directory per datasource.
@@ -20,13 +21,13 @@ type Root struct {
 	readOnly
 	opt Options
 
-	mu        sync.Mutex
-	listed    []string  // catalog ids, sorted
-	listedAt  time.Time // zero: never listed
-	known     map[string]time.Time
-	missing   map[string]time.Time
-	sources   map[string]*datasource
-	listGroup sync.Mutex // one catalog request at a time
+	mu       sync.Mutex
+	listed   []string  // catalog ids, sorted
+	listedAt time.Time // zero: never listed
+	known    map[string]time.Time
+	missing  map[string]time.Time
+	sources  map[string]*datasource
+	load     singleflight.Group // one catalog request at a time
 }
 
 var (
@@ -66,8 +67,6 @@ func (r *Root) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 
 // catalog returns the datasource ids, fetched again after the metadata TTL.
 func (r *Root) catalog(ctx context.Context) ([]string, error) {
-	r.listGroup.Lock()
-	defer r.listGroup.Unlock()
 	r.mu.Lock()
 	if !r.listedAt.IsZero() && r.opt.now().Sub(r.listedAt) < r.opt.MetadataTTL {
 		ids := r.listed
@@ -75,27 +74,29 @@ func (r *Root) catalog(ctx context.Context) ([]string, error) {
 		return ids, nil
 	}
 	r.mu.Unlock()
-	ids, err := r.opt.Catalog.Datasources(ctx)
-	if err != nil {
-		return nil, err
-	}
-	valid := make([]string, 0, len(ids))
-	for _, id := range ids {
-		if datasourceID.MatchString(id) {
-			valid = append(valid, id)
-		} else {
-			r.opt.Logger.Warn("catalog: skipping invalid datasource id", "id", id)
+	return shared(ctx, &r.load, func(lctx context.Context) ([]string, error) {
+		ids, err := r.opt.Catalog.Datasources(lctx)
+		if err != nil {
+			return nil, err
 		}
-	}
-	sort.Strings(valid)
-	r.mu.Lock()
-	r.listed, r.listedAt = valid, r.opt.now()
-	now := r.opt.now()
-	for _, id := range valid {
-		r.known[id] = now
-	}
-	r.mu.Unlock()
-	return valid, nil
+		valid := make([]string, 0, len(ids))
+		for _, id := range ids {
+			if datasourceID.MatchString(id) {
+				valid = append(valid, id)
+			} else {
+				r.opt.Logger.Warn("catalog: skipping invalid datasource id", "id", id)
+			}
+		}
+		sort.Strings(valid)
+		now := r.opt.now()
+		r.mu.Lock()
+		r.listed, r.listedAt = valid, now
+		for _, id := range valid {
+			r.known[id] = now
+		}
+		r.mu.Unlock()
+		return valid, nil
+	})
 }
 
 // Readdir lists the catalog.
