@@ -160,6 +160,32 @@ func names(t *testing.T, s gofs.DirStream) []string {
 	return out
 }
 
+// listEntries lists a directory as ls does (lookup, then readdir).
+func (f *fixture) listEntries(t *testing.T, path string) []fuse.DirEntry {
+	t.Helper()
+	dir, _, errno := f.lookup(t, f.root, path)
+	require.Zero(t, errno, path)
+	s, errno := dir.Operations().(*dirNode).Readdir(context.Background())
+	require.Zero(t, errno, path)
+	var out []fuse.DirEntry
+	for s.HasNext() {
+		e, errno := s.Next()
+		require.Zero(t, errno)
+		out = append(out, e)
+	}
+	return out
+}
+
+// list returns the names listEntries gives.
+func (f *fixture) list(t *testing.T, path string) []string {
+	t.Helper()
+	var out []string
+	for _, e := range f.listEntries(t, path) {
+		out = append(out, e.Name)
+	}
+	return out
+}
+
 func (f *fixture) lookup(t *testing.T, dir gofs.InodeEmbedder, path string) (*gofs.Inode, fuse.EntryOut, syscall.Errno) {
 	t.Helper()
 	var out fuse.EntryOut
@@ -203,23 +229,9 @@ func TestRootListsCatalogAndLooksUpHiddenIDs(t *testing.T) {
 
 func TestListingCostsOneMetadataRequest(t *testing.T) {
 	f := newFixture(t)
-	ds, _, errno := f.lookup(t, f.root, "alpha")
-	require.Zero(t, errno)
-	s, errno := ds.Operations().(*dirNode).Readdir(context.Background())
-	require.Zero(t, errno)
-	assert.Equal(t, []string{".zattrs", ".zgroup", ".zmetadata", "grid", "line"}, names(t, s))
-
-	grid, _, errno := f.lookup(t, f.root, "alpha/grid")
-	require.Zero(t, errno)
-	s, errno = grid.Operations().(*dirNode).Readdir(context.Background())
-	require.Zero(t, errno)
-	assert.Equal(t, []string{".zarray", ".zattrs", "0.0", "0.1", "0.2", "1.0", "1.1", "1.2"}, names(t, s))
-
-	line, _, errno := f.lookup(t, f.root, "alpha/line")
-	require.Zero(t, errno)
-	s, errno = line.Operations().(*dirNode).Readdir(context.Background())
-	require.Zero(t, errno)
-	assert.Equal(t, []string{".zarray", ".zattrs", "0", "1", "2"}, names(t, s))
+	assert.Equal(t, []string{".zattrs", ".zgroup", ".zmetadata", "grid", "line"}, f.list(t, "alpha"))
+	assert.Equal(t, []string{".zarray", ".zattrs", "0.0", "0.1", "0.2", "1.0", "1.1", "1.2"}, f.list(t, "alpha/grid"))
+	assert.Equal(t, []string{".zarray", ".zattrs", "0", "1", "2"}, f.list(t, "alpha/line"))
 
 	gets, heads := f.store.counts()
 	assert.Equal(t, 1, gets, "only .zmetadata")
@@ -291,12 +303,8 @@ func TestMissingChunkIsENOENTAtLookupOnce(t *testing.T) {
 
 func TestListerPaysAtMostOneHeadAndNoBody(t *testing.T) {
 	f := newFixture(t)
-	grid, _, errno := f.lookup(t, f.root, "alpha/grid")
-	require.Zero(t, errno)
-	s, errno := grid.Operations().(*dirNode).Readdir(context.Background())
-	require.Zero(t, errno)
 	want := map[string]int64{"0.0": 6, "0.1": 6, "0.2": -1, "1.0": 6, "1.1": -1, "1.2": -1}
-	for _, name := range names(t, s) {
+	for _, name := range f.list(t, "alpha/grid") {
 		size, chunk := want[name]
 		if !chunk {
 			continue
@@ -430,15 +438,7 @@ func TestStableInodeNumbers(t *testing.T) {
 
 func TestCopyOpensArrayMetadataThenGetsChunksWithoutHead(t *testing.T) {
 	f := newFixture(t)
-	grid, _, errno := f.lookup(t, f.root, "alpha/grid")
-	require.Zero(t, errno)
-	s, errno := grid.Operations().(*dirNode).Readdir(context.Background())
-	require.Zero(t, errno)
-	entries := []fuse.DirEntry{}
-	for s.HasNext() {
-		e, _ := s.Next()
-		entries = append(entries, e)
-	}
+	entries := f.listEntries(t, "alpha/grid")
 	// Inode numbers follow listing order: cp sorts by them before reading.
 	for i := 1; i < len(entries); i++ {
 		assert.Less(t, entries[i-1].Ino, entries[i].Ino)
@@ -476,10 +476,7 @@ func readAllOf(t *testing.T, node *gofs.Inode) string {
 
 func TestOpenFetchesNothingUntilRead(t *testing.T) {
 	f := newFixture(t)
-	grid, _, _ := f.lookup(t, f.root, "alpha/grid")
-	s, errno := grid.Operations().(*dirNode).Readdir(context.Background())
-	require.Zero(t, errno)
-	names(t, s)
+	f.list(t, "alpha/grid")
 	node, _, errno := f.lookup(t, f.root, "alpha/grid/0.1") // lister: HEAD
 	require.Zero(t, errno)
 	f.now = f.now.Add(time.Minute) // too late to look like a copier
@@ -498,9 +495,7 @@ func TestOpenFetchesNothingUntilRead(t *testing.T) {
 
 func TestChunkThatChangedSizeIsEIONotWrongBytes(t *testing.T) {
 	f := newFixture(t)
-	grid, _, _ := f.lookup(t, f.root, "alpha/grid")
-	s, _ := grid.Operations().(*dirNode).Readdir(context.Background())
-	names(t, s)
+	f.list(t, "alpha/grid")
 	node, out, errno := f.lookup(t, f.root, "alpha/grid/1.0") // HEAD: 6 bytes
 	require.Zero(t, errno)
 	require.Equal(t, uint64(6), out.Attr.Size)
@@ -517,9 +512,7 @@ func TestChunkThatChangedSizeIsEIONotWrongBytes(t *testing.T) {
 
 func TestListerLookupSendsHeadsAhead(t *testing.T) {
 	f := newFixture(t)
-	grid, _, _ := f.lookup(t, f.root, "alpha/grid")
-	s, _ := grid.Operations().(*dirNode).Readdir(context.Background())
-	names(t, s)
+	f.list(t, "alpha/grid")
 	_, _, errno := f.lookup(t, f.root, "alpha/grid/0.0")
 	require.Zero(t, errno)
 	// Readahead is 2: the sizes of 0.1 and 0.2 (absent) come in the background.
