@@ -5,6 +5,7 @@ import (
 	"fmt"
 	iofs "io/fs"
 	"slices"
+	"sync"
 
 	"github.com/oceanum-dmfs/dmfs/session"
 	"github.com/oceanum-dmfs/dmfs/zarr"
@@ -15,15 +16,22 @@ import (
 type datameshCatalog struct {
 	client *session.Client
 	only   []string
+
+	mu      sync.Mutex
+	checked []string // the listing check read, served once to the first ls
 }
 
 // check runs before the mount becomes visible: the catalog answers, and
 // every --datasource exists.
 func (c *datameshCatalog) check(ctx context.Context) error {
 	if len(c.only) == 0 {
-		if _, err := c.client.Catalog(ctx, session.Query{}); err != nil {
+		ids, err := c.list(ctx)
+		if err != nil {
 			return fmt.Errorf("reading the Datamesh catalog: %w", err)
 		}
+		c.mu.Lock()
+		c.checked = ids
+		c.mu.Unlock()
 		return nil
 	}
 	for _, id := range c.only {
@@ -38,6 +46,17 @@ func (c *datameshCatalog) Datasources(ctx context.Context) ([]string, error) {
 	if len(c.only) > 0 {
 		return slices.Clone(c.only), nil
 	}
+	c.mu.Lock()
+	ids := c.checked
+	c.checked = nil
+	c.mu.Unlock()
+	if ids != nil {
+		return ids, nil // just read at startup: the first ls costs no request
+	}
+	return c.list(ctx)
+}
+
+func (c *datameshCatalog) list(ctx context.Context) ([]string, error) {
 	list, err := c.client.Catalog(ctx, session.Query{})
 	if err != nil {
 		return nil, err
