@@ -373,7 +373,7 @@ func TestStartupErrorsAreClearAndLeaveNoMount(t *testing.T) {
 			[]string{"DATAMESH_TOKEN", "--token-file", "dmfs serve --demo"}},
 		{"bad token", []string{"DATAMESH_TOKEN=wrong-token-value"}, []string{"--service", g.URL}, empty, 3, []string{"session"}},
 		{"unreachable gateway", []string{"DATAMESH_TOKEN=" + testToken, "DATAMESH_CONNECT_TIMEOUT=1"},
-			[]string{"--service", "http://127.0.0.1:9"}, empty, 4, []string{"127.0.0.1:9"}},
+			[]string{"--service", "http://127.0.0.1:9"}, empty, 4, []string{"127.0.0.1:9", "connection refused"}},
 		{"missing mount point", []string{"DATAMESH_TOKEN=" + testToken}, []string{"--service", g.URL},
 			func(t *testing.T) string { return filepath.Join(t.TempDir(), "nope") }, 5, []string{"does not exist"}},
 		{"mount point not empty", []string{"DATAMESH_TOKEN=" + testToken}, []string{"--service", g.URL}, notEmpty, 5, []string{"not empty"}},

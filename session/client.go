@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/singleflight"
@@ -49,6 +50,10 @@ type Client struct {
 	gateway string
 	http    *http.Client
 	log     *slog.Logger
+
+	// answered is set once any HTTP answer arrives: from then on a refused
+	// connection is a restart worth waiting out, not a wrong address.
+	answered atomic.Bool
 
 	// life is cancelled by Close: it stops the renewal loop and renewals.
 	life       context.Context

@@ -25,6 +25,11 @@ const (
 	// poolSize is the number of connections kept per host: many chunk reads
 	// run in parallel.
 	poolSize = 128
+	// firstContactRetries bounds the retries of a failed connect before the
+	// service or gateway has ever answered: an address that never answered
+	// is more likely wrong or down than restarting, and the user running
+	// `dmfs mount` is waiting for the verdict.
+	firstContactRetries = 2
 )
 
 // secret holds the token; it formats as REDACTED.
@@ -108,7 +113,7 @@ func (c *Client) do(ctx context.Context, r request) (*response, error) {
 		if !retryable {
 			return resp, nil
 		}
-		if attempt >= retries {
+		if attempt >= retries || (attempt >= firstContactRetries && !c.answered.Load() && isConnectError(err)) {
 			if err != nil {
 				return nil, c.errorFor(r, 0, "", err)
 			}
@@ -206,6 +211,7 @@ func (c *Client) attempt(ctx context.Context, r request, n int) (*response, erro
 		return nil, err
 	}
 	defer res.Body.Close()
+	c.answered.Store(true)
 	resp := &response{status: res.StatusCode, header: res.Header, size: res.ContentLength}
 	switch {
 	case res.StatusCode/100 == 2 && r.readBody:
@@ -259,6 +265,17 @@ func unwrapURLError(err error) error {
 		return ue.Err
 	}
 	return err
+}
+
+// isConnectError reports whether err happened before a connection was made:
+// a refused or timed-out dial, or a name that does not resolve.
+func isConnectError(err error) bool {
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) {
+		return true
+	}
+	var opErr *net.OpError
+	return errors.As(err, &opErr) && opErr.Op == "dial"
 }
 
 func (c *Client) errorFor(r request, status int, detail string, err error) *Error {

@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -501,4 +503,34 @@ func TestGoneDatasourceIsLoggedOnce(t *testing.T) {
 	_, err = st.Head(context.Background(), "a/2")
 	assert.ErrorIs(t, err, ErrGone)
 	assert.Equal(t, 1, strings.Count(logs.String(), "gone (410)"), logs.String())
+}
+
+func TestRefusedConnectRetriesDependOnFirstContact(t *testing.T) {
+	retries := func(logs *logBuffer) int { return strings.Count(logs.String(), "datamesh retry") }
+
+	// An address that never answered: a wrong URL or a server not running.
+	// `dmfs mount` must say so quickly, after firstContactRetries.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	deadURL := "http://" + ln.Addr().String()
+	require.NoError(t, ln.Close())
+	logs := &logBuffer{}
+	cfg := testConfig(deadURL, logs)
+	cfg.MaxRetries = 6
+	c := newTestClient(t, cfg)
+	_, err = c.Acquire(t.Context(), time.Hour)
+	require.ErrorIs(t, err, syscall.ECONNREFUSED)
+	assert.Equal(t, firstContactRetries, retries(logs))
+
+	// Once the gateway has answered, a refused connection is a restart:
+	// the full retry budget applies.
+	g := newFakeGateway(t)
+	logs = &logBuffer{}
+	cfg = testConfig(g.srv.URL, logs)
+	cfg.MaxRetries = 6
+	c = acquired(t, cfg)
+	g.srv.Close()
+	_, err = c.Catalog(t.Context(), Query{})
+	require.ErrorIs(t, err, syscall.ECONNREFUSED)
+	assert.Equal(t, 6, retries(logs))
 }
