@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -33,9 +34,6 @@ type datasource struct {
 	// links maps keys that are symlinks inside the store to the path they
 	// resolve to, relative to the store (os.Root refuses absolute links).
 	links map[string]string
-	// folders maps a folder key ("" for the root, else without trailing
-	// slash) to its children, sorted by name.
-	folders map[string][]listEntry
 
 	name, description string
 	feature           []byte // the catalog Feature, JSON
@@ -102,7 +100,6 @@ func loadDatasource(id, dir string) (*datasource, error) {
 		files:    map[string]int64{},
 		escaping: map[string]bool{},
 		links:    map[string]string{},
-		folders:  map[string][]listEntry{"": nil},
 	}
 	if err := ds.index(); err != nil {
 		return nil, err
@@ -112,9 +109,6 @@ func loadDatasource(id, dir string) (*datasource, error) {
 		return nil, err
 	}
 	ds.root = root
-	for k := range ds.folders {
-		sort.Slice(ds.folders[k], func(i, j int) bool { return ds.folders[k][i].name < ds.folders[k][j].name })
-	}
 	meta, err := readStoreMeta(ds)
 	if err != nil {
 		return nil, fmt.Errorf("metadata: %w", err)
@@ -141,23 +135,13 @@ func (ds *datasource) index() error {
 			return err
 		}
 		key := filepath.ToSlash(rel)
-		parent, name := "", key
-		if i := strings.LastIndexByte(key, '/'); i >= 0 {
-			parent, name = key[:i], key[i+1:]
-		}
 		switch {
-		case d.IsDir():
-			if _, ok := ds.folders[key]; !ok {
-				ds.folders[key] = nil
-			}
-			ds.folders[parent] = append(ds.folders[parent], listEntry{name: name, isDir: true})
 		case d.Type().IsRegular():
 			fi, err := d.Info()
 			if err != nil {
 				return err
 			}
 			ds.files[key] = fi.Size()
-			ds.folders[parent] = append(ds.folders[parent], listEntry{name: name})
 		case d.Type()&fs.ModeSymlink != 0:
 			target, err := filepath.EvalSymlinks(path)
 			if err != nil {
@@ -177,10 +161,49 @@ func (ds *datasource) index() error {
 			}
 			ds.files[key] = fi.Size()
 			ds.links[key] = rel
-			ds.folders[parent] = append(ds.folders[parent], listEntry{name: name})
 		}
 		return nil
 	})
+}
+
+// listFolder reads one folder of the store from disk, so that keys written
+// after startup are listed too, sorted by name. A symlink is listed when it
+// is a key (it resolves to a regular file inside the store), as at startup.
+func (ds *datasource) listFolder(folder string) ([]listEntry, error) {
+	name := folder
+	if name == "" {
+		name = "."
+	}
+	f, err := ds.root.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.IsDir() {
+		return nil, fs.ErrNotExist
+	}
+	des, err := f.ReadDir(-1)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]listEntry, 0, len(des))
+	for _, d := range des {
+		key := path.Join(folder, d.Name())
+		switch {
+		case d.IsDir():
+			out = append(out, listEntry{name: d.Name(), isDir: true})
+		case d.Type().IsRegular():
+			out = append(out, listEntry{name: d.Name()})
+		case d.Type()&fs.ModeSymlink != 0:
+			if _, ok := ds.links[key]; ok {
+				out = append(out, listEntry{name: d.Name()})
+			} else if fi, err := ds.root.Stat(key); err == nil && fi.Mode().IsRegular() {
+				out = append(out, listEntry{name: d.Name()})
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+	return out, nil
 }
 
 // within tells whether path is dir or below it; both are cleaned absolute

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 var errNoKey = errors.New("no key")
@@ -148,19 +149,17 @@ func (s *Server) serveZarr(w http.ResponseWriter, r *http.Request, q *request) {
 		writeDetail(w, http.StatusBadRequest, fmt.Sprintf("refused key %q: it leads outside the datasource", q.key))
 		return
 	}
-	if _, ok := ds.files[q.key]; !ok {
-		writeDetail(w, http.StatusNotFound, fmt.Sprintf("Key %q not found in %q", q.key, q.arg))
-		return
-	}
-	// os.Root refuses anything that would leave the store, even a symlink
-	// planted after startup.
+	// The key is looked up on disk, not in the startup index: a chunk a
+	// pipeline writes into the store later is served, as Datamesh serves a
+	// store being written. os.Root refuses anything that would leave the
+	// store, even a symlink planted after startup.
 	path := q.key
 	if target, ok := ds.links[q.key]; ok {
 		path = target
 	}
 	f, err := ds.root.Open(path)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) { // ENOTDIR: a key under a file
 			writeDetail(w, http.StatusNotFound, fmt.Sprintf("Key %q not found in %q", q.key, q.arg))
 			return
 		}
@@ -180,8 +179,8 @@ func (s *Server) serveZarr(w http.ResponseWriter, r *http.Request, q *request) {
 // serveListing writes the HTML index of one folder, in the shape that
 // rclone's http backend and fsspec's HTTP filesystem parse.
 func (s *Server) serveListing(w http.ResponseWriter, r *http.Request, ds *datasource, folder string) {
-	entries, ok := ds.folders[folder]
-	if !ok {
+	entries, err := ds.listFolder(folder)
+	if err != nil {
 		writeDetail(w, http.StatusNotFound, fmt.Sprintf("Folder %q not found in %q", folder+"/", ds.id))
 		return
 	}
