@@ -27,6 +27,7 @@ const (
 	DefaultMaxStatEntries  = 1 << 20
 	DefaultPrefetchWorkers = 16
 	DefaultFetchTimeout    = 2 * time.Minute
+	DefaultMissingTTL      = 5 * time.Minute
 )
 
 // prefetchQueuePerWorker bounds the prefetch queue: readahead is a hint, so requests beyond
@@ -46,7 +47,10 @@ type Options struct {
 	MaxStatEntries  int           // number of keys whose size or absence is remembered
 	PrefetchWorkers int           // concurrent background prefetches
 	FetchTimeout    time.Duration // limit for each shared fetch or head, detached from callers
-	Logger          *slog.Logger
+	// MissingTTL is how long a not-found answer is believed: a sparse chunk may be written
+	// later without any metadata change, and must then appear.
+	MissingTTL time.Duration
+	Logger     *slog.Logger
 }
 
 // StatState says what the cache knows about a key.
@@ -91,9 +95,11 @@ type Stats struct {
 // Cache is a byte-bounded LRU of fetched values with single-flight fetches. It is safe for
 // concurrent use. Values it returns are shared: callers must not modify them.
 type Cache struct {
-	maxBytes int64
-	timeout  time.Duration
-	log      *slog.Logger
+	maxBytes   int64
+	timeout    time.Duration
+	missingTTL time.Duration
+	log        *slog.Logger
+	now        func() time.Time // the clock for missing marks; tests replace it
 
 	mu      sync.Mutex
 	data    *simplelru.LRU[string, []byte]
@@ -117,6 +123,7 @@ type Cache struct {
 type statEntry struct {
 	size    int64
 	missing bool
+	until   time.Time // a missing mark is forgotten after this
 }
 
 // flight is one body fetch, shared by every caller that wants the key meanwhile.
@@ -152,6 +159,9 @@ func New(opt Options) *Cache {
 	if opt.FetchTimeout <= 0 {
 		opt.FetchTimeout = DefaultFetchTimeout
 	}
+	if opt.MissingTTL <= 0 {
+		opt.MissingTTL = DefaultMissingTTL
+	}
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -167,22 +177,44 @@ func New(opt Options) *Cache {
 	}
 	closeCtx, closeFn := context.WithCancel(context.Background())
 	c := &Cache{
-		maxBytes: opt.MaxBytes,
-		timeout:  opt.FetchTimeout,
-		log:      opt.Logger,
-		data:     data,
-		stat:     stat,
-		flights:  make(map[string]*flight),
-		heads:    make(map[string]*headFlight),
-		queue:    make(chan *flight, prefetchQueuePerWorker*opt.PrefetchWorkers),
-		closeCtx: closeCtx,
-		closeFn:  closeFn,
+		maxBytes:   opt.MaxBytes,
+		timeout:    opt.FetchTimeout,
+		missingTTL: opt.MissingTTL,
+		log:        opt.Logger,
+		now:        time.Now,
+		data:       data,
+		stat:       stat,
+		flights:    make(map[string]*flight),
+		heads:      make(map[string]*headFlight),
+		queue:      make(chan *flight, prefetchQueuePerWorker*opt.PrefetchWorkers),
+		closeCtx:   closeCtx,
+		closeFn:    closeFn,
 	}
 	c.workers.Add(opt.PrefetchWorkers)
 	for range opt.PrefetchWorkers {
 		go c.prefetchWorker()
 	}
 	return c
+}
+
+// statLocked returns what is remembered of key's size or absence, forgetting a missing mark
+// that has expired. touch marks the entry as recently used. c.mu must be held.
+func (c *Cache) statLocked(key string, touch bool) (statEntry, bool) {
+	get := c.stat.Peek
+	if touch {
+		get = c.stat.Get
+	}
+	st, ok := get(key)
+	if ok && st.missing && !c.now().Before(st.until) {
+		c.stat.Remove(key)
+		return statEntry{}, false
+	}
+	return st, ok
+}
+
+// setMissingLocked remembers, for MissingTTL, that key does not exist. c.mu must be held.
+func (c *Cache) setMissingLocked(key string) {
+	c.stat.Add(key, statEntry{missing: true, until: c.now().Add(c.missingTTL)})
 }
 
 // notFound is what callers get for a key already known to be missing.
@@ -206,7 +238,7 @@ func (c *Cache) GetOrFetch(ctx context.Context, key string, fetch FetchFunc) ([]
 		c.hits.Add(1)
 		return v, nil
 	}
-	if st, ok := c.stat.Get(key); ok && st.missing {
+	if st, ok := c.statLocked(key, true); ok && st.missing {
 		c.mu.Unlock()
 		c.hits.Add(1)
 		return nil, notFound(key)
@@ -276,7 +308,7 @@ func (c *Cache) Prefetch(key string, fetch FetchFunc) {
 	if c.closed || c.data.Contains(key) || c.flights[key] != nil {
 		return
 	}
-	if st, ok := c.stat.Peek(key); ok && st.missing {
+	if st, ok := c.statLocked(key, false); ok && st.missing {
 		return
 	}
 	f := &flight{key: key, fetch: fetch, parent: context.Background(), done: make(chan struct{})}
@@ -351,7 +383,7 @@ func (c *Cache) runFetch(f *flight) {
 		}
 	case errors.Is(err, fs.ErrNotExist):
 		if !f.stale {
-			c.stat.Add(f.key, statEntry{missing: true})
+			c.setMissingLocked(f.key)
 		}
 	default:
 		c.fetchErrors.Add(1)
@@ -406,7 +438,7 @@ func (c *Cache) Stat(key string) (size int64, state StatState) {
 	if v, ok := c.data.Peek(key); ok {
 		return int64(len(v)), StatPresent
 	}
-	if st, ok := c.stat.Get(key); ok {
+	if st, ok := c.statLocked(key, true); ok {
 		if st.missing {
 			return 0, StatMissing
 		}
@@ -427,14 +459,14 @@ func (c *Cache) SetSize(key string, n int64) {
 	c.mu.Unlock()
 }
 
-// SetMissing records that key does not exist, dropping any bytes cached for it.
+// SetMissing records that key does not exist, for MissingTTL, dropping any bytes cached for it.
 func (c *Cache) SetMissing(key string) {
 	c.mu.Lock()
 	if old, ok := c.data.Peek(key); ok {
 		c.data.Remove(key)
 		c.bytes -= int64(len(old))
 	}
-	c.stat.Add(key, statEntry{missing: true})
+	c.setMissingLocked(key)
 	c.mu.Unlock()
 }
 
@@ -453,7 +485,7 @@ func (c *Cache) SizeOrHead(ctx context.Context, key string, head func(ctx contex
 		c.mu.Unlock()
 		return int64(len(v)), nil
 	}
-	if st, ok := c.stat.Get(key); ok {
+	if st, ok := c.statLocked(key, true); ok {
 		c.mu.Unlock()
 		if st.missing {
 			return 0, notFound(key)
@@ -519,7 +551,7 @@ func (c *Cache) runHead(parent context.Context, key string, h *headFlight, head 
 		case err == nil:
 			c.stat.Add(key, statEntry{size: size})
 		case errors.Is(err, fs.ErrNotExist):
-			c.stat.Add(key, statEntry{missing: true})
+			c.setMissingLocked(key)
 		}
 	}
 	h.size, h.err = size, err

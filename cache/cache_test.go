@@ -829,3 +829,51 @@ func BenchmarkGetOrFetchMissEvict(b *testing.B) {
 		}
 	}
 }
+
+func TestMissingMarksExpire(t *testing.T) {
+	// A sparse chunk written later, with no metadata change, must appear once MissingTTL has
+	// passed; before that, its absence costs no request.
+	var clock atomic.Int64
+	start := time.Date(2026, 11, 27, 0, 0, 0, 0, time.UTC)
+	c := newCache(t, Options{MissingTTL: time.Minute})
+	c.now = func() time.Time { return start.Add(time.Duration(clock.Load())) }
+	advance := func(d time.Duration) { clock.Add(int64(d)) }
+
+	var fetches, heads atomic.Int64
+	headMissing := func(context.Context) (int64, error) { heads.Add(1); return 0, fs.ErrNotExist }
+	headSized := func(context.Context) (int64, error) { heads.Add(1); return 7, nil }
+
+	_, err := c.GetOrFetch(t.Context(), "fetched", constFetch(&fetches, nil, fs.ErrNotExist))
+	require.ErrorIs(t, err, fs.ErrNotExist)
+	_, err = c.SizeOrHead(t.Context(), "headed", headMissing)
+	require.ErrorIs(t, err, fs.ErrNotExist)
+	c.SetMissing("set")
+
+	advance(59 * time.Second)
+	for _, key := range []string{"fetched", "headed", "set"} {
+		_, state := c.Stat(key)
+		assert.Equal(t, StatMissing, state, key)
+		_, err = c.GetOrFetch(t.Context(), key, mustNotFetch(t))
+		assert.ErrorIs(t, err, fs.ErrNotExist, key)
+		_, err = c.SizeOrHead(t.Context(), key, headSized)
+		assert.ErrorIs(t, err, fs.ErrNotExist, key)
+	}
+	assert.Equal(t, int64(1), fetches.Load())
+	assert.Equal(t, int64(1), heads.Load())
+
+	advance(time.Second)
+	for _, key := range []string{"fetched", "headed", "set"} {
+		_, state := c.Stat(key)
+		assert.Equal(t, StatUnknown, state, key)
+	}
+	v, err := c.GetOrFetch(t.Context(), "fetched", constFetch(&fetches, []byte("written"), nil))
+	require.NoError(t, err)
+	assert.Equal(t, "written", string(v))
+	size, err := c.SizeOrHead(t.Context(), "headed", headSized)
+	require.NoError(t, err)
+	assert.Equal(t, int64(7), size)
+	c.Prefetch("set", constFetch(&fetches, []byte("later"), nil))
+	require.Eventually(t, func() bool { _, ok := c.Get("set"); return ok }, waitLimit, time.Millisecond)
+	assert.Equal(t, int64(3), fetches.Load())
+	assert.Equal(t, int64(2), heads.Load())
+}

@@ -234,6 +234,51 @@ func TestSparseArrayMissingChunksAreENOENT(t *testing.T) {
 	assert.Greater(t, listed, missing)
 }
 
+func TestChunkWrittenLaterAppearsAfterTheTTL(t *testing.T) {
+	// A writer fills a chunk of a sparse array: no metadata changes, only a
+	// new key. Like gcsfuse's negative stat cache, its absence is believed
+	// for --metadata-ttl, then the chunk appears without a remount.
+	dir := t.TempDir()
+	runCmd(t, "cp", "-r", filepath.Join(demoDir, "demo_sparse"), dir)
+	src := filepath.Join(dir, "demo_sparse")
+	g := startGateway(t, dir)
+	m := mountForeground(t, g, "--metadata-ttl", "1s")
+	ds := filepath.Join(m.Dir, "demo_sparse")
+
+	present := map[string]bool{}
+	for _, rel := range sourceFiles(t, src) {
+		present[rel] = true
+	}
+	var absent, sibling string
+	for _, p := range strings.Split(strings.TrimSpace(runCmd(t, "find", ds, "-type", "f")), "\n") {
+		rel, _ := filepath.Rel(ds, p)
+		if present[rel] || isMetadata(rel) {
+			continue
+		}
+		for other := range present {
+			if !isMetadata(other) && filepath.Dir(other) == filepath.Dir(rel) {
+				absent, sibling = rel, other
+				break
+			}
+		}
+		if absent != "" {
+			break
+		}
+	}
+	require.NotEmpty(t, absent, "demo_sparse has an absent chunk beside a present one")
+
+	_, err := os.Stat(filepath.Join(ds, absent))
+	require.True(t, errors.Is(err, syscall.ENOENT), "%s: want ENOENT, got %v", absent, err)
+	body, err := os.ReadFile(filepath.Join(src, sibling))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(src, absent), body, 0o644))
+
+	require.Eventually(t, func() bool {
+		got, err := os.ReadFile(filepath.Join(ds, absent))
+		return err == nil && string(got) == string(body)
+	}, 20*time.Second, 200*time.Millisecond, "%s written at the source never appeared through the mount", absent)
+}
+
 func TestWritesAreEROFS(t *testing.T) {
 	g := startGateway(t, "")
 	m := mountForeground(t, g)

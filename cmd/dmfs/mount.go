@@ -307,6 +307,7 @@ func serveMount(ctx context.Context, o *mountOptions, log *slog.Logger, ready fu
 	chunks := cache.New(cache.Options{
 		MaxBytes:     int64(o.CacheSize),
 		FetchTimeout: cfg.ChunkReadTimeout + time.Minute,
+		MissingTTL:   o.MetadataTTL,
 		Logger:       log,
 	})
 	defer chunks.Close()
