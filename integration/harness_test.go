@@ -305,6 +305,13 @@ func mountForeground(t *testing.T, g *gatewayProc, extra ...string) *mount {
 	requireFUSE(t)
 	mp := filepath.Join(t.TempDir(), "mnt")
 	require.NoError(t, os.Mkdir(mp, 0o755))
+	return mountForegroundAt(t, g, mp, extra...)
+}
+
+// mountForegroundAt is mountForeground on a given mount point.
+func mountForegroundAt(t *testing.T, g *gatewayProc, mp string, extra ...string) *mount {
+	t.Helper()
+	requireFUSE(t)
 	env := []string{"DATAMESH_TOKEN=" + testToken}
 	args := append([]string{"mount", "--foreground", "--service", g.URL, "--log-level", "debug"}, extra...)
 	trackMount(mp, true)

@@ -338,6 +338,70 @@ func TestSessionClosedOnEveryUnmountPath(t *testing.T) {
 	}
 }
 
+func TestSessionOfAKilledMountIsClosedByTheNextRun(t *testing.T) {
+	// SIGKILL (or the OOM killer) gives dmfs no chance to close its session.
+	// The mount records it beside its pid file; the next `dmfs unmount` or
+	// `dmfs mount` of the same mount point closes it.
+	g := startGateway(t, "")
+	killed := func(t *testing.T) *mount {
+		m := mountForeground(t, g)
+		runCmd(t, "ls", m.Dir)
+		require.NoError(t, m.proc.cmd.Process.Kill())
+		m.proc.wait(t, 10*time.Second)
+		require.Equal(t, int64(1), g.counters(t).Sessions.Open, "the killed mount's session is still open")
+		return m
+	}
+	unmount := func(t *testing.T, mp string, env ...string) (string, int) {
+		cmd := exec.Command(dmfsBin, "unmount", mp)
+		cmd.Env = append(os.Environ(), env...)
+		out, err := cmd.CombinedOutput()
+		var exitErr *exec.ExitError
+		if errors.As(err, &exitErr) {
+			return string(out), exitErr.ExitCode()
+		}
+		require.NoError(t, err, string(out))
+		return string(out), 0
+	}
+
+	t.Run("dmfs unmount of the stale mount", func(t *testing.T) {
+		m := killed(t)
+		out, code := unmount(t, m.Dir, "DATAMESH_TOKEN="+testToken)
+		assert.Equal(t, 0, code, out)
+		assert.Contains(t, out, "closed the session a killed mount left open")
+		assert.False(t, isMounted(m.Dir))
+		assert.Zero(t, g.counters(t).Sessions.Open)
+	})
+	t.Run("without a token it says until when the session stays open", func(t *testing.T) {
+		m := killed(t)
+		out, code := unmount(t, m.Dir, "DATAMESH_TOKEN=")
+		assert.Equal(t, 0, code, out)
+		assert.Contains(t, out, "left session")
+		assert.Contains(t, out, "DATAMESH_TOKEN")
+		assert.False(t, isMounted(m.Dir))
+		assert.Equal(t, int64(1), g.counters(t).Sessions.Open)
+		// Once a token is at hand, `dmfs unmount` of the (no longer mounted)
+		// point still closes it.
+		out, code = unmount(t, m.Dir, "DATAMESH_TOKEN="+testToken)
+		assert.Equal(t, 7, code, out)
+		assert.Contains(t, out, "closed the session a killed mount left open")
+		assert.Zero(t, g.counters(t).Sessions.Open)
+	})
+	t.Run("the next dmfs mount", func(t *testing.T) {
+		m := killed(t)
+		require.NoError(t, syscall.Unmount(m.Dir, syscall.MNT_DETACH)) // umount -l by hand
+		before := g.counters(t).Sessions
+		next := mountForegroundAt(t, g, m.Dir)
+		runCmd(t, "ls", next.Dir)
+		after := g.counters(t).Sessions
+		assert.Equal(t, before.Acquired+1, after.Acquired)
+		assert.Equal(t, before.Closed+1, after.Closed, "the killed mount's session is closed")
+		assert.Equal(t, int64(1), after.Open, "only the new mount's session is open")
+		out, code := unmount(t, next.Dir)
+		assert.Equal(t, 0, code, out)
+		assert.Zero(t, g.counters(t).Sessions.Open)
+	})
+}
+
 func TestBackgroundMountAndUnmount(t *testing.T) {
 	requireFUSE(t)
 	g := startGateway(t, "")

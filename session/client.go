@@ -51,6 +51,8 @@ type Client struct {
 	http    *http.Client
 	log     *slog.Logger
 
+	onSession func(Info) // Config.OnSession
+
 	// answered is set once any HTTP answer arrives: from then on a refused
 	// connection is a restart worth waiting out, not a wrong address.
 	answered atomic.Bool
@@ -105,6 +107,7 @@ func New(cfg Config) (*Client, error) {
 	}
 	c.cfg.Token = "" // kept only as c.token
 	c.cfg.Logger = nil
+	c.onSession, c.cfg.OnSession = cfg.OnSession, nil
 	return c, nil
 }
 
@@ -230,6 +233,9 @@ func (c *Client) renewLocked(ctx context.Context, reason string) (Info, error) {
 		}()
 	}
 	c.log.Info("datamesh session "+reason, attrs...)
+	if c.onSession != nil {
+		c.onSession(info)
+	}
 	return info, nil
 }
 
@@ -499,6 +505,17 @@ func (c *Client) close(ctx context.Context) error {
 	}
 	c.http.CloseIdleConnections()
 	return err
+}
+
+// CloseSession closes a session this client does not hold: one left open by
+// a process that was killed before it could close its own. 404 and 410 mean
+// it was already closed or has expired. Failures are retried on the
+// CloseBackoff schedule, within ctx.
+func (c *Client) CloseSession(ctx context.Context, id string) error {
+	if id == "" {
+		return &Error{Op: "close session", Err: errors.New("empty session id")}
+	}
+	return c.closeSession(ctx, id)
 }
 
 // closeSession deletes session id, retrying failures on the CloseBackoff

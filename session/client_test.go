@@ -412,3 +412,44 @@ func TestUnauthorizedAndRenewalRefused(t *testing.T) {
 	assert.Contains(t, err.Error(), "token revoked")
 	assert.Equal(t, int32(2), acquires.Load())
 }
+
+func TestOnSessionReportsEverySessionInUse(t *testing.T) {
+	g := newFakeGateway(t)
+	var mu sync.Mutex
+	var seen []string
+	cfg := testConfig(g.srv.URL, nil)
+	cfg.OnSession = func(info Info) {
+		mu.Lock()
+		seen = append(seen, info.ID)
+		mu.Unlock()
+	}
+	c := newTestClient(t, cfg)
+	first, err := c.Acquire(t.Context(), time.Hour)
+	require.NoError(t, err)
+	second, err := c.Renew(t.Context())
+	require.NoError(t, err)
+	mu.Lock()
+	assert.Equal(t, []string{first.ID, second.ID}, seen)
+	mu.Unlock()
+}
+
+func TestCloseSessionLeftByAnotherProcess(t *testing.T) {
+	// A killed mount left session s1 open; the next run closes it with its
+	// own client and keeps its own session.
+	g := newFakeGateway(t)
+	killed := newTestClient(t, testConfig(g.srv.URL, nil))
+	left, err := killed.Acquire(t.Context(), time.Hour)
+	require.NoError(t, err)
+
+	c := acquired(t, testConfig(g.srv.URL, nil))
+	require.NoError(t, c.CloseSession(t.Context(), left.ID))
+	assert.Equal(t, []string{left.ID}, g.deleted())
+	assert.Equal(t, 1, g.openSessions(), "the closing client's own session stays open")
+
+	g.mu.Lock()
+	g.deleteStatus = []int{http.StatusNotFound, http.StatusGone}
+	g.mu.Unlock()
+	assert.NoError(t, c.CloseSession(t.Context(), "expired"), "404: already gone")
+	assert.NoError(t, c.CloseSession(t.Context(), "expired"), "410: already gone")
+	assert.Error(t, c.CloseSession(t.Context(), ""))
+}

@@ -63,6 +63,11 @@ type Config struct {
 	CloseBackoff    []time.Duration // waits between session close tries; default 1s,2s,4s
 
 	Logger *slog.Logger // nil = discard
+
+	// OnSession, when set, is called with each session once it is acquired
+	// or renewed (and so in use), for instance to record its id where a
+	// later run can close it should this process be killed.
+	OnSession func(Info) `json:"-"`
 }
 
 // ConfigFromEnv reads the DATAMESH_* variables through getenv and fills the

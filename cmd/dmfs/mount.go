@@ -275,6 +275,13 @@ func serveMount(ctx context.Context, o *mountOptions, log *slog.Logger, ready fu
 		cfg.Gateway = strings.TrimRight(o.Gateway, "/")
 	}
 	cfg.Logger = log
+	gateway := cfg.Gateway
+	cfg.OnSession = func(info session.Info) {
+		rec := sessionRecord{Gateway: gateway, ID: info.ID, EndTime: info.EndTime, PID: os.Getpid()}
+		if err := writeSessionRecord(mp, rec); err != nil {
+			log.Warn("session record not written; if this mount is killed its session stays open until it expires", "err", err)
+		}
+	}
 	client, err := session.New(cfg)
 	if err != nil {
 		if errors.Is(err, session.ErrNoToken) {
@@ -283,6 +290,7 @@ func serveMount(ctx context.Context, o *mountOptions, log *slog.Logger, ready fu
 		}
 		return fail(exitUsage, err)
 	}
+	closeLeftoverSession(ctx, client, gateway, mp, log)
 	info, err := client.Acquire(ctx, o.SessionDuration)
 	if err != nil {
 		return fail(startupCode(err), fmt.Errorf("acquiring a Datamesh session: %w", err))
@@ -292,9 +300,11 @@ func serveMount(ctx context.Context, o *mountOptions, log *slog.Logger, ready fu
 		cctx, cancel := context.WithTimeout(context.Background(), sessionCloseTimeout)
 		defer cancel()
 		if err := client.Close(cctx); err != nil {
+			// The record stays: the next mount or unmount here tries again.
 			log.Error("closing the session", "session", info.ID, "err", err)
 		} else {
 			log.Info("session closed", "session", info.ID)
+			os.Remove(sessionRecordPath(mp))
 		}
 	}()
 	catalog := &datameshCatalog{client: client, only: o.Datasources}

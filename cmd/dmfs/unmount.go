@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/oceanum-dmfs/dmfs/internal/mountinfo"
+	"github.com/oceanum-dmfs/dmfs/session"
 )
 
 // unmountWait bounds how long `dmfs unmount` waits for the mount's process
@@ -54,6 +56,7 @@ func runUnmount(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 	if !ok {
 		fmt.Fprintf(stderr, "dmfs unmount: %s is not mounted\n", mp)
+		closeLeftoverAfterUnmount(ctx, mp, stderr) // unmounted by hand after its process was killed
 		return exitNotMounted
 	}
 	if !isDmfsMount(m) {
@@ -71,6 +74,7 @@ func runUnmount(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return exitFailure
 	}
 	if !hasPid {
+		closeLeftoverAfterUnmount(ctx, mp, stderr)
 		return exitOK
 	}
 	deadline := time.Now().Add(unmountWait)
@@ -85,7 +89,39 @@ func runUnmount(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+	closeLeftoverAfterUnmount(ctx, mp, stderr)
 	return exitOK
+}
+
+// closeLeftoverAfterUnmount closes the session of a mount whose process was
+// killed (a stale mount just removed), with the token from the environment;
+// without one it says until when the session stays open.
+func closeLeftoverAfterUnmount(ctx context.Context, mp string, stderr io.Writer) {
+	rec, ok := leftoverSession(mp)
+	if !ok {
+		return
+	}
+	cfg, err := session.ConfigFromEnv(os.Getenv)
+	if err == nil {
+		cfg.Gateway = rec.Gateway
+		var client *session.Client
+		if client, err = session.New(cfg); err == nil {
+			closeLeftoverSession(ctx, client, rec.Gateway, mp, slog.New(slog.NewTextHandler(stderr, nil)))
+			return
+		}
+	}
+	if time.Now().After(rec.EndTime) {
+		os.Remove(sessionRecordPath(mp))
+		return
+	}
+	msg := fmt.Sprintf("dmfs unmount: the mount's process was killed and left session %s open until %s",
+		rec.ID, rec.EndTime.Format(time.RFC3339))
+	if errors.Is(err, session.ErrNoToken) {
+		msg += "; with DATAMESH_TOKEN set, 'dmfs unmount' or the next 'dmfs mount' here closes it"
+	} else {
+		msg += ": " + err.Error()
+	}
+	fmt.Fprintln(stderr, msg)
 }
 
 // unmount detaches the filesystem: umount2 as root, fusermount3 otherwise.
