@@ -320,7 +320,13 @@ func serveMount(ctx context.Context, o *mountOptions, log *slog.Logger, ready fu
 		MissingTTL:   o.MetadataTTL,
 		Logger:       log,
 	})
-	defer chunks.Close()
+	defer func() {
+		chunks.Close()
+		st := chunks.Stats()
+		log.Info("cache totals", "hits", st.Hits, "misses", st.Misses, "fetches", st.Fetches,
+			"fetch_errors", st.FetchErrors, "heads", st.Heads, "prefetched", st.PrefetchStarted,
+			"prefetch_dropped", st.PrefetchDropped, "evictions", st.Evictions)
+	}()
 	root := fs.NewRoot(fs.Options{
 		Catalog:     catalog,
 		Cache:       chunks,

@@ -3,9 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/spf13/pflag"
 	"github.com/stretchr/testify/assert"
@@ -146,4 +149,43 @@ func TestChildFlagsReparseToTheSameOptions(t *testing.T) {
 	assert.Equal(t, []string{"/mnt/x"}, pos)
 	want.LogFile = ""
 	assert.Equal(t, want, got)
+}
+
+func TestLeftoverSessionOnlyOfAProcessThatIsGone(t *testing.T) {
+	t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
+	end := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
+	gone := exec.Command("true")
+	require.NoError(t, gone.Run()) // its pid is now free
+
+	tests := []struct {
+		name  string
+		write func(mp string)
+		want  bool
+	}{
+		{"no record", func(string) {}, false},
+		{"a live process", func(mp string) {
+			require.NoError(t, writeSessionRecord(mp, sessionRecord{Gateway: "http://g", ID: "s1", EndTime: end, PID: os.Getpid()}))
+		}, false},
+		{"a process that is gone", func(mp string) {
+			require.NoError(t, writeSessionRecord(mp, sessionRecord{Gateway: "http://g", ID: "s2", EndTime: end, PID: gone.Process.Pid}))
+		}, true},
+		{"unreadable", func(mp string) {
+			require.NoError(t, os.MkdirAll(stateDir(), 0o700))
+			require.NoError(t, os.WriteFile(sessionRecordPath(mp), []byte("{not json"), 0o600))
+		}, false},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			mp := fmt.Sprintf("/mnt/point%d", i)
+			tt.write(mp)
+			rec, ok := leftoverSession(mp)
+			assert.Equal(t, tt.want, ok)
+			if ok {
+				assert.Equal(t, sessionRecord{Gateway: "http://g", ID: "s2", EndTime: end, PID: gone.Process.Pid}, rec)
+				fi, err := os.Stat(sessionRecordPath(mp))
+				require.NoError(t, err)
+				assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), "the record is private")
+			}
+		})
+	}
 }
