@@ -181,6 +181,7 @@ var (
 	_ gofs.NodeSetxattrer    = (*readOnly)(nil)
 	_ gofs.NodeRemovexattrer = (*readOnly)(nil)
 	_ gofs.NodeWriter        = (*readOnly)(nil)
+	_ gofs.NodeFlusher       = (*readOnly)(nil)
 )
 
 func (readOnly) Setattr(context.Context, gofs.FileHandle, *fuse.SetAttrIn, *fuse.AttrOut) syscall.Errno {
@@ -222,3 +223,9 @@ func (readOnly) Removexattr(context.Context, string) syscall.Errno { return sysc
 func (readOnly) Write(context.Context, gofs.FileHandle, []byte, int64) (uint32, syscall.Errno) {
 	return 0, syscall.EROFS
 }
+
+// Flush answers ENOSYS: a read-only file has nothing to flush, and on
+// ENOSYS the kernel stops sending FLUSH for the whole mount, which saves a
+// synchronous round trip on every close (cp -r makes 4 per file without it:
+// LOOKUP, OPEN, READ, FLUSH; RELEASE does not wait).
+func (readOnly) Flush(context.Context, gofs.FileHandle) syscall.Errno { return syscall.ENOSYS }

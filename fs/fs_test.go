@@ -405,6 +405,8 @@ func TestEveryWriteIsEROFS(t *testing.T) {
 		assert.Equal(t, syscall.EROFS, n.(gofs.NodeRemovexattrer).Removexattr(ctx, "user.x"))
 		_, errno = n.(gofs.NodeWriter).Write(ctx, nil, []byte("x"), 0)
 		assert.Equal(t, syscall.EROFS, errno)
+		// Nothing to flush: ENOSYS makes the kernel stop sending FLUSH.
+		assert.Equal(t, syscall.ENOSYS, n.(gofs.NodeFlusher).Flush(ctx, nil))
 	}
 	for _, n := range []gofs.NodeOpener{chunk.Operations().(gofs.NodeOpener), meta.Operations().(gofs.NodeOpener)} {
 		for _, fl := range []uint32{syscall.O_WRONLY, syscall.O_RDWR, syscall.O_RDONLY | syscall.O_TRUNC} {
