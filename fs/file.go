@@ -2,13 +2,10 @@ package fs
 
 import (
 	"context"
-	"sync"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
-
-	"github.com/oceanum-dmfs/dmfs/zarr"
 )
 
 // metaFile is a metadata document (.zmetadata, .zgroup, .zarray, .zattrs,
@@ -38,19 +35,34 @@ func (f *metaFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.At
 	return 0
 }
 
-// Open allows reading only; the content cannot change under this inode.
-func (f *metaFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
+// writeFlags are the open flags that would change a file.
+const writeFlags = syscall.O_WRONLY | syscall.O_RDWR | syscall.O_TRUNC | syscall.O_APPEND
+
+// openFile answers an OPEN. A read-only open gets ENOSYS: the kernel then
+// stops sending OPEN (and RELEASE) for every file of the mount and opens
+// files itself, keeping their page cache (FOPEN_KEEP_CACHE is the no-open
+// default), so a file costs a LOOKUP and its READs and nothing more. No file
+// keeps per-open state: what an open used to note is noted at the first
+// READ. Write opens are refused (the `ro` mount refuses them first).
+func openFile(flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if flags&writeFlags != 0 {
 		return nil, 0, syscall.EROFS
 	}
-	if f.ds != nil {
-		f.ds.noteOpened(f.arrayPath, "")
-	}
-	return nil, fuse.FOPEN_KEEP_CACHE, 0
+	return nil, 0, syscall.ENOSYS
 }
 
-// Read serves from memory.
+// Open: see openFile.
+func (f *metaFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	return openFile(flags)
+}
+
+// Read serves from memory. Reading an array's metadata from its start tells
+// the array is being read, not just listed (cp reads .zarray before the
+// chunks).
 func (f *metaFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if off == 0 && f.ds != nil {
+		f.ds.noteOpened(f.arrayPath, "")
+	}
 	return fuse.ReadResultData(sliceAt(f.data, off, len(dest))), 0
 }
 
@@ -71,18 +83,6 @@ var (
 	_ gofs.NodeGetattrer = (*chunkFile)(nil)
 )
 
-// chunkHandle is an open chunk. Its bytes are fetched on the first read,
-// not at open: when the kernel still holds the file's pages (a warm re-read
-// after the chunk left dmfs's cache) no read comes and nothing is fetched.
-// Once fetched, reads never refetch, even if the cache evicts the chunk.
-type chunkHandle struct {
-	file *chunkFile
-	arr  *zarr.Array
-
-	mu   sync.Mutex
-	data []byte
-}
-
 // Getattr reports the size learnt at lookup.
 func (f *chunkFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	f.ds.opt.fileAttr(&out.Attr, f.size)
@@ -90,50 +90,40 @@ func (f *chunkFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.A
 	return 0
 }
 
-// Open checks the chunk is still part of its array; bytes come on first read.
+// Open: see openFile. Nothing is fetched at open: when the kernel still
+// holds the file's pages (a warm re-read after the chunk left dmfs's cache)
+// no READ comes and nothing is fetched.
 func (f *chunkFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
-		return nil, 0, syscall.EROFS
-	}
-	h, err := f.ds.hierarchy(ctx)
-	if err != nil {
-		return nil, 0, errnoOf(f.ds.opt.Logger, "open", f.path(), err)
-	}
-	folder, ok := h.Folder(f.arrayPath)
-	if !ok || folder.Array == nil || !folder.Array.IsChunkKey(f.rel) {
-		return nil, 0, syscall.ENOENT
-	}
-	f.ds.noteOpened(f.arrayPath, f.rel)
-	return &chunkHandle{file: f, arr: folder.Array}, fuse.FOPEN_KEEP_CACHE, 0
+	return openFile(flags)
 }
 
 func (f *chunkFile) path() string { return f.ds.id + "/" + joinKey(f.arrayPath, f.rel) }
 
-// Read serves from the chunk's bytes, fetching them (or taking them from the
-// cache) on the first read of this handle.
+// Read serves the chunk's bytes from the cache, fetching them if needed.
 func (f *chunkFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	h, ok := fh.(*chunkHandle)
-	if !ok {
-		return nil, syscall.EBADF
-	}
-	data, errno := h.bytes(ctx)
+	data, errno := f.bytes(ctx, off == 0)
 	if errno != 0 {
 		return nil, errno
 	}
 	return fuse.ReadResultData(sliceAt(data, off, len(dest))), 0
 }
 
-func (h *chunkHandle) bytes(ctx context.Context) ([]byte, syscall.Errno) {
-	h.mu.Lock()
-	data := h.data
-	h.mu.Unlock()
-	if data != nil {
-		return data, 0
+// bytes checks the chunk is still part of its array and returns its bytes.
+// A read from the start is where an open used to be noted (copier
+// detection, sequential readahead).
+func (f *chunkFile) bytes(ctx context.Context, fromStart bool) ([]byte, syscall.Errno) {
+	h, err := f.ds.hierarchy(ctx)
+	if err != nil {
+		return nil, errnoOf(f.ds.opt.Logger, "read", f.path(), err)
 	}
-	// No lock across the fetch: the cache already makes concurrent first
-	// reads share one download, and each stays interruptible.
-	f := h.file
-	data, err := f.ds.readChunk(ctx, h.arr, f.rel)
+	folder, ok := h.Folder(f.arrayPath)
+	if !ok || folder.Array == nil || !folder.Array.IsChunkKey(f.rel) {
+		return nil, syscall.ENOENT
+	}
+	if fromStart {
+		f.ds.noteOpened(f.arrayPath, f.rel)
+	}
+	data, err := f.ds.readChunk(ctx, folder.Array, f.rel)
 	if err != nil {
 		return nil, errnoOf(f.ds.opt.Logger, "read", f.path(), err)
 	}
@@ -145,9 +135,6 @@ func (h *chunkHandle) bytes(ctx context.Context) ([]byte, syscall.Errno) {
 			"path", f.path(), "was", f.size, "now", len(data))
 		return nil, syscall.EIO
 	}
-	h.mu.Lock()
-	h.data = data
-	h.mu.Unlock()
 	return data, 0
 }
 

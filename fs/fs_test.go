@@ -245,9 +245,8 @@ func TestMetadataFilesHaveExactSizes(t *testing.T) {
 	require.Zero(t, errno)
 	assert.Equal(t, uint64(len(zmetadata)), out.Attr.Size)
 	mf := node.Operations().(*metaFile)
-	_, flags, errno := mf.Open(context.Background(), syscall.O_RDONLY)
-	require.Zero(t, errno)
-	assert.NotZero(t, flags&fuse.FOPEN_KEEP_CACHE)
+	_, _, errno = mf.Open(context.Background(), syscall.O_RDONLY)
+	assert.Equal(t, syscall.ENOSYS, errno, "no OPEN: the kernel opens files itself, keeping their pages")
 	res, errno := mf.Read(context.Background(), nil, make([]byte, 1<<16), 0)
 	require.Zero(t, errno)
 	b, _ := res.Bytes(nil)
@@ -265,17 +264,15 @@ func TestReaderPaysOneGetPerChunk(t *testing.T) {
 	require.Zero(t, errno)
 	assert.Equal(t, uint64(6), out.Attr.Size)
 	cf := node.Operations().(*chunkFile)
-	fh, _, errno := cf.Open(context.Background(), syscall.O_RDONLY)
-	require.Zero(t, errno)
-	res, errno := cf.Read(context.Background(), fh, make([]byte, 4), 2)
+	res, errno := cf.Read(context.Background(), nil, make([]byte, 4), 2)
 	require.Zero(t, errno)
 	b, _ := res.Bytes(nil)
 	assert.Equal(t, "bbbb", string(b))
-	res, errno = cf.Read(context.Background(), fh, make([]byte, 4), 100)
+	res, errno = cf.Read(context.Background(), nil, make([]byte, 4), 100)
 	require.Zero(t, errno)
 	assert.Zero(t, res.Size(), "reading past the end is empty, not an error")
 
-	assert.Equal(t, 1, f.store.getCount("grid/0.1"), "lookup GETs, open reuses")
+	assert.Equal(t, 1, f.store.getCount("grid/0.1"), "lookup GETs, reads reuse")
 	assert.Equal(t, 0, f.store.heads["grid/0.1"])
 
 	// A second lookup and open cost nothing.
@@ -448,7 +445,7 @@ func TestCopyOpensArrayMetadataThenGetsChunksWithoutHead(t *testing.T) {
 	f.now = f.now.Add(time.Millisecond)
 	meta, _, errno := f.lookup(t, f.root, "alpha/grid/.zarray")
 	require.Zero(t, errno)
-	_, _, errno = meta.Operations().(*metaFile).Open(context.Background(), syscall.O_RDONLY)
+	_, errno = meta.Operations().(*metaFile).Read(context.Background(), nil, make([]byte, 4096), 0)
 	require.Zero(t, errno)
 	_, out, errno := f.lookup(t, f.root, "alpha/grid/0.0")
 	require.Zero(t, errno)
@@ -456,7 +453,7 @@ func TestCopyOpensArrayMetadataThenGetsChunksWithoutHead(t *testing.T) {
 	assert.Equal(t, 1, f.store.getCount("grid/0.0"))
 	_, heads := f.store.counts()
 	assert.Zero(t, heads, "a copier pays no HEAD")
-	// Opening .zarray right after the listing started readahead of the
+	// Reading .zarray right after the listing started readahead of the
 	// first chunks.
 	require.Eventually(t, func() bool {
 		_, st := f.cache.Stat("alpha/grid/0.1")
@@ -464,13 +461,12 @@ func TestCopyOpensArrayMetadataThenGetsChunksWithoutHead(t *testing.T) {
 	}, 5*time.Second, 5*time.Millisecond)
 }
 
-// readAllOf opens a chunk file and reads it whole, as cat does.
+// readAllOf reads a chunk file whole, as cat does (the kernel opens it
+// without asking: see openFile).
 func readAllOf(t *testing.T, node *gofs.Inode) string {
 	t.Helper()
 	cf := node.Operations().(*chunkFile)
-	fh, _, errno := cf.Open(context.Background(), syscall.O_RDONLY)
-	require.Zero(t, errno)
-	res, errno := cf.Read(context.Background(), fh, make([]byte, 1<<16), 0)
+	res, errno := cf.Read(context.Background(), nil, make([]byte, 1<<16), 0)
 	require.Zero(t, errno)
 	b, _ := res.Bytes(nil)
 	return string(b)
@@ -483,11 +479,11 @@ func TestOpenFetchesNothingUntilRead(t *testing.T) {
 	require.Zero(t, errno)
 	f.now = f.now.Add(time.Minute) // too late to look like a copier
 	cf := node.Operations().(*chunkFile)
-	fh, _, errno := cf.Open(context.Background(), syscall.O_RDONLY)
-	require.Zero(t, errno)
+	_, _, errno = cf.Open(context.Background(), syscall.O_RDONLY)
+	require.Equal(t, syscall.ENOSYS, errno)
 	assert.Zero(t, f.store.getCount("grid/0.1"), "the kernel may hold the pages: no fetch at open")
 	for _, off := range []int64{0, 3} {
-		res, errno := cf.Read(context.Background(), fh, make([]byte, 2), off)
+		res, errno := cf.Read(context.Background(), nil, make([]byte, 2), off)
 		require.Zero(t, errno)
 		b, _ := res.Bytes(nil)
 		assert.Equal(t, "bb", string(b))
@@ -506,9 +502,7 @@ func TestChunkThatChangedSizeIsEIONotWrongBytes(t *testing.T) {
 	f.store.mu.Unlock()
 	f.now = f.now.Add(time.Minute)
 	cf := node.Operations().(*chunkFile)
-	fh, _, errno := cf.Open(context.Background(), syscall.O_RDONLY)
-	require.Zero(t, errno)
-	_, errno = cf.Read(context.Background(), fh, make([]byte, 64), 0)
+	_, errno = cf.Read(context.Background(), nil, make([]byte, 64), 0)
 	assert.Equal(t, syscall.EIO, errno)
 }
 
