@@ -43,7 +43,7 @@ type FetchFunc func(ctx context.Context) ([]byte, error)
 
 // Options configures a Cache. Zero fields take the Default* values.
 type Options struct {
-	MaxBytes        int64         // budget for cached bytes
+	MaxBytes        int64         // budget for cached bytes (see Cache for one exception)
 	MaxStatEntries  int           // number of keys whose size or absence is remembered
 	PrefetchWorkers int           // concurrent background prefetches
 	FetchTimeout    time.Duration // limit for each shared fetch or head, detached from callers
@@ -87,13 +87,18 @@ type Stats struct {
 	PrefetchStarted int64 // prefetches a worker began fetching
 	PrefetchDropped int64 // prefetch requests dropped because the queue was full
 	Evictions       int64 // entries evicted to respect MaxBytes
-	Bytes           int64 // bytes currently cached
+	Bytes           int64 // bytes currently cached within MaxBytes
+	OversizeBytes   int64 // the one value larger than MaxBytes held besides, if any
 	MaxBytes        int64
 	Entries         int // values currently cached
 }
 
 // Cache is a byte-bounded LRU of fetched values with single-flight fetches. It is safe for
 // concurrent use. Values it returns are shared: callers must not modify them.
+//
+// A value larger than the whole budget cannot live in the LRU; the most recent such value is
+// held besides it (one at a time), so that a file read in many pieces, such as a big shard,
+// is not fetched again for every piece.
 type Cache struct {
 	maxBytes   int64
 	timeout    time.Duration
@@ -101,13 +106,16 @@ type Cache struct {
 	log        *slog.Logger
 	now        func() time.Time // the clock for missing marks; tests replace it
 
-	mu      sync.Mutex
-	data    *simplelru.LRU[string, []byte]
-	bytes   int64
-	stat    *simplelru.LRU[string, statEntry]
-	flights map[string]*flight     // body fetches queued or running
-	heads   map[string]*headFlight // SizeOrHead calls running
-	closed  bool
+	mu    sync.Mutex
+	data  *simplelru.LRU[string, []byte]
+	bytes int64
+	// oversizeKey/oversizeVal: the most recent value larger than maxBytes.
+	oversizeKey string
+	oversizeVal []byte
+	stat        *simplelru.LRU[string, statEntry]
+	flights     map[string]*flight     // body fetches queued or running
+	heads       map[string]*headFlight // SizeOrHead calls running
+	closed      bool
 
 	queue     chan *flight
 	closeCtx  context.Context
@@ -233,7 +241,7 @@ func (c *Cache) GetOrFetch(ctx context.Context, key string, fetch FetchFunc) ([]
 		return nil, fmt.Errorf("cache: GetOrFetch %q: nil fetch func", key)
 	}
 	c.mu.Lock()
-	if v, ok := c.data.Get(key); ok {
+	if v, ok := c.getLocked(key, true); ok {
 		c.mu.Unlock()
 		c.hits.Add(1)
 		return v, nil
@@ -288,7 +296,7 @@ func (c *Cache) startLocked(f *flight) {
 // The returned slice is shared and must not be modified.
 func (c *Cache) Get(key string) ([]byte, bool) {
 	c.mu.Lock()
-	v, ok := c.data.Get(key)
+	v, ok := c.getLocked(key, true)
 	c.mu.Unlock()
 	if ok {
 		c.hits.Add(1)
@@ -305,7 +313,7 @@ func (c *Cache) Prefetch(key string, fetch FetchFunc) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed || c.data.Contains(key) || c.flights[key] != nil {
+	if _, ok := c.getLocked(key, false); ok || c.closed || c.flights[key] != nil {
 		return
 	}
 	if st, ok := c.statLocked(key, false); ok && st.missing {
@@ -407,15 +415,41 @@ func callFetch(ctx context.Context, fetch FetchFunc) (val []byte, err error) {
 	return fetch(ctx)
 }
 
-// addLocked stores val under key and evicts the least recently used entries beyond the byte
-// budget. A value larger than the whole budget is not kept. c.mu must be held.
-func (c *Cache) addLocked(key string, val []byte) {
+// getLocked returns the cached bytes of key, from the LRU (marked as recently used when touch)
+// or the oversize slot. c.mu must be held.
+func (c *Cache) getLocked(key string, touch bool) ([]byte, bool) {
+	var v []byte
+	var ok bool
+	if touch {
+		v, ok = c.data.Get(key)
+	} else {
+		v, ok = c.data.Peek(key)
+	}
+	if !ok && c.oversizeVal != nil && c.oversizeKey == key {
+		v, ok = c.oversizeVal, true
+	}
+	return v, ok
+}
+
+// dropLocked forgets the cached bytes of key. c.mu must be held.
+func (c *Cache) dropLocked(key string) {
 	if old, ok := c.data.Peek(key); ok {
 		c.data.Remove(key)
 		c.bytes -= int64(len(old))
 	}
+	if c.oversizeKey == key {
+		c.oversizeKey, c.oversizeVal = "", nil
+	}
+}
+
+// addLocked stores val under key and evicts the least recently used entries beyond the byte
+// budget. A value larger than the whole budget replaces the oversize slot instead. c.mu must
+// be held.
+func (c *Cache) addLocked(key string, val []byte) {
+	c.dropLocked(key)
 	n := int64(len(val))
 	if n > c.maxBytes {
+		c.oversizeKey, c.oversizeVal = key, val
 		return
 	}
 	for c.bytes+n > c.maxBytes {
@@ -435,7 +469,7 @@ func (c *Cache) addLocked(key string, val []byte) {
 func (c *Cache) Stat(key string) (size int64, state StatState) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if v, ok := c.data.Peek(key); ok {
+	if v, ok := c.getLocked(key, false); ok {
 		return int64(len(v)), StatPresent
 	}
 	if st, ok := c.statLocked(key, true); ok {
@@ -462,10 +496,7 @@ func (c *Cache) SetSize(key string, n int64) {
 // SetMissing records that key does not exist, for MissingTTL, dropping any bytes cached for it.
 func (c *Cache) SetMissing(key string) {
 	c.mu.Lock()
-	if old, ok := c.data.Peek(key); ok {
-		c.data.Remove(key)
-		c.bytes -= int64(len(old))
-	}
+	c.dropLocked(key)
 	c.setMissingLocked(key)
 	c.mu.Unlock()
 }
@@ -481,7 +512,7 @@ func (c *Cache) SizeOrHead(ctx context.Context, key string, head func(ctx contex
 		return 0, fmt.Errorf("cache: SizeOrHead %q: nil head func", key)
 	}
 	c.mu.Lock()
-	if v, ok := c.data.Peek(key); ok {
+	if v, ok := c.getLocked(key, false); ok {
 		c.mu.Unlock()
 		return int64(len(v)), nil
 	}
@@ -579,11 +610,11 @@ func (c *Cache) Invalidate(prefix string) {
 	defer c.mu.Unlock()
 	for _, k := range c.data.Keys() {
 		if strings.HasPrefix(k, prefix) {
-			if v, ok := c.data.Peek(k); ok {
-				c.data.Remove(k)
-				c.bytes -= int64(len(v))
-			}
+			c.dropLocked(k)
 		}
+	}
+	if c.oversizeVal != nil && strings.HasPrefix(c.oversizeKey, prefix) {
+		c.dropLocked(c.oversizeKey)
 	}
 	for _, k := range c.stat.Keys() {
 		if strings.HasPrefix(k, prefix) {
@@ -605,7 +636,7 @@ func (c *Cache) Invalidate(prefix string) {
 // Stats returns a snapshot of the counters.
 func (c *Cache) Stats() Stats {
 	c.mu.Lock()
-	bytes, entries := c.bytes, c.data.Len()
+	bytes, entries, oversize := c.bytes, c.data.Len(), int64(len(c.oversizeVal))
 	c.mu.Unlock()
 	return Stats{
 		Hits:            c.hits.Load(),
@@ -617,6 +648,7 @@ func (c *Cache) Stats() Stats {
 		PrefetchDropped: c.prefetchDropped.Load(),
 		Evictions:       c.evictions.Load(),
 		Bytes:           bytes,
+		OversizeBytes:   oversize,
 		MaxBytes:        c.maxBytes,
 		Entries:         entries,
 	}

@@ -195,7 +195,9 @@ func TestBytesNeverExceedBudgetUnderConcurrency(t *testing.T) {
 	assert.Positive(t, c.Stats().Evictions)
 }
 
-func TestOversizeValueReturnedNotKept(t *testing.T) {
+func TestOversizeValueHeldAloneOutsideTheBudget(t *testing.T) {
+	// A shard bigger than the whole cache, read by the kernel in 1 MiB pieces, must not be
+	// fetched once per piece; but only one such value is held, so memory stays bounded.
 	c := newCache(t, Options{MaxBytes: 100})
 	var calls atomic.Int64
 	_, err := c.GetOrFetch(context.Background(), "small", constFetch(&calls, make([]byte, 60), nil))
@@ -205,21 +207,37 @@ func TestOversizeValueReturnedNotKept(t *testing.T) {
 	got, err := c.GetOrFetch(context.Background(), "big", constFetch(&calls, big, nil))
 	require.NoError(t, err)
 	assert.Equal(t, big, got)
-
-	_, ok := c.Get("big")
-	assert.False(t, ok, "a value larger than the budget is not kept")
-	_, ok = c.Get("small")
+	for range 3 {
+		got, err = c.GetOrFetch(context.Background(), "big", mustNotFetch(t))
+		require.NoError(t, err)
+		assert.Equal(t, big, got)
+	}
+	_, ok := c.Get("small")
 	assert.True(t, ok, "an oversize value evicts nothing")
 	size, state := c.Stat("big")
-	assert.Equal(t, StatSized, state)
+	assert.Equal(t, StatPresent, state)
 	assert.EqualValues(t, 101, size)
 	st := c.Stats()
 	assert.EqualValues(t, 60, st.Bytes)
+	assert.EqualValues(t, 101, st.OversizeBytes)
 	assert.Zero(t, st.Evictions)
 
+	// The next oversize value takes the slot.
+	bigger := bytes.Repeat([]byte("c"), 150)
+	_, err = c.GetOrFetch(context.Background(), "bigger", constFetch(&calls, bigger, nil))
+	require.NoError(t, err)
+	assert.EqualValues(t, 150, c.Stats().OversizeBytes)
+	_, state = c.Stat("big")
+	assert.Equal(t, StatSized, state, "the previous oversize value is dropped, its size kept")
 	_, err = c.GetOrFetch(context.Background(), "big", constFetch(&calls, big, nil))
 	require.NoError(t, err)
-	assert.EqualValues(t, 3, calls.Load(), "an oversize value is fetched again")
+	assert.EqualValues(t, 4, calls.Load(), "small, big, bigger, big again")
+
+	c.Invalidate("bi")
+	assert.Zero(t, c.Stats().OversizeBytes)
+	c.SetMissing("small")
+	_, ok = c.Get("small")
+	assert.False(t, ok)
 }
 
 func TestCancelledWaiterReturnsWhileFetchCompletes(t *testing.T) {

@@ -571,3 +571,27 @@ func TestFailedMetadataRefreshKeepsServing(t *testing.T) {
 	require.Zero(t, errno, "the tree already known is still served")
 	assert.Equal(t, uint64(6), out.Attr.Size)
 }
+
+func TestChunkLargerThanTheCacheIsFetchedOnceForAllItsReads(t *testing.T) {
+	// Files have no open handle to pin their bytes (see openFile): a shard
+	// bigger than the whole cache, read by the kernel in pieces, must still
+	// cost one GET, not one per piece.
+	f := newFixture(t)
+	big := strings.Repeat("s", 3<<20/2) // 1.5 MiB, cache 1 MiB
+	f.store.mu.Lock()
+	f.store.keys["grid/1.0"] = []byte(big)
+	f.store.mu.Unlock()
+	node, out, errno := f.lookup(t, f.root, "alpha/grid/1.0")
+	require.Zero(t, errno)
+	require.Equal(t, uint64(len(big)), out.Attr.Size)
+	cf := node.Operations().(*chunkFile)
+	var got []byte
+	for off := int64(0); off < int64(len(big)); off += 256 << 10 {
+		res, errno := cf.Read(context.Background(), nil, make([]byte, 256<<10), off)
+		require.Zero(t, errno)
+		b, _ := res.Bytes(nil)
+		got = append(got, b...)
+	}
+	assert.True(t, big == string(got), "the pieces make the chunk")
+	assert.Equal(t, 1, f.store.getCount("grid/1.0"))
+}
