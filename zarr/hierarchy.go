@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"golang.org/x/sync/errgroup"
 )
 
 // Metadata file names.
@@ -235,6 +237,35 @@ func (b *builder) get(ctx context.Context, s Store, lim limiter, key string) (da
 	default:
 		return nil, false, b.storeError(key, err)
 	}
+}
+
+// walk visits the store's nodes from the root: node loads the node at path
+// and says whether it is a group, whose sub-folders are then listed and
+// visited in turn, with a bounded number of requests in flight and a bounded
+// depth. v2 and v3 walks differ only in how a node is loaded.
+func (b *builder) walk(ctx context.Context, s Store, node func(ctx context.Context, lim limiter, path string) (isGroup bool, err error)) error {
+	lim := make(limiter, maxParallelRequests)
+	g, ctx := errgroup.WithContext(ctx)
+	var visit func(path string, depth int) error
+	visit = func(path string, depth int) error {
+		isGroup, err := node(ctx, lim, path)
+		if err != nil || !isGroup {
+			return err
+		}
+		if depth >= maxWalkDepth {
+			return b.errorf(path, "hierarchy deeper than %d levels", maxWalkDepth)
+		}
+		dirs, err := b.listDirs(ctx, s, lim, path)
+		if err != nil {
+			return err
+		}
+		for _, dir := range dirs {
+			g.Go(func() error { return visit(dir, depth+1) })
+		}
+		return nil
+	}
+	g.Go(func() error { return visit("", 0) })
+	return g.Wait()
 }
 
 // listDirs lists the sub-folders of prefix, validating their names.

@@ -3,8 +3,6 @@ package zarr
 import (
 	"context"
 	"fmt"
-
-	"golang.org/x/sync/errgroup"
 )
 
 // loadV2Consolidated reads a v2 .zmetadata document. Its entries become
@@ -69,28 +67,9 @@ func (b *builder) loadV2Consolidated(raw []byte) error {
 // .zgroup (or .zarray), then the folders found by listing each group, with a
 // bounded number of requests in flight.
 func (b *builder) loadV2(ctx context.Context, s Store) error {
-	lim := make(limiter, maxParallelRequests)
-	g, ctx := errgroup.WithContext(ctx)
-	var visit func(path string, depth int, root bool) error
-	visit = func(path string, depth int, root bool) error {
-		isGroup, err := b.loadV2Node(ctx, s, lim, path, root)
-		if err != nil || !isGroup {
-			return err
-		}
-		if depth >= maxWalkDepth {
-			return b.errorf(path, "hierarchy deeper than %d levels", maxWalkDepth)
-		}
-		dirs, err := b.listDirs(ctx, s, lim, path)
-		if err != nil {
-			return err
-		}
-		for _, dir := range dirs {
-			g.Go(func() error { return visit(dir, depth+1, false) })
-		}
-		return nil
-	}
-	g.Go(func() error { return visit("", 0, true) })
-	return g.Wait()
+	return b.walk(ctx, s, func(ctx context.Context, lim limiter, path string) (bool, error) {
+		return b.loadV2Node(ctx, s, lim, path, path == "")
+	})
 }
 
 // loadV2Node reads the metadata files of one folder. A folder with neither

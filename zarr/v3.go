@@ -3,8 +3,6 @@ package zarr
 import (
 	"context"
 	"fmt"
-
-	"golang.org/x/sync/errgroup"
 )
 
 // loadV3 reads a v3 hierarchy from its root zarr.json: from the consolidated
@@ -51,43 +49,25 @@ func (b *builder) loadV3Consolidated(consolidated *jsonValue) error {
 	return nil
 }
 
-// walkV3 finds the nodes below the root group by listing each group and
-// reading the zarr.json of every sub-folder; folders without one are not
-// nodes.
+// walkV3 finds the nodes below the root group (already added) by listing
+// each group and reading the zarr.json of every sub-folder; folders without
+// one are not nodes.
 func (b *builder) walkV3(ctx context.Context, s Store) error {
-	lim := make(limiter, maxParallelRequests)
-	g, ctx := errgroup.WithContext(ctx)
-	var list func(path string, depth int) error
-	list = func(path string, depth int) error {
-		if depth >= maxWalkDepth {
-			return b.errorf(path, "hierarchy deeper than %d levels", maxWalkDepth)
+	return b.walk(ctx, s, func(ctx context.Context, lim limiter, path string) (bool, error) {
+		if path == "" {
+			return true, nil
 		}
-		dirs, err := b.listDirs(ctx, s, lim, path)
+		key := joinKey(path, zarrJSONName)
+		raw, missing, err := b.get(ctx, s, lim, key)
+		if err != nil || missing {
+			return false, err
+		}
+		value, err := parseJSON(raw)
 		if err != nil {
-			return err
+			return false, b.errorf(key, "%v", err)
 		}
-		for _, dir := range dirs {
-			g.Go(func() error {
-				key := joinKey(dir, zarrJSONName)
-				raw, missing, err := b.get(ctx, s, lim, key)
-				if err != nil || missing {
-					return err
-				}
-				value, err := parseJSON(raw)
-				if err != nil {
-					return b.errorf(key, "%v", err)
-				}
-				isGroup, err := b.addV3Node(dir, &value, raw)
-				if err != nil || !isGroup {
-					return err
-				}
-				return list(dir, depth+1)
-			})
-		}
-		return nil
-	}
-	g.Go(func() error { return list("", 0) })
-	return g.Wait()
+		return b.addV3Node(path, &value, raw)
+	})
 }
 
 // addV3Node records the node at path from its metadata v, served as data.
