@@ -208,11 +208,13 @@ func New(opt Options) *Cache {
 // statLocked returns what is remembered of key's size or absence, forgetting a missing mark
 // that has expired. touch marks the entry as recently used. c.mu must be held.
 func (c *Cache) statLocked(key string, touch bool) (statEntry, bool) {
-	get := c.stat.Peek
+	var st statEntry
+	var ok bool
 	if touch {
-		get = c.stat.Get
+		st, ok = c.stat.Get(key)
+	} else {
+		st, ok = c.stat.Peek(key)
 	}
-	st, ok := get(key)
 	if ok && st.missing && !c.now().Before(st.until) {
 		c.stat.Remove(key)
 		return statEntry{}, false
