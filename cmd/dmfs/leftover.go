@@ -48,7 +48,7 @@ func writeSessionRecord(mountpoint string, rec sessionRecord) error {
 
 // leftoverSession returns the record of a session left open at mountpoint by
 // a process that is gone. A record of a live process, or an unreadable one,
-// is not a leftover.
+// is not a leftover; one whose session has expired is removed.
 func leftoverSession(mountpoint string) (sessionRecord, bool) {
 	b, err := os.ReadFile(sessionRecordPath(mountpoint))
 	if err != nil {
@@ -58,24 +58,21 @@ func leftoverSession(mountpoint string) (sessionRecord, bool) {
 	if json.Unmarshal(b, &rec) != nil || rec.ID == "" || rec.PID <= 0 || processAlive(rec.PID) {
 		return sessionRecord{}, false
 	}
+	if !rec.EndTime.IsZero() && time.Now().After(rec.EndTime) {
+		os.Remove(sessionRecordPath(mountpoint))
+		return sessionRecord{}, false
+	}
 	return rec, true
 }
 
-// closeLeftoverSession closes the session a killed mount left at mountpoint,
-// if any, with client (which must talk to the same gateway), and forgets the
-// record once the session is closed or could no longer be open anyway.
-func closeLeftoverSession(ctx context.Context, client *session.Client, gateway, mountpoint string, log *slog.Logger) {
-	rec, ok := leftoverSession(mountpoint)
-	if !ok {
-		return
-	}
-	switch {
-	case !rec.EndTime.IsZero() && time.Now().After(rec.EndTime):
-		// Expired on its own.
-	case rec.Gateway != gateway:
+// closeLeftoverSession closes rec, the session a killed mount left at
+// mountpoint (see leftoverSession), with client, which talks to gateway, and
+// forgets the record unless the close failed.
+func closeLeftoverSession(ctx context.Context, client *session.Client, gateway, mountpoint string, rec sessionRecord, log *slog.Logger) {
+	if rec.Gateway != gateway {
 		log.Warn("a previous mount here was killed with its session open; that session is on another gateway "+
 			"and will expire on its own", "session", rec.ID, "gateway", rec.Gateway, "end_time", rec.EndTime)
-	default:
+	} else {
 		cctx, cancel := context.WithTimeout(ctx, sessionCloseTimeout)
 		err := client.CloseSession(cctx, rec.ID)
 		cancel()

@@ -290,7 +290,9 @@ func serveMount(ctx context.Context, o *mountOptions, log *slog.Logger, ready fu
 		}
 		return fail(exitUsage, err)
 	}
-	closeLeftoverSession(ctx, client, gateway, mp, log)
+	if rec, ok := leftoverSession(mp); ok {
+		closeLeftoverSession(ctx, client, gateway, mp, rec, log)
+	}
 	info, err := client.Acquire(ctx, o.SessionDuration)
 	if err != nil {
 		return fail(startupCode(err), fmt.Errorf("acquiring a Datamesh session: %w", err))

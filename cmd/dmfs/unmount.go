@@ -106,13 +106,9 @@ func closeLeftoverAfterUnmount(ctx context.Context, mp string, stderr io.Writer)
 		cfg.Gateway = rec.Gateway
 		var client *session.Client
 		if client, err = session.New(cfg); err == nil {
-			closeLeftoverSession(ctx, client, rec.Gateway, mp, slog.New(slog.NewTextHandler(stderr, nil)))
+			closeLeftoverSession(ctx, client, rec.Gateway, mp, rec, slog.New(slog.NewTextHandler(stderr, nil)))
 			return
 		}
-	}
-	if time.Now().After(rec.EndTime) {
-		os.Remove(sessionRecordPath(mp))
-		return
 	}
 	msg := fmt.Sprintf("dmfs unmount: the mount's process was killed and left session %s open until %s",
 		rec.ID, rec.EndTime.Format(time.RFC3339))
