@@ -353,7 +353,7 @@ func TestSessionOfAKilledMountIsClosedByTheNextRun(t *testing.T) {
 	}
 	unmount := func(t *testing.T, mp string, env ...string) (string, int) {
 		cmd := exec.Command(dmfsBin, "unmount", mp)
-		cmd.Env = append(os.Environ(), env...)
+		cmd.Env = append(append(os.Environ(), "DATAMESH_SERVICE="+g.URL), env...)
 		out, err := cmd.CombinedOutput()
 		var exitErr *exec.ExitError
 		if errors.As(err, &exitErr) {

@@ -19,12 +19,18 @@ import (
 
 	"github.com/oceanum-dmfs/dmfs/cache"
 	"github.com/oceanum-dmfs/dmfs/fs"
+	"github.com/oceanum-dmfs/dmfs/internal/statedir"
 	"github.com/oceanum-dmfs/dmfs/session"
 )
 
 // readyFDEnv tells a re-executed dmfs that it is the background mount and
 // which file descriptor reports readiness to the waiting parent.
 const readyFDEnv = "DMFS_READY_FD"
+
+// tokenFDEnv names the file descriptor on which the background mount reads
+// its token: a pipe, so that the token is in neither its environment nor its
+// command line (both readable in /proc).
+const tokenFDEnv = "DMFS_TOKEN_FD"
 
 // sessionCloseTimeout bounds closing the session when the mount ends, so that
 // an unmount or SIGTERM completes within 5 s even when the gateway is down
@@ -82,7 +88,8 @@ func mountForeground(ctx context.Context, o *mountOptions, stderr io.Writer) int
 		fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
 		return exitUsage
 	}
-	return serveMount(ctx, o, log, func(err error) {
+	token := func() (string, error) { return readToken(o.TokenFile) }
+	return serveMount(ctx, o, token, log, func(err error) {
 		if err != nil {
 			fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
 		}
@@ -102,24 +109,31 @@ func mountBackground(ctx context.Context, o *mountOptions, flags *pflag.FlagSet,
 		fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
 		return exitUsage
 	}
+	// The state folder is checked here too, so that an unsafe one is
+	// reported before anything starts.
+	dir, err := statedir.Open(true)
+	if err != nil {
+		fmt.Fprintf(stderr, "dmfs mount: state folder: %v\n", err)
+		return exitFailure
+	}
+	defer dir.Close()
+	var logf *os.File
 	logFile := o.LogFile
 	if logFile == "" {
-		if err := os.MkdirAll(stateDir(), 0o700); err != nil {
-			fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
-			return exitFailure
-		}
-		logFile = stateFile(mp, ".log")
+		logFile = dir.File(stateName(mp, ".log"))
+		logf, err = dir.OpenAppend(stateName(mp, ".log"))
+	} else {
+		logf, err = openLogFile(logFile)
 	}
-	logf, err := openLogFile(logFile)
 	if err != nil {
 		fmt.Fprintf(stderr, "dmfs mount: log file: %v\n", err)
 		return exitFailure
 	}
 	defer logf.Close()
-	pr, pw, err := os.Pipe()
+	token, err := readToken(o.TokenFile)
 	if err != nil {
 		fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
-		return exitFailure
+		return exitAuth
 	}
 	exe, err := os.Executable()
 	if err != nil {
@@ -127,19 +141,15 @@ func mountBackground(ctx context.Context, o *mountOptions, flags *pflag.FlagSet,
 		return exitFailure
 	}
 	// The child gets the flags as parsed and the absolute mount point, so
-	// that it does not depend on this process's working directory.
-	childArgs := append(append([]string{"mount"}, childFlags(flags)...), "--log-file="+logFile, "--", mp)
-	cmd := exec.Command(exe, childArgs...)
-	cmd.Env = append(os.Environ(), readyFDEnv+"=3")
-	cmd.ExtraFiles = []*os.File{pw}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	cmd.Dir = "/"
-	if err := cmd.Start(); err != nil {
+	// that it does not depend on this process's working directory. It logs
+	// to its stderr, the log file opened (and checked) here.
+	childArgs := append(append([]string{"mount"}, childFlags(flags)...), "--", mp)
+	cmd, pr, err := startDaemon(exe, childArgs, token, logf)
+	if err != nil {
 		fmt.Fprintf(stderr, "dmfs mount: starting the background process: %v\n", err)
 		return exitFailure
 	}
-	pw.Close()
+	defer pr.Close()
 	type report struct {
 		line string
 		err  error
@@ -188,6 +198,82 @@ func mountBackground(ctx context.Context, o *mountOptions, flags *pflag.FlagSet,
 	}
 }
 
+// startDaemon starts the background mount: exe with args, stdout and
+// stderr to logf, in its own session, with the readiness pipe on fd 3
+// (returned: the child writes "ready" or "error ..." on it) and token written
+// to a pipe on fd 4. Its environment is this one without DATAMESH_TOKEN.
+func startDaemon(exe string, args []string, token string, logf *os.File) (*exec.Cmd, *os.File, error) {
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	tokR, tokW, err := os.Pipe()
+	if err != nil {
+		readyR.Close()
+		readyW.Close()
+		return nil, nil, err
+	}
+	cmd := exec.Command(exe, args...)
+	cmd.Env = append(daemonEnv(os.Environ()), readyFDEnv+"=3", tokenFDEnv+"=4")
+	cmd.ExtraFiles = []*os.File{readyW, tokR}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.Dir = "/"
+	err = cmd.Start()
+	readyW.Close()
+	tokR.Close()
+	if err != nil {
+		readyR.Close()
+		tokW.Close()
+		return nil, nil, err
+	}
+	// In a goroutine: a token larger than the pipe's buffer would block
+	// until the child reads it. A child that dies first makes this fail
+	// with EPIPE, which its exit reports.
+	go func() {
+		io.WriteString(tokW, token)
+		tokW.Close()
+	}()
+	return cmd, readyR, nil
+}
+
+// daemonEnv is env without the token and without readiness settings
+// inherited from elsewhere.
+func daemonEnv(env []string) []string {
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		name, _, _ := strings.Cut(kv, "=")
+		switch name {
+		case session.EnvToken, readyFDEnv, tokenFDEnv:
+			continue
+		}
+		out = append(out, kv)
+	}
+	return out
+}
+
+// readTokenFD reads the token the parent wrote on fd (see startDaemon), up
+// to the size of a token file.
+func readTokenFD(fdText string) (string, error) {
+	var fd int
+	if _, err := fmt.Sscan(fdText, &fd); err != nil || fd < 3 {
+		return "", fmt.Errorf("invalid %s", tokenFDEnv)
+	}
+	f := os.NewFile(uintptr(fd), "token")
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxToken+1))
+	if err != nil {
+		return "", fmt.Errorf("reading the token from the parent: %w", err)
+	}
+	if len(b) > maxToken {
+		return "", errors.New("the token from the parent is too large")
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// maxToken is the size of the largest token file session.ReadTokenFile takes.
+const maxToken = 64 << 10
+
 // childFlags renders the flags set on the command line (except --log-file,
 // which the parent decides) so that a re-executed dmfs parses the same.
 func childFlags(flags *pflag.FlagSet) []string {
@@ -217,19 +303,22 @@ func mountDaemon(ctx context.Context, o *mountOptions, fdText string) int {
 	}
 	os.Unsetenv(readyFDEnv)
 	ready := os.NewFile(uintptr(fd), "ready")
-	var logw io.Writer = os.Stderr // the parent pointed it at the log file
-	if o.LogFile != "" {
-		if f, err := openLogFile(o.LogFile); err == nil {
-			defer f.Close()
-			logw = f
-		}
+	// Read at once, so that the parent's write ends.
+	var token func() (string, error)
+	if tfd := os.Getenv(tokenFDEnv); tfd != "" {
+		os.Unsetenv(tokenFDEnv)
+		tok, err := readTokenFD(tfd)
+		token = func() (string, error) { return tok, err }
+	} else {
+		token = func() (string, error) { return readToken(o.TokenFile) }
 	}
-	log, err := newLogger(o.LogLevel, logw)
+	// stderr is the log file, opened and checked by the parent.
+	log, err := newLogger(o.LogLevel, os.Stderr)
 	if err != nil {
 		fmt.Fprintf(ready, "error %v\n", err)
 		return exitUsage
 	}
-	return serveMount(ctx, o, log, func(err error) {
+	return serveMount(ctx, o, token, log, func(err error) {
 		if err != nil {
 			fmt.Fprintf(ready, "error %s\n", oneLine(err.Error()))
 		} else {
@@ -243,42 +332,54 @@ func oneLine(s string) string { return strings.ReplaceAll(s, "\n", "; ") }
 
 // serveMount acquires the session, mounts, reports readiness, serves until
 // the mount ends (unmounted from outside, or ctx cancelled by a signal), and
-// always closes the session.
-func serveMount(ctx context.Context, o *mountOptions, log *slog.Logger, ready func(error)) int {
+// always closes the session. It holds the mount point's lock (see
+// lockMountpoint) from its check to its exit, and takes it before acquiring
+// a session, so that a mount that loses acquires none.
+func serveMount(ctx context.Context, o *mountOptions, token func() (string, error), log *slog.Logger, ready func(error)) int {
 	fail := func(code int, err error) int {
 		log.Error("mount failed", "err", err)
 		ready(err)
 		return code
 	}
+	// First, so that DATAMESH_TOKEN leaves the environment before anything
+	// is started; a missing token is reported after the mount point checks.
+	tok, tokErr := token()
 	mp, err := checkMountpoint(o.Mountpoint)
 	if err != nil {
 		return fail(exitMountPoint, err)
+	}
+	dir, err := statedir.Open(true)
+	if err != nil {
+		return fail(exitFailure, fmt.Errorf("state folder: %w", err))
+	}
+	defer dir.Close()
+	lock, err := lockMountpoint(ctx, dir, mp, nil)
+	if err != nil {
+		if errors.Is(err, errMountPoint) {
+			return fail(exitMountPoint, err)
+		}
+		return fail(exitFailure, err)
+	}
+	defer lock.Close()
+	// Checked again under the lock: another mount may have finished
+	// between the first check and taking the lock.
+	if mp, err = checkMountpoint(mp); err != nil {
+		return fail(exitMountPoint, err)
+	}
+	if tokErr != nil {
+		return fail(exitAuth, tokErr)
 	}
 	cfg, err := session.ConfigFromEnv(os.Getenv)
 	if err != nil {
 		return fail(exitUsage, err)
 	}
-	if o.TokenFile != "" {
-		tok, err := session.ReadTokenFile(o.TokenFile)
-		if err != nil {
-			return fail(exitAuth, err)
-		}
-		cfg.Token = tok
-	}
-	if o.Service != "" {
-		cfg.Service = strings.TrimRight(o.Service, "/")
-		if os.Getenv("DATAMESH_GATEWAY") == "" && o.Gateway == "" {
-			cfg.Gateway = cfg.Service
-		}
-	}
-	if o.Gateway != "" {
-		cfg.Gateway = strings.TrimRight(o.Gateway, "/")
-	}
+	cfg.Token = tok
+	cfg.Service, cfg.Gateway = endpoints(o.Service, o.Gateway)
 	cfg.Logger = log
 	gateway := cfg.Gateway
 	cfg.OnSession = func(info session.Info) {
 		rec := sessionRecord{Gateway: gateway, ID: info.ID, EndTime: info.EndTime, PID: os.Getpid()}
-		if err := writeSessionRecord(mp, rec); err != nil {
+		if err := writeSessionRecord(dir, mp, rec); err != nil {
 			log.Warn("session record not written; if this mount is killed its session stays open until it expires", "err", err)
 		}
 	}
@@ -290,8 +391,8 @@ func serveMount(ctx context.Context, o *mountOptions, log *slog.Logger, ready fu
 		}
 		return fail(exitUsage, err)
 	}
-	if rec, ok := leftoverSession(mp); ok {
-		closeLeftoverSession(ctx, client, gateway, mp, rec, log)
+	if rec, ok := leftoverSession(dir, mp, log); ok {
+		closeLeftoverSession(ctx, client, gateway, dir, mp, rec, log)
 	}
 	info, err := client.Acquire(ctx, o.SessionDuration)
 	if err != nil {
@@ -306,7 +407,7 @@ func serveMount(ctx context.Context, o *mountOptions, log *slog.Logger, ready fu
 			log.Error("closing the session", "session", info.ID, "err", err)
 		} else {
 			log.Info("session closed", "session", info.ID)
-			os.Remove(sessionRecordPath(mp))
+			dir.Remove(sessionRecordName(mp))
 		}
 	}()
 	catalog := &datameshCatalog{client: client, only: o.Datasources}
@@ -346,11 +447,10 @@ func serveMount(ctx context.Context, o *mountOptions, log *slog.Logger, ready fu
 	if err != nil {
 		return fail(exitMountPoint, fmt.Errorf("mounting at %s: %w", mp, err))
 	}
-	pidFile, err := writePidFile(mp)
-	if err != nil {
+	if err := writePidFile(dir, mp); err != nil {
 		log.Warn("pid file not written; 'dmfs unmount' will not wait for the session to close", "err", err)
 	} else {
-		defer os.Remove(pidFile)
+		defer dir.Remove(pidFileName(mp))
 	}
 	log.Info("mounted", "mountpoint", mp, "service", cfg.Service, "gateway", cfg.Gateway)
 	ready(nil)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/oceanum-dmfs/dmfs/internal/mountinfo"
+	"github.com/oceanum-dmfs/dmfs/internal/statedir"
 )
 
 func runArgs(t *testing.T, env map[string]string, args ...string) (int, string, string) {
@@ -55,6 +57,15 @@ func TestMountHelpDocumentsEveryFlag(t *testing.T) {
 	for _, flag := range []string{"--token-file", "--service", "--gateway", "--session-duration", "--datasource",
 		"--cache-size", "--readahead", "--metadata-ttl", "--allow-other", "--log-level", "--log-file",
 		"--fuse-debug", "--foreground", "DATAMESH_SERVICE", "DATAMESH_GATEWAY", "DATAMESH_TOKEN", "(default 1GiB)"} {
+		assert.Contains(t, stderr, flag)
+	}
+}
+
+func TestUnmountHelpDocumentsEveryFlag(t *testing.T) {
+	code, _, stderr := runArgs(t, nil, "unmount", "--help")
+	assert.Equal(t, exitOK, code)
+	for _, flag := range []string{"--lazy", "--service", "--gateway", "--token-file",
+		"DATAMESH_SERVICE", "DATAMESH_GATEWAY", "DATAMESH_TOKEN_FILE"} {
 		assert.Contains(t, stderr, flag)
 	}
 }
@@ -117,16 +128,26 @@ func TestByteSizeFlag(t *testing.T) {
 }
 
 func TestStateFilesAreDistinctPerMountpoint(t *testing.T) {
-	t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
-	a, b := stateFile("/a/b", ".pid"), stateFile("/a_b", ".pid")
+	dir := openStateDir(t)
+	a, b := stateName("/a/b", ".pid"), stateName("/a_b", ".pid")
 	assert.NotEqual(t, a, b)
-	_, err := writePidFile("/a/b")
+	require.NoError(t, writePidFile(dir, "/a/b"))
+	pid, err := readPidFile(dir, "/a/b")
 	require.NoError(t, err)
-	pid, ok := readPidFile("/a/b")
-	assert.True(t, ok)
 	assert.Equal(t, os.Getpid(), pid)
-	_, ok = readPidFile("/a_b")
-	assert.False(t, ok)
+	_, err = readPidFile(dir, "/a_b")
+	assert.ErrorIs(t, err, os.ErrNotExist)
+}
+
+// openStateDir points XDG_RUNTIME_DIR at a fresh folder and opens the state
+// folder in it, as dmfs does.
+func openStateDir(t *testing.T) *statedir.Dir {
+	t.Helper()
+	t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
+	dir, err := statedir.Open(true)
+	require.NoError(t, err)
+	t.Cleanup(func() { dir.Close() })
+	return dir
 }
 
 func TestChildFlagsReparseToTheSameOptions(t *testing.T) {
@@ -152,7 +173,7 @@ func TestChildFlagsReparseToTheSameOptions(t *testing.T) {
 }
 
 func TestLeftoverSessionOnlyOfAProcessThatIsGone(t *testing.T) {
-	t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
+	dir := openStateDir(t)
 	end := time.Now().Add(time.Hour).UTC().Truncate(time.Second)
 	gone := exec.Command("true")
 	require.NoError(t, gone.Run()) // its pid is now free
@@ -161,31 +182,52 @@ func TestLeftoverSessionOnlyOfAProcessThatIsGone(t *testing.T) {
 		name  string
 		write func(mp string)
 		want  bool
+		warns string // logged when a record is ignored
 	}{
-		{"no record", func(string) {}, false},
+		{"no record", func(string) {}, false, ""},
 		{"a live process", func(mp string) {
-			require.NoError(t, writeSessionRecord(mp, sessionRecord{Gateway: "http://g", ID: "s1", EndTime: end, PID: os.Getpid()}))
-		}, false},
+			require.NoError(t, writeSessionRecord(dir, mp, sessionRecord{Gateway: "http://g", ID: "s1", EndTime: end, PID: os.Getpid()}))
+		}, false, ""},
 		{"a process that is gone", func(mp string) {
-			require.NoError(t, writeSessionRecord(mp, sessionRecord{Gateway: "http://g", ID: "s2", EndTime: end, PID: gone.Process.Pid}))
-		}, true},
+			require.NoError(t, writeSessionRecord(dir, mp, sessionRecord{Gateway: "http://g", ID: "s2", EndTime: end, PID: gone.Process.Pid}))
+		}, true, ""},
+		{"expired", func(mp string) {
+			require.NoError(t, writeSessionRecord(dir, mp, sessionRecord{Gateway: "http://g", ID: "s3", EndTime: time.Now().Add(-time.Minute), PID: gone.Process.Pid}))
+		}, false, ""},
 		{"unreadable", func(mp string) {
-			require.NoError(t, os.MkdirAll(stateDir(), 0o700))
-			require.NoError(t, os.WriteFile(sessionRecordPath(mp), []byte("{not json"), 0o600))
-		}, false},
+			require.NoError(t, os.WriteFile(dir.File(sessionRecordName(mp)), []byte("{not json"), 0o600))
+		}, false, "not a dmfs session record"},
+		{"readable by others", func(mp string) {
+			b := fmt.Sprintf(`{"gateway":"http://g","id":"s4","pid":%d}`, gone.Process.Pid)
+			require.NoError(t, os.WriteFile(dir.File(sessionRecordName(mp)), []byte(b), 0o644))
+		}, false, "open to group or others"},
+		{"a symlink", func(mp string) {
+			other := filepath.Join(t.TempDir(), "rec")
+			b := fmt.Sprintf(`{"gateway":"http://g","id":"s5","pid":%d}`, gone.Process.Pid)
+			require.NoError(t, os.WriteFile(other, []byte(b), 0o600))
+			require.NoError(t, os.Symlink(other, dir.File(sessionRecordName(mp))))
+		}, false, "symbolic link"},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			mp := fmt.Sprintf("/mnt/point%d", i)
 			tt.write(mp)
-			rec, ok := leftoverSession(mp)
+			var logged bytes.Buffer
+			rec, ok := leftoverSession(dir, mp, slog.New(slog.NewTextHandler(&logged, nil)))
 			assert.Equal(t, tt.want, ok)
+			if tt.warns != "" {
+				assert.Contains(t, logged.String(), tt.warns)
+			} else {
+				assert.Empty(t, logged.String())
+			}
 			if ok {
 				assert.Equal(t, sessionRecord{Gateway: "http://g", ID: "s2", EndTime: end, PID: gone.Process.Pid}, rec)
-				fi, err := os.Stat(sessionRecordPath(mp))
+				fi, err := os.Stat(dir.File(sessionRecordName(mp)))
 				require.NoError(t, err)
 				assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), "the record is private")
 			}
 		})
 	}
+	_, err := os.Lstat(dir.File(sessionRecordName("/mnt/point3")))
+	assert.ErrorIs(t, err, os.ErrNotExist, "an expired record is removed")
 }

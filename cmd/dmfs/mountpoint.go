@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"github.com/oceanum-dmfs/dmfs/internal/mountinfo"
+	"github.com/oceanum-dmfs/dmfs/internal/statedir"
 )
 
 func isDmfsMount(m mountinfo.Entry) bool {
@@ -55,37 +56,31 @@ func checkMountpoint(path string) (string, error) {
 	return abs, nil
 }
 
-// stateDir holds pid and log files of background mounts.
-func stateDir() string {
-	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
-		return filepath.Join(d, "dmfs")
-	}
-	return filepath.Join(os.TempDir(), fmt.Sprintf("dmfs-%d", os.Getuid()))
-}
-
-// stateFile names a per-mount file (pid, log) after the mount point.
-func stateFile(mountpoint, ext string) string {
+// stateName names a per-mount file in the state folder (pid, log, session
+// record, lock) after the mount point: readable, and distinct per path.
+func stateName(mountpoint, ext string) string {
 	sum := sha256.Sum256([]byte(mountpoint))
 	base := strings.Trim(strings.ReplaceAll(mountpoint, "/", "_"), "_")
 	if len(base) > 40 {
 		base = base[len(base)-40:]
 	}
-	return filepath.Join(stateDir(), base+"-"+hex.EncodeToString(sum[:4])+ext)
+	return base + "-" + hex.EncodeToString(sum[:4]) + ext
 }
 
-func writePidFile(mountpoint string) (string, error) {
-	if err := os.MkdirAll(stateDir(), 0o700); err != nil {
-		return "", err
-	}
-	p := stateFile(mountpoint, ".pid")
-	return p, os.WriteFile(p, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600)
+func pidFileName(mountpoint string) string { return stateName(mountpoint, ".pid") }
+
+func writePidFile(dir *statedir.Dir, mountpoint string) error {
+	return dir.WriteRecord(pidFileName(mountpoint), []byte(strconv.Itoa(os.Getpid())+"\n"))
 }
 
-func readPidFile(mountpoint string) (int, bool) {
-	b, err := os.ReadFile(stateFile(mountpoint, ".pid"))
+func readPidFile(dir *statedir.Dir, mountpoint string) (int, error) {
+	b, err := dir.ReadRecord(pidFileName(mountpoint))
 	if err != nil {
-		return 0, false
+		return 0, err
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	return pid, err == nil && pid > 0
+	if err != nil || pid <= 0 {
+		return 0, fmt.Errorf("pid file %s: not a pid", dir.File(pidFileName(mountpoint)))
+	}
+	return pid, nil
 }

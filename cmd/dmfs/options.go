@@ -5,11 +5,14 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
 
 	"github.com/oceanum-dmfs/dmfs/internal/bytesize"
+	"github.com/oceanum-dmfs/dmfs/internal/statedir"
+	"github.com/oceanum-dmfs/dmfs/session"
 )
 
 // mountOptions holds every `dmfs mount` setting; flags fall back to the
@@ -82,7 +85,35 @@ func newLogger(level string, w io.Writer) (*slog.Logger, error) {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
 }
 
-// openLogFile appends to a log file, creating its folder.
-func openLogFile(path string) (*os.File, error) {
-	return os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+// openLogFile appends to the --log-file the user named: not through a
+// symlink, and only to a regular file of the user's (see statedir.OpenLog).
+func openLogFile(path string) (*os.File, error) { return statedir.OpenLog(path) }
+
+// endpoints resolves the service and gateway URLs from the flags (whose
+// defaults are DATAMESH_SERVICE and DATAMESH_GATEWAY): the service defaults
+// to Datamesh's, the gateway to the service.
+func endpoints(service, gateway string) (string, string) {
+	service = strings.TrimRight(strings.TrimSpace(service), "/")
+	if service == "" {
+		service = session.DefaultService
+	}
+	gateway = strings.TrimRight(strings.TrimSpace(gateway), "/")
+	if gateway == "" {
+		gateway = service
+	}
+	return service, gateway
+}
+
+// readToken reads the token once, from tokenFile if given, else from
+// DATAMESH_TOKEN, and takes DATAMESH_TOKEN out of this process's
+// environment so that nothing it starts (fusermount3, the background mount)
+// inherits it. (The kernel's copy in /proc/PID/environ keeps what this
+// process was started with; the background mount is started without it.)
+func readToken(tokenFile string) (string, error) {
+	tok := strings.TrimSpace(os.Getenv(session.EnvToken))
+	os.Unsetenv(session.EnvToken)
+	if tokenFile != "" {
+		return session.ReadTokenFile(tokenFile)
+	}
+	return tok, nil
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/oceanum-dmfs/dmfs/internal/mountinfo"
+	"github.com/oceanum-dmfs/dmfs/internal/statedir"
 	"github.com/oceanum-dmfs/dmfs/session"
 )
 
@@ -29,8 +30,18 @@ func runUnmount(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	flags := pflag.NewFlagSet("dmfs unmount", pflag.ContinueOnError)
 	flags.SetOutput(stderr)
 	lazy := flags.Bool("lazy", false, "detach now even if files are open; the mount goes away when they are closed")
+	// Only to close the session of a mount that was killed: its record says
+	// which gateway it was on, but the token goes only to the one set here.
+	var lo leftoverOptions
+	flags.StringVar(&lo.TokenFile, "token-file", os.Getenv("DATAMESH_TOKEN_FILE"),
+		"read the Datamesh token from this file (env DATAMESH_TOKEN_FILE; else env DATAMESH_TOKEN), to close the session of a killed mount")
+	flags.StringVar(&lo.Service, "service", os.Getenv(session.EnvService),
+		"Datamesh service URL the mount used (env DATAMESH_SERVICE; default https://datamesh.oceanum.io)")
+	flags.StringVar(&lo.Gateway, "gateway", os.Getenv(session.EnvGateway),
+		"Datamesh gateway URL the mount used (env DATAMESH_GATEWAY; default: the service URL)")
 	flags.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: dmfs unmount [--lazy] MOUNTPOINT\n\nUnmounts a dmfs mount and returns once its Datamesh session is closed.\n\nFlags:\n%s", flags.FlagUsages())
+		fmt.Fprintf(stderr, "Usage: dmfs unmount [flags] MOUNTPOINT\n\nUnmounts a dmfs mount and returns once its Datamesh session is closed.\n"+
+			"The session of a mount that was killed is closed here when it is on the gateway set by --service/--gateway.\n\nFlags:\n%s", flags.FlagUsages())
 	}
 	if err := flags.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -49,6 +60,17 @@ func runUnmount(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		fmt.Fprintf(stderr, "dmfs unmount: %v\n", err)
 		return exitUsage
 	}
+	// Not created here: no folder means no pid file and no record. One that
+	// is refused is not read, but the unmount itself needs none of it.
+	dir, err := statedir.Open(false)
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			fmt.Fprintf(stderr, "dmfs unmount: warning: state folder not used: %v\n", err)
+		}
+		dir = nil
+	} else {
+		defer dir.Close()
+	}
 	m, ok, err := mountinfo.Find(mp)
 	if err != nil {
 		fmt.Fprintf(stderr, "dmfs unmount: reading the mount table: %v\n", err)
@@ -56,14 +78,22 @@ func runUnmount(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 	if !ok {
 		fmt.Fprintf(stderr, "dmfs unmount: %s is not mounted\n", mp)
-		closeLeftoverAfterUnmount(ctx, mp, stderr) // unmounted by hand after its process was killed
+		closeLeftoverAfterUnmount(ctx, dir, mp, &lo, stderr) // unmounted by hand after its process was killed
 		return exitNotMounted
 	}
 	if !isDmfsMount(m) {
 		fmt.Fprintf(stderr, "dmfs unmount: %s is not a dmfs mount (it is %s)\n", mp, m.FSType)
 		return exitNotMounted
 	}
-	pid, hasPid := readPidFile(mp)
+	pid, hasPid := 0, false
+	if dir != nil {
+		var err error
+		pid, err = readPidFile(dir, mp)
+		hasPid = err == nil
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			fmt.Fprintf(stderr, "dmfs unmount: warning: pid file ignored: %v\n", err)
+		}
+	}
 	if err := unmount(mp, *lazy); err != nil {
 		if errors.Is(err, syscall.EBUSY) {
 			fmt.Fprintf(stderr, "dmfs unmount: %s is busy: files or directories under it are open "+
@@ -74,7 +104,7 @@ func runUnmount(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return exitFailure
 	}
 	if !hasPid {
-		closeLeftoverAfterUnmount(ctx, mp, stderr)
+		closeLeftoverAfterUnmount(ctx, dir, mp, &lo, stderr)
 		return exitOK
 	}
 	deadline := time.Now().Add(unmountWait)
@@ -89,31 +119,52 @@ func runUnmount(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	closeLeftoverAfterUnmount(ctx, mp, stderr)
+	closeLeftoverAfterUnmount(ctx, dir, mp, &lo, stderr)
 	return exitOK
 }
 
+// leftoverOptions say where and with what token `dmfs unmount` may close
+// the session of a killed mount.
+type leftoverOptions struct {
+	TokenFile, Service, Gateway string
+}
+
 // closeLeftoverAfterUnmount closes the session of a mount whose process was
-// killed (a stale mount just removed), with the token from the environment;
-// without one it says until when the session stays open.
-func closeLeftoverAfterUnmount(ctx context.Context, mp string, stderr io.Writer) {
-	rec, ok := leftoverSession(mp)
+// killed (a stale mount just removed), with the token from the environment
+// or --token-file, at the gateway configured now; without a token it says
+// until when the session stays open.
+func closeLeftoverAfterUnmount(ctx context.Context, dir *statedir.Dir, mp string, lo *leftoverOptions, stderr io.Writer) {
+	if dir == nil {
+		return
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	rec, ok := leftoverSession(dir, mp, log)
 	if !ok {
 		return
 	}
-	cfg, err := session.ConfigFromEnv(os.Getenv)
+	_, gateway := endpoints(lo.Service, lo.Gateway)
+	if rec.Gateway != gateway {
+		fmt.Fprintf(stderr, "dmfs unmount: %s; if that mount used --service or --gateway, give 'dmfs unmount' the same\n",
+			otherGateway(rec, gateway))
+		return
+	}
+	tok, err := readToken(lo.TokenFile)
 	if err == nil {
-		cfg.Gateway = rec.Gateway
-		var client *session.Client
-		if client, err = session.New(cfg); err == nil {
-			closeLeftoverSession(ctx, client, rec.Gateway, mp, rec, slog.New(slog.NewTextHandler(stderr, nil)))
-			return
+		var cfg session.Config
+		if cfg, err = session.ConfigFromEnv(os.Getenv); err == nil {
+			cfg.Token = tok
+			cfg.Service, cfg.Gateway = endpoints(lo.Service, lo.Gateway)
+			var client *session.Client
+			if client, err = session.New(cfg); err == nil {
+				closeLeftoverSession(ctx, client, gateway, dir, mp, rec, log)
+				return
+			}
 		}
 	}
-	msg := fmt.Sprintf("dmfs unmount: the mount's process was killed and left session %s open until %s",
+	msg := fmt.Sprintf("dmfs unmount: the mount's process was killed and left session %q open until %s",
 		rec.ID, rec.EndTime.Format(time.RFC3339))
 	if errors.Is(err, session.ErrNoToken) {
-		msg += "; with DATAMESH_TOKEN set, 'dmfs unmount' or the next 'dmfs mount' here closes it"
+		msg += "; with DATAMESH_TOKEN set (or --token-file), 'dmfs unmount' or the next 'dmfs mount' here closes it"
 	} else {
 		msg += ": " + err.Error()
 	}
