@@ -171,11 +171,15 @@ func TestProtocolConformance(t *testing.T) {
 	assert.Equal(t, int64(1), cnt.ZarrKeys["demo_stations/hs/0.1 HEAD"])
 	assert.Equal(t, int64(1), cnt.ZarrWithoutSession)
 
-	// The counters endpoint over HTTP, without auth.
-	c.token, c.session = "", ""
+	// The counters endpoint over HTTP needs the token like every endpoint.
+	c.session = ""
 	resp, body = c.do(http.MethodGet, "/_dmfs/counters", nil)
 	require.Equal(t, 200, resp.StatusCode)
 	var viaHTTP Counters
 	require.NoError(t, json.Unmarshal(body, &viaHTTP))
 	assert.Equal(t, cnt.Requests, viaHTTP.Requests)
+	c.token = ""
+	resp, body = c.do(http.MethodGet, "/_dmfs/counters", nil)
+	assert.Equal(t, 401, resp.StatusCode)
+	assert.JSONEq(t, `{"detail":"Authentication credentials were not provided."}`, string(body))
 }

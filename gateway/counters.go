@@ -6,8 +6,20 @@ import (
 	"sync"
 )
 
+// Bounds on the per-key counters, so that a client asking for many or long
+// keys cannot grow the gateway's memory (or the counters document) without
+// limit: about 100k × 256 bytes at most.
+const (
+	// DefaultMaxCounterKeys is the default cap on zarr_keys entries.
+	DefaultMaxCounterKeys = 100_000
+	// MaxCounterKeyBytes caps the length of one zarr_keys entry
+	// ("DSID/KEY METHOD"); a longer key is counted in zarr_keys_other.
+	MaxCounterKeyBytes = 256
+)
+
 // Counters counts the requests a Server answered since it started or since
-// the last reset, as GET /_dmfs/counters returns them.
+// the last reset, as GET /_dmfs/counters returns them. Requests refused for
+// their token are counted only in Unauthenticated.
 type Counters struct {
 	Requests int64 `json:"requests"`
 	// ByRoute always names every protocol route; "other" appears only when
@@ -15,13 +27,22 @@ type Counters struct {
 	ByRoute       map[string]int64 `json:"by_route"`
 	ByStatus      map[string]int64 `json:"by_status"`
 	ByRouteStatus map[string]int64 `json:"by_route_status"`
-	// ZarrKeys counts GET and HEAD per key: "DSID/KEY GET".
+	// ZarrKeys counts GET and HEAD per key: "DSID/KEY GET". It holds at most
+	// ZarrKeysMax entries of at most MaxCounterKeyBytes bytes each.
 	ZarrKeys map[string]int64 `json:"zarr_keys"`
-	Sessions SessionCounters  `json:"sessions"`
+	// ZarrKeysOther counts the GET and HEAD requests left out of ZarrKeys:
+	// their key was too long, or ZarrKeys was full.
+	ZarrKeysOther int64 `json:"zarr_keys_other"`
+	// ZarrKeysMax is the cap on ZarrKeys entries.
+	ZarrKeysMax int             `json:"zarr_keys_max"`
+	Sessions    SessionCounters `json:"sessions"`
 	// ZarrWithoutSession counts /zarr/ requests that carried no session id.
 	ZarrWithoutSession int64 `json:"zarr_without_session"`
-	// BytesSent counts response body bytes.
+	// BytesSent counts response body bytes of authenticated requests.
 	BytesSent int64 `json:"bytes_sent"`
+	// Unauthenticated counts requests refused for a missing or wrong token;
+	// they appear in no other counter.
+	Unauthenticated int64 `json:"unauthenticated"`
 }
 
 // SessionCounters counts sessions; Open is the live count, never reset.
@@ -32,12 +53,17 @@ type SessionCounters struct {
 }
 
 type counterSet struct {
+	maxKeys int
+
 	mu sync.Mutex
 	c  Counters
 }
 
-func newCounterSet() *counterSet {
-	cs := &counterSet{}
+func newCounterSet(maxKeys int) *counterSet {
+	if maxKeys <= 0 {
+		maxKeys = DefaultMaxCounterKeys
+	}
+	cs := &counterSet{maxKeys: maxKeys}
 	cs.reset()
 	return cs
 }
@@ -50,13 +76,16 @@ func (cs *counterSet) reset() {
 		ByStatus:      map[string]int64{},
 		ByRouteStatus: map[string]int64{},
 		ZarrKeys:      map[string]int64{},
+		ZarrKeysMax:   cs.maxKeys,
 	}
 	for _, r := range allRoutes {
 		cs.c.ByRoute[r] = 0
 	}
 }
 
-func (cs *counterSet) record(route string, status int, bytes int64, zarrKey string) {
+// record counts one authenticated request. route and status come from a
+// fixed set, so only zarr keys need bounding.
+func (cs *counterSet) record(route string, status int, zarrKey string) {
 	st := strconv.Itoa(status)
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
@@ -65,9 +94,26 @@ func (cs *counterSet) record(route string, status int, bytes int64, zarrKey stri
 	cs.c.ByStatus[st]++
 	cs.c.ByRouteStatus[route+" "+st]++
 	if zarrKey != "" {
-		cs.c.ZarrKeys[zarrKey]++
+		if _, seen := cs.c.ZarrKeys[zarrKey]; seen ||
+			(len(zarrKey) <= MaxCounterKeyBytes && len(cs.c.ZarrKeys) < cs.maxKeys) {
+			cs.c.ZarrKeys[zarrKey]++
+		} else {
+			cs.c.ZarrKeysOther++
+		}
 	}
+}
+
+// sent counts the body bytes of an authenticated answer.
+func (cs *counterSet) sent(bytes int64) {
+	cs.mu.Lock()
 	cs.c.BytesSent += bytes
+	cs.mu.Unlock()
+}
+
+func (cs *counterSet) unauthenticated() {
+	cs.mu.Lock()
+	cs.c.Unauthenticated++
+	cs.mu.Unlock()
 }
 
 func (cs *counterSet) sessionAcquired() {
@@ -108,8 +154,8 @@ func copyMap(m map[string]int64) map[string]int64 {
 	return out
 }
 
-// serveCounters answers GET /_dmfs/counters; it needs no token and is not
-// itself counted.
+// serveCounters answers GET /_dmfs/counters, once ServeHTTP has checked the
+// token.
 func (s *Server) serveCounters(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		writeDetail(w, http.StatusMethodNotAllowed, "use GET")
@@ -118,7 +164,8 @@ func (s *Server) serveCounters(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s.Counters())
 }
 
-// serveCountersReset answers POST /_dmfs/counters/reset.
+// serveCountersReset answers POST /_dmfs/counters/reset, once ServeHTTP has
+// checked the token.
 func (s *Server) serveCountersReset(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost {
 		writeDetail(w, http.StatusMethodNotAllowed, "use POST")

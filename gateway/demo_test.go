@@ -12,9 +12,9 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-)
 
-const debianPython = "/usr/bin/python3"
+	"github.com/oceanum-dmfs/dmfs/internal/testenv"
+)
 
 // pythonReader is run by Debian's python over the demo stores; it prints
 // what xarray decoded, as JSON.
@@ -48,15 +48,10 @@ print(json.dumps(out))
 // TestDemoReadableByXarray checks that xarray with zarr 2.x opens each demo
 // store and decodes the values Go wrote.
 func TestDemoReadableByXarray(t *testing.T) {
-	if err := exec.Command(debianPython, "-c", "import xarray, zarr").Run(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s cannot import xarray and zarr (needed on CI): %v", debianPython, err)
-		}
-		t.Skipf("%s cannot import xarray and zarr: %v", debianPython, err)
-	}
+	testenv.RequirePython(t, "xarray, zarr")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, debianPython, "-c", pythonReader, demoDir).Output()
+	out, err := exec.CommandContext(ctx, testenv.DebianPython, "-c", pythonReader, demoDir).Output()
 	if ee, ok := err.(*exec.ExitError); ok {
 		t.Fatalf("python: %v\n%s", err, ee.Stderr)
 	}

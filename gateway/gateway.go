@@ -13,12 +13,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 )
 
 // Config configures a Server.
@@ -39,14 +41,69 @@ type Config struct {
 	SessionTTL time.Duration
 	// MaxSessions limits the number of open sessions (0: no limit).
 	MaxSessions int
-	// Logger receives one line per request (nil: discard).
+	// Logger receives one line per request (nil: discard). Paths and other
+	// client-chosen values in it are cut to at most LogValueBytes.
 	Logger *slog.Logger
+	// MaxCounterKeys caps the per-key counters (0: DefaultMaxCounterKeys).
+	MaxCounterKeys int
+
+	// The limits of the http.Server that NewHTTPServer builds, so that
+	// clients that send slowly, never read or sit idle release their
+	// connection (0: the Default* value below).
+	ReadHeaderTimeout time.Duration // to read a request's headers
+	ReadTimeout       time.Duration // to read a whole request, body included
+	// WriteTimeout bounds each piece of an answer (at most writeStep bytes)
+	// rather than the whole answer: a large chunk to a slow client that
+	// keeps reading goes out, Latency does not count, and a client that
+	// stops reading is cut off after WriteTimeout.
+	WriteTimeout   time.Duration
+	IdleTimeout    time.Duration // between requests on a kept-alive connection
+	MaxHeaderBytes int           // request line and headers
 }
+
+// Defaults of the http.Server limits.
+const (
+	DefaultReadHeaderTimeout = 10 * time.Second
+	DefaultReadTimeout       = 30 * time.Second
+	DefaultWriteTimeout      = 30 * time.Second
+	DefaultIdleTimeout       = 30 * time.Second
+	DefaultMaxHeaderBytes    = 64 << 10
+)
+
+// LogValueBytes caps a client-chosen value (path, session id, method) in
+// a log line.
+const LogValueBytes = 200
+
+// writeStep is the largest piece of an answer written under one write
+// deadline (Config.WriteTimeout), so the deadline follows the progress.
+const writeStep = 256 << 10
 
 // String describes cfg without its token.
 func (c Config) String() string {
-	return fmt.Sprintf("gateway.Config{Dir:%q Token:%s Latency:%s FailRate:%g Seed:%d SessionTTL:%s MaxSessions:%d}",
-		c.Dir, redacted(c.Token), c.Latency, c.FailRate, c.Seed, c.SessionTTL, c.MaxSessions)
+	return fmt.Sprintf("gateway.Config{Dir:%q Token:%s Latency:%s FailRate:%g Seed:%d SessionTTL:%s MaxSessions:%d "+
+		"MaxCounterKeys:%d ReadHeaderTimeout:%s ReadTimeout:%s WriteTimeout:%s IdleTimeout:%s MaxHeaderBytes:%d}",
+		c.Dir, redacted(c.Token), c.Latency, c.FailRate, c.Seed, c.SessionTTL, c.MaxSessions,
+		c.MaxCounterKeys, c.ReadHeaderTimeout, c.ReadTimeout, c.WriteTimeout, c.IdleTimeout, c.MaxHeaderBytes)
+}
+
+// withDefaults fills the zero limits.
+func (c Config) withDefaults() Config {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&c.ReadHeaderTimeout, DefaultReadHeaderTimeout)
+	def(&c.ReadTimeout, DefaultReadTimeout)
+	def(&c.WriteTimeout, DefaultWriteTimeout)
+	def(&c.IdleTimeout, DefaultIdleTimeout)
+	if c.MaxHeaderBytes == 0 {
+		c.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if c.MaxCounterKeys == 0 {
+		c.MaxCounterKeys = DefaultMaxCounterKeys
+	}
+	return c
 }
 
 // GoString keeps the token out of %#v.
@@ -94,9 +151,13 @@ func New(cfg Config) (*Server, error) {
 	if cfg.FailRate < 0 || cfg.FailRate > 1 {
 		return nil, fmt.Errorf("gateway: fail rate %g is outside [0, 1]", cfg.FailRate)
 	}
-	if cfg.Latency < 0 || cfg.SessionTTL < 0 || cfg.MaxSessions < 0 {
-		return nil, errors.New("gateway: latency, session TTL and max sessions must not be negative")
+	if cfg.Latency < 0 || cfg.SessionTTL < 0 || cfg.MaxSessions < 0 || cfg.MaxCounterKeys < 0 {
+		return nil, errors.New("gateway: latency, session TTL, max sessions and max counter keys must not be negative")
 	}
+	if cfg.ReadHeaderTimeout < 0 || cfg.ReadTimeout < 0 || cfg.WriteTimeout < 0 || cfg.IdleTimeout < 0 || cfg.MaxHeaderBytes < 0 {
+		return nil, errors.New("gateway: server timeouts and max header bytes must not be negative")
+	}
+	cfg = cfg.withDefaults()
 	logger := cfg.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -105,7 +166,7 @@ func New(cfg Config) (*Server, error) {
 		cfg:      cfg,
 		log:      logger,
 		sessions: newSessionStore(cfg.SessionTTL, cfg.MaxSessions),
-		counters: newCounterSet(),
+		counters: newCounterSet(cfg.MaxCounterKeys),
 		failRng:  rand.New(rand.NewPCG(uint64(cfg.Seed), 0x646d6673)),
 	}
 	dss, err := loadDatasources(cfg.Dir, logger)
@@ -118,6 +179,22 @@ func New(cfg Config) (*Server, error) {
 		s.ids = append(s.ids, ds.id)
 	}
 	return s, nil
+}
+
+// NewHTTPServer returns an http.Server for s with the limits of its Config.
+// errorLog receives net/http's own errors (nil: the log package's logger).
+func (s *Server) NewHTTPServer(errorLog *log.Logger) *http.Server {
+	return &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
+		ReadTimeout:       s.cfg.ReadTimeout,
+		// Covers net/http's own answers (400, 431); ServeHTTP moves the
+		// deadline forward before each piece it writes.
+		WriteTimeout:   s.cfg.WriteTimeout,
+		IdleTimeout:    s.cfg.IdleTimeout,
+		MaxHeaderBytes: s.cfg.MaxHeaderBytes,
+		ErrorLog:       errorLog,
+	}
 }
 
 // datasourceIDs returns the ids served, sorted.
@@ -165,38 +242,84 @@ type request struct {
 	// allowSessionAuth lets a DELETE of a session authenticate with that
 	// session's id instead of a token.
 	allowSessionAuth bool
+	// authenticated: the token (or the session id, for a DELETE) was good.
+	authenticated bool
 }
 
 // ServeHTTP answers one Datamesh protocol request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rec := &recorder{ResponseWriter: w, rc: http.NewResponseController(w), writeTimeout: s.cfg.WriteTimeout}
 	switch r.URL.Path {
-	case "/_dmfs/counters", "/_dmfs/counters/":
-		s.serveCounters(w, r)
-		return
-	case "/_dmfs/counters/reset", "/_dmfs/counters/reset/":
-		s.serveCountersReset(w, r)
+	case "/_dmfs/counters", "/_dmfs/counters/", "/_dmfs/counters/reset", "/_dmfs/counters/reset/":
+		// Not delayed and not counted, but behind the token: the per-key
+		// counters tell what was read.
+		detail, authenticated := s.authorise(r)
+		switch {
+		case !authenticated:
+			s.counters.unauthenticated()
+			writeDetail(rec, http.StatusUnauthorized, detail)
+		case strings.HasPrefix(r.URL.Path, "/_dmfs/counters/reset"):
+			s.serveCountersReset(rec, r)
+		default:
+			s.serveCounters(rec, r)
+		}
+		s.logRequest(r, "counters", rec, start, "", authenticated)
 		return
 	}
-	start := time.Now()
-	rec := &recorder{ResponseWriter: w}
 	q := s.route(r)
 	q.sessionID = r.Header.Get("X-DATAMESH-SESSIONID")
+	// The request is counted as its answer starts, so that a client that
+	// has an answer finds it in the counters; the bytes once all are sent.
+	rec.onHeader = func(status int) { s.count(r, q, status) }
 
 	s.serve(rec, r, q)
 
-	if rec.status == 0 {
-		rec.status = http.StatusOK
+	rec.header(http.StatusOK) // an answer with nothing written is a 200
+	if q.authenticated {
+		s.counters.sent(rec.bytes)
+	}
+	s.logRequest(r, q.route, rec, start, q.sessionID, q.authenticated)
+}
+
+// count counts one request. Only authenticated requests reach the
+// per-route and per-key counters: an anonymous client must not be able to
+// grow them.
+func (s *Server) count(r *http.Request, q *request, status int) {
+	if !q.authenticated {
+		s.counters.unauthenticated()
+		return
 	}
 	zarrKey := ""
 	if (q.route == routeZarrGet || q.route == routeZarrHead) && q.keyErr == nil && q.arg != "" {
 		zarrKey = q.arg + "/" + q.key + " " + r.Method
 	}
-	s.counters.record(q.route, rec.status, rec.bytes, zarrKey)
-	s.log.Info("request", "method", r.Method, "path", r.URL.EscapedPath(), "route", q.route,
-		"status", rec.status, "bytes", rec.bytes, "duration", time.Since(start),
-		"session", q.sessionID)
+	s.counters.record(q.route, status, zarrKey)
 }
 
+// logRequest writes the one line per request, with the values the client
+// chose cut to LogValueBytes.
+func (s *Server) logRequest(r *http.Request, route string, rec *recorder, start time.Time, session string, authenticated bool) {
+	s.log.Info("request", "method", clip(r.Method, LogValueBytes), "path", clip(r.URL.EscapedPath(), LogValueBytes),
+		"route", route, "status", rec.status, "bytes", rec.bytes, "duration", time.Since(start),
+		"session", clip(session, LogValueBytes), "authenticated", authenticated)
+}
+
+// clip cuts a client-chosen string for a log line, marking the cut with "…".
+func clip(v string, n int) string {
+	if len(v) <= n {
+		return v
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(v[cut]) {
+		cut--
+	}
+	return v[:cut] + "…"
+}
+
+// serve waits out Latency, authenticates and answers, setting
+// q.authenticated before the answer starts. A client that left during
+// Latency counts as authenticated only if its token was good.
 func (s *Server) serve(w http.ResponseWriter, r *http.Request, q *request) {
 	if s.cfg.Latency > 0 {
 		t := time.NewTimer(s.cfg.Latency)
@@ -204,17 +327,20 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, q *request) {
 		case <-t.C:
 		case <-r.Context().Done():
 			t.Stop()
+			_, q.authenticated = s.authorise(r)
 			// The client is gone; the status is only for the log line.
 			w.WriteHeader(499)
 			return
 		}
 	}
 	if !(q.allowSessionAuth && s.sessionAuthorises(r, q.arg)) {
-		if detail, ok := s.authorise(r); !ok {
+		detail, ok := s.authorise(r)
+		if !ok {
 			writeDetail(w, http.StatusUnauthorized, detail)
 			return
 		}
 	}
+	q.authenticated = true
 	q.handler(w, r, q)
 }
 
@@ -374,43 +500,102 @@ func writeDetail(w http.ResponseWriter, status int, detail string) {
 	writeJSON(w, status, map[string]string{"detail": detail})
 }
 
-// recorder remembers the status and counts the body bytes of an answer. It
-// keeps io.ReaderFrom so that file bodies still go out with sendfile.
+// recorder remembers the status and counts the body bytes of an answer, and
+// moves the connection's write deadline forward before each piece of at
+// most writeStep bytes, so that WriteTimeout bounds a stall, not a whole
+// answer. It keeps io.ReaderFrom so that file bodies still go out with
+// sendfile.
 type recorder struct {
 	http.ResponseWriter
-	status int
-	bytes  int64
+	rc           *http.ResponseController
+	writeTimeout time.Duration
+	// onHeader, when set, is called once with the status, before the
+	// answer's first byte is written.
+	onHeader func(status int)
+	status   int
+	bytes    int64
+}
+
+// header sets the status once and calls onHeader.
+func (rw *recorder) header(code int) {
+	if rw.status != 0 {
+		return
+	}
+	rw.status = code
+	if rw.onHeader != nil {
+		rw.onHeader(code)
+	}
+}
+
+// extend gives the next piece WriteTimeout to go out.
+func (rw *recorder) extend() {
+	if rw.writeTimeout > 0 {
+		_ = rw.rc.SetWriteDeadline(time.Now().Add(rw.writeTimeout)) // unsupported outside net/http's server
+	}
 }
 
 func (rw *recorder) WriteHeader(code int) {
-	if rw.status == 0 {
-		rw.status = code
-	}
+	rw.header(code)
+	rw.extend() // headers of a bodiless answer are flushed after the handler, under this deadline
 	rw.ResponseWriter.WriteHeader(code)
 }
 
 func (rw *recorder) Write(p []byte) (int, error) {
-	if rw.status == 0 {
-		rw.status = http.StatusOK
+	rw.header(http.StatusOK)
+	var total int
+	for {
+		piece := p[:min(len(p), writeStep)]
+		rw.extend()
+		n, err := rw.ResponseWriter.Write(piece)
+		total += n
+		rw.bytes += int64(n)
+		p = p[n:]
+		if err != nil || len(p) == 0 {
+			return total, err
+		}
 	}
-	n, err := rw.ResponseWriter.Write(p)
-	rw.bytes += int64(n)
-	return n, err
 }
 
 func (rw *recorder) ReadFrom(src io.Reader) (int64, error) {
-	if rw.status == 0 {
-		rw.status = http.StatusOK
+	rw.header(http.StatusOK)
+	rf, ok := rw.ResponseWriter.(io.ReaderFrom)
+	if !ok {
+		n, err := io.CopyBuffer(writerOnly{rw}, src, make([]byte, 32<<10))
+		return n, err // rw.Write counted the bytes
 	}
-	var n int64
-	var err error
-	if rf, ok := rw.ResponseWriter.(io.ReaderFrom); ok {
-		n, err = rf.ReadFrom(src)
-	} else {
-		n, err = io.Copy(struct{ io.Writer }{rw.ResponseWriter}, src)
+	// Sendfile needs an *os.File, bare or under one *io.LimitedReader
+	// (http.ServeContent sends io.CopyN's). Hand it one writeStep at a
+	// time, each under a fresh deadline.
+	limit := int64(-1) // no limit
+	file := src
+	if lr, ok := src.(*io.LimitedReader); ok {
+		if lr.N <= 0 {
+			return 0, nil
+		}
+		limit, file = lr.N, lr.R
+		defer func() { lr.N = limit }()
 	}
-	rw.bytes += n
-	return n, err
+	var total int64
+	for limit != 0 {
+		step := int64(writeStep)
+		if limit > 0 {
+			step = min(step, limit)
+		}
+		rw.extend()
+		n, err := rf.ReadFrom(&io.LimitedReader{R: file, N: step})
+		total += n
+		rw.bytes += n
+		if limit > 0 {
+			limit -= n
+		}
+		if err != nil || n < step { // the source ended, or failed
+			return total, err
+		}
+	}
+	return total, nil
 }
+
+// writerOnly hides ReadFrom, so that io.Copy calls Write.
+type writerOnly struct{ io.Writer }
 
 func (rw *recorder) Unwrap() http.ResponseWriter { return rw.ResponseWriter }

@@ -459,7 +459,7 @@ func TestLatency(t *testing.T) {
 
 	// The counters endpoint is not delayed.
 	start = time.Now()
-	require.Equal(t, 200, call(t, s, http.MethodGet, "/_dmfs/counters", nil).Code)
+	require.Equal(t, 200, call(t, s, http.MethodGet, "/_dmfs/counters", nil, auth...).Code)
 	assert.Less(t, time.Since(start), 80*time.Millisecond)
 
 	// A cancelled request stops waiting.
@@ -494,11 +494,21 @@ func TestCounters(t *testing.T) {
 	call(t, s, http.MethodGet, "/zarr/demo_grid/.zgroup", nil, auth...)
 	call(t, s, http.MethodGet, "/session/"+sess.ID, nil, auth...)
 
-	w := call(t, s, http.MethodGet, "/_dmfs/counters", nil) // no auth needed
+	// Refused for their token: counted apart, and only there.
+	call(t, s, http.MethodGet, "/zarr/demo_grid/u10/0.0.0", nil, "X-DATAMESH-TOKEN", "wrong", "X-DATAMESH-SESSIONID", sess.ID)
+	call(t, s, http.MethodGet, "/datasource/", nil)
+	for _, path := range []string{"/_dmfs/counters", "/_dmfs/counters/reset"} {
+		for _, hdr := range [][]string{nil, {"X-DATAMESH-TOKEN", "wrong"}} {
+			assert.Equal(t, 401, call(t, s, http.MethodGet, path, nil, hdr...).Code, "%s %v", path, hdr)
+		}
+	}
+
+	w := call(t, s, http.MethodGet, "/_dmfs/counters", nil, auth...)
 	require.Equal(t, 200, w.Code)
 	var raw map[string]json.RawMessage
 	require.NoError(t, json.Unmarshal(w.Body.Bytes(), &raw))
-	for _, k := range []string{"requests", "by_route", "by_status", "by_route_status", "zarr_keys", "sessions", "zarr_without_session", "bytes_sent"} {
+	for _, k := range []string{"requests", "by_route", "by_status", "by_route_status", "zarr_keys", "zarr_keys_other",
+		"zarr_keys_max", "sessions", "zarr_without_session", "bytes_sent", "unauthenticated"} {
 		assert.Contains(t, raw, k)
 	}
 	var c Counters
@@ -519,18 +529,22 @@ func TestCounters(t *testing.T) {
 	}, c.ZarrKeys)
 	assert.Equal(t, SessionCounters{Acquired: 1, Closed: 0, Open: 1}, c.Sessions)
 	assert.Equal(t, int64(1), c.ZarrWithoutSession)
+	assert.Equal(t, int64(6), c.Unauthenticated)
+	assert.Zero(t, c.ZarrKeysOther)
+	assert.Equal(t, DefaultMaxCounterKeys, c.ZarrKeysMax)
 	assert.Greater(t, c.BytesSent, int64(zm.Body.Len()))
 	assert.Equal(t, c, s.Counters())
 
-	w = call(t, s, http.MethodPost, "/_dmfs/counters/reset", nil)
+	w = call(t, s, http.MethodPost, "/_dmfs/counters/reset", nil, auth...)
 	require.Equal(t, 204, w.Code)
 	c = s.Counters()
 	assert.Equal(t, int64(0), c.Requests)
+	assert.Equal(t, int64(0), c.Unauthenticated)
 	assert.Equal(t, int64(0), c.BytesSent)
 	assert.Empty(t, c.ZarrKeys)
 	assert.Equal(t, int64(0), c.ByRoute["zarr_get"])
 	assert.Equal(t, int64(1), c.Sessions.Open, "reset keeps the open-session count")
-	assert.Equal(t, 405, call(t, s, http.MethodGet, "/_dmfs/counters/reset", nil).Code)
+	assert.Equal(t, 405, call(t, s, http.MethodGet, "/_dmfs/counters/reset", nil, auth...).Code)
 }
 
 func TestCatalog(t *testing.T) {

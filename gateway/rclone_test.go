@@ -12,15 +12,14 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/oceanum-dmfs/dmfs/internal/testenv"
 )
 
 // TestRcloneWalksListing checks that rclone's http backend walks the HTML
 // listings into sub-folders and sees exact sizes.
 func TestRcloneWalksListing(t *testing.T) {
-	rclone, err := exec.LookPath("rclone")
-	if err != nil {
-		t.Skip("rclone not installed")
-	}
+	rclone := testenv.RequireCommand(t, "rclone")
 	s := newServer(t, Config{Token: testToken})
 	ts := httptest.NewServer(s)
 	defer ts.Close()

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"container/heap"
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
@@ -21,11 +22,13 @@ const defaultSessionDuration = time.Hour
 const timeLayout = "2006-01-02T15:04:05.000000Z07:00"
 
 type session struct {
-	id             string
-	created, end   time.Time
-	allowMulti     bool
-	closed         bool
-	closedOrExpiry time.Time // when it stopped being open, for pruning
+	id           string
+	created, end time.Time
+	allowMulti   bool
+	closed       bool
+	// index is the session's place in sessionStore.open, -1 once it left it
+	// (closed or seen expired).
+	index int
 }
 
 // sessionJSON is the protocol's session document.
@@ -51,28 +54,66 @@ func (s *session) json() sessionJSON {
 	}
 }
 
+// A session that stopped being open is still known for sessionForget, so
+// that a client using it hears "closed" or "expired" rather than "not
+// found"; at most maxRetired of them, the oldest forgotten first, so that
+// churn cannot grow the store.
+const (
+	sessionForget = time.Hour
+	maxRetired    = 100_000
+)
+
+// sessionStore keeps sessions by id, and the open ones in a min-heap on
+// end time, so that expiry and the open count cost O(log n) per session
+// rather than a scan of all sessions per request.
 type sessionStore struct {
-	ttl time.Duration
-	max int
-	now func() time.Time
+	ttl        time.Duration
+	max        int
+	maxRetired int
+	now        func() time.Time
 
 	mu       sync.Mutex
 	sessions map[string]*session
+	// open holds exactly the sessions not closed and not yet seen expired;
+	// after expire(now) its length is the exact open count.
+	open openHeap
+	// retired lists the sessions that left open, in the order they left,
+	// to forget them sessionForget later.
+	retired []retiredSession
+}
+
+type retiredSession struct {
+	id string
+	at time.Time
 }
 
 func newSessionStore(ttl time.Duration, max int) *sessionStore {
-	return &sessionStore{ttl: ttl, max: max, now: time.Now, sessions: map[string]*session{}}
+	return &sessionStore{ttl: ttl, max: max, maxRetired: maxRetired, now: time.Now, sessions: map[string]*session{}}
 }
 
 func (st *sessionStore) live(s *session, now time.Time) bool {
 	return !s.closed && now.Before(s.end)
 }
 
-// prune forgets sessions that stopped being open a while ago. Callers hold mu.
-func (st *sessionStore) prune(now time.Time) {
-	for id, s := range st.sessions {
-		if !st.live(s, now) && now.Sub(s.end) > time.Hour && (!s.closed || now.Sub(s.closedOrExpiry) > time.Hour) {
-			delete(st.sessions, id)
+// expire moves the sessions whose end has passed out of the open heap, and
+// forgets the retired sessions past sessionForget or maxRetired. Callers
+// hold mu.
+func (st *sessionStore) expire(now time.Time) {
+	for len(st.open) > 0 && !now.Before(st.open[0].end) {
+		s := heap.Pop(&st.open).(*session)
+		st.retired = append(st.retired, retiredSession{s.id, now})
+	}
+	n := 0
+	for n < len(st.retired) && (now.Sub(st.retired[n].at) > sessionForget || len(st.retired)-n > st.maxRetired) {
+		delete(st.sessions, st.retired[n].id)
+		n++
+	}
+	if n > 0 {
+		st.retired = st.retired[n:]
+		// Copy once the forgotten prefix is most of the backing array,
+		// which it would otherwise keep alive.
+		if cap(st.retired) > 64 && len(st.retired) < cap(st.retired)/4 {
+			st.retired = append([]retiredSession(nil), st.retired...)
 		}
 	}
 }
@@ -80,14 +121,8 @@ func (st *sessionStore) prune(now time.Time) {
 func (st *sessionStore) openCount() int64 {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	now := st.now()
-	var n int64
-	for _, s := range st.sessions {
-		if st.live(s, now) {
-			n++
-		}
-	}
-	return n
+	st.expire(st.now())
+	return int64(len(st.open))
 }
 
 var errTooManySessions = fmt.Errorf("too many open sessions")
@@ -96,23 +131,16 @@ func (st *sessionStore) acquire(d time.Duration, allowMulti bool) (*session, err
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	now := st.now()
-	st.prune(now)
-	if st.max > 0 {
-		open := 0
-		for _, s := range st.sessions {
-			if st.live(s, now) {
-				open++
-			}
-		}
-		if open >= st.max {
-			return nil, errTooManySessions
-		}
+	st.expire(now)
+	if st.max > 0 && len(st.open) >= st.max {
+		return nil, errTooManySessions
 	}
 	if st.ttl > 0 && d > st.ttl {
 		d = st.ttl
 	}
 	s := &session{id: newSessionID(), created: now, end: now.Add(d), allowMulti: allowMulti}
 	st.sessions[s.id] = s
+	heap.Push(&st.open, s)
 	cp := *s
 	return &cp, nil
 }
@@ -137,8 +165,38 @@ func (st *sessionStore) close(id string) bool {
 		return false
 	}
 	p.closed = true
-	p.closedOrExpiry = st.now()
+	now := st.now()
+	if p.index >= 0 {
+		heap.Remove(&st.open, p.index)
+		st.retired = append(st.retired, retiredSession{p.id, now})
+	}
+	st.expire(now)
 	return true
+}
+
+// openHeap is a container/heap of sessions, earliest end first.
+type openHeap []*session
+
+func (h openHeap) Len() int           { return len(h) }
+func (h openHeap) Less(i, j int) bool { return h[i].end.Before(h[j].end) }
+func (h openHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index, h[j].index = i, j
+}
+
+func (h *openHeap) Push(x any) {
+	s := x.(*session)
+	s.index = len(*h)
+	*h = append(*h, s)
+}
+
+func (h *openHeap) Pop() any {
+	old := *h
+	s := old[len(old)-1]
+	old[len(old)-1] = nil
+	s.index = -1
+	*h = old[:len(old)-1]
+	return s
 }
 
 func newSessionID() string {

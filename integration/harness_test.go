@@ -275,7 +275,10 @@ type counters = gateway.Counters
 
 func (g *gatewayProc) counters(t *testing.T) counters {
 	t.Helper()
-	resp, err := http.Get(g.URL + "/_dmfs/counters")
+	req, err := http.NewRequest(http.MethodGet, g.URL+"/_dmfs/counters", nil)
+	require.NoError(t, err)
+	req.Header.Set("X-DATAMESH-TOKEN", testToken)
+	resp, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	require.Equal(t, 200, resp.StatusCode)
@@ -286,7 +289,10 @@ func (g *gatewayProc) counters(t *testing.T) counters {
 
 func (g *gatewayProc) resetCounters(t *testing.T) {
 	t.Helper()
-	resp, err := http.Post(g.URL+"/_dmfs/counters/reset", "", nil)
+	req, err := http.NewRequest(http.MethodPost, g.URL+"/_dmfs/counters/reset", nil)
+	require.NoError(t, err)
+	req.Header.Set("X-DATAMESH-TOKEN", testToken)
+	resp, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)
 	resp.Body.Close()
 	require.Equal(t, 200, resp.StatusCode/100*100)

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"math"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -62,7 +61,7 @@ Serves every Zarr store (v2 or v3) in a subfolder of DIR as a Datamesh
 datasource whose id is the folder name, over the Datamesh HTTP protocol.
 
 The token: --token-file or --token, else $DATAMESH_TOKEN. When none is given, any non-empty token is accepted; a request without a token is always
-refused. The token is never logged.
+refused. Every endpoint needs it, GET /_dmfs/counters included. The token is never logged.
 
 Flags:
 `
@@ -135,8 +134,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return exitFailure
 	}
 	addr := ln.Addr().String()
-	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
-		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
+	// The gateway's limits: slow, idle or non-reading clients are cut off.
+	hs := srv.NewHTTPServer(slog.NewLogLogger(logger.Handler(), slog.LevelWarn))
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- hs.Serve(ln) }()
 

@@ -40,7 +40,7 @@ func TestServeHelp(t *testing.T) {
 	assert.Equal(t, exitOK, code)
 	for _, want := range []string{"--addr", "127.0.0.1:8765", "--addr-file", "--token ", "--token-file", "--demo ",
 		"--demo-size", "--latency", "--fail-rate", "--seed", "(default 1)", "--session-ttl", "--max-sessions",
-		"--log-level", `(default "info")`, "any non-empty token"} {
+		"--log-level", `(default "info")`, "any non-empty token", "/_dmfs/counters included"} {
 		assert.Contains(t, stderr.String(), want)
 	}
 }
@@ -167,7 +167,8 @@ func TestServeDemoWithTokenFile(t *testing.T) {
 	assert.Equal(t, 401, serveGet(t, base+"/session/", "X-DATAMESH-TOKEN", "env-token-ignored"))
 	assert.Equal(t, 401, serveGet(t, base+"/session/"))
 	assert.Equal(t, 200, serveGet(t, base+"/datasource/demo_grid", "Authorization", "Token "+token))
-	assert.Equal(t, 200, serveGet(t, base+"/_dmfs/counters"))
+	assert.Equal(t, 401, serveGet(t, base+"/_dmfs/counters"), "the counters need the token too")
+	assert.Equal(t, 200, serveGet(t, base+"/_dmfs/counters", "X-DATAMESH-TOKEN", token))
 
 	assert.Equal(t, exitOK, stop())
 	_, err := os.Stat(filepath.Join(demo, "demo_grid", ".zmetadata"))
