@@ -51,6 +51,9 @@ type Options struct {
 	// later without any metadata change, and must then appear.
 	MissingTTL time.Duration
 	Logger     *slog.Logger
+	// Now is the clock for missing marks and entry ages (see Age); time.Now when nil. Tests,
+	// and callers that share a clock with the cache, set it.
+	Now func() time.Time
 }
 
 // StatState says what the cache knows about a key.
@@ -104,14 +107,15 @@ type Cache struct {
 	timeout    time.Duration
 	missingTTL time.Duration
 	log        *slog.Logger
-	now        func() time.Time // the clock for missing marks; tests replace it
+	now        func() time.Time // Options.Now
+	onWait     func()           // tests: called when a caller starts waiting for a shared call
 
 	mu    sync.Mutex
-	data  *simplelru.LRU[string, []byte]
+	data  *simplelru.LRU[string, dataEntry]
 	bytes int64
-	// oversizeKey/oversizeVal: the most recent value larger than maxBytes.
+	// oversizeKey/oversize: the most recent value larger than maxBytes.
 	oversizeKey string
-	oversizeVal []byte
+	oversize    dataEntry
 	stat        *simplelru.LRU[string, statEntry]
 	flights     map[string]*flight     // body fetches queued or running
 	heads       map[string]*headFlight // SizeOrHead calls running
@@ -128,9 +132,16 @@ type Cache struct {
 	prefetchStarted, prefetchDropped, evictions   atomic.Int64
 }
 
+// dataEntry is a cached value and when it was fetched.
+type dataEntry struct {
+	val []byte
+	at  time.Time // when the fetch that got val started: val is at least that recent
+}
+
 type statEntry struct {
 	size    int64
 	missing bool
+	at      time.Time // when this was learnt (for a fetch or head, when it started)
 	until   time.Time // a missing mark is forgotten after this
 }
 
@@ -140,14 +151,17 @@ type flight struct {
 	fetch   FetchFunc
 	parent  context.Context // values for the fetch context; never its cancellation
 	started bool            // guarded by Cache.mu; false while queued for a prefetch worker
-	stale   bool            // guarded by Cache.mu; set by Invalidate so the result is not kept
-	done    chan struct{}
-	val     []byte
-	err     error
+	// stale is set, under Cache.mu, by Invalidate, which also takes the flight out of
+	// Cache.flights: its result is not kept, and no caller after the invalidation joins it.
+	stale bool
+	at    time.Time // when the fetch started, for the entry's age
+	done  chan struct{}
+	val   []byte
+	err   error
 }
 
 type headFlight struct {
-	stale bool // guarded by Cache.mu
+	stale bool // guarded by Cache.mu; as flight.stale
 	done  chan struct{}
 	size  int64
 	err   error
@@ -173,9 +187,12 @@ func New(opt Options) *Cache {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
 	// The data LRU is bounded by bytes, which we enforce ourselves; its count bound is only
 	// there because simplelru needs one. Both sizes are positive, so NewLRU cannot fail.
-	data, err := simplelru.NewLRU[string, []byte](math.MaxInt, nil)
+	data, err := simplelru.NewLRU[string, dataEntry](math.MaxInt, nil)
 	if err != nil {
 		panic(err)
 	}
@@ -189,7 +206,7 @@ func New(opt Options) *Cache {
 		timeout:    opt.FetchTimeout,
 		missingTTL: opt.MissingTTL,
 		log:        opt.Logger,
-		now:        time.Now,
+		now:        opt.Now,
 		data:       data,
 		stat:       stat,
 		flights:    make(map[string]*flight),
@@ -224,7 +241,8 @@ func (c *Cache) statLocked(key string, touch bool) (statEntry, bool) {
 
 // setMissingLocked remembers, for MissingTTL, that key does not exist. c.mu must be held.
 func (c *Cache) setMissingLocked(key string) {
-	c.stat.Add(key, statEntry{missing: true, until: c.now().Add(c.missingTTL)})
+	now := c.now()
+	c.stat.Add(key, statEntry{missing: true, at: now, until: now.Add(c.missingTTL)})
 }
 
 // notFound is what callers get for a key already known to be missing.
@@ -273,11 +291,19 @@ func (c *Cache) GetOrFetch(ctx context.Context, key string, fetch FetchFunc) ([]
 	}
 	c.mu.Unlock()
 
+	c.waiting()
 	select {
 	case <-f.done:
 		return f.val, f.err
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	}
+}
+
+// waiting calls the test hook onWait.
+func (c *Cache) waiting() {
+	if c.onWait != nil {
+		c.onWait()
 	}
 }
 
@@ -348,6 +374,11 @@ func (c *Cache) prefetchWorker() {
 				c.mu.Unlock()
 				continue
 			}
+			if f.stale { // invalidated while queued: nobody waits for it
+				c.abandonLocked(f, errInvalidated)
+				c.mu.Unlock()
+				continue
+			}
 			f.started = true
 			c.mu.Unlock()
 			c.prefetchStarted.Add(1)
@@ -355,6 +386,10 @@ func (c *Cache) prefetchWorker() {
 		}
 	}
 }
+
+// errInvalidated ends a queued prefetch that Invalidate made pointless. Nobody sees it: a caller
+// who wanted the key would have started the flight.
+var errInvalidated = errors.New("cache: invalidated")
 
 // abandonLocked ends a queued flight that will never run. c.mu must be held.
 func (c *Cache) abandonLocked(f *flight, err error) {
@@ -376,6 +411,7 @@ func (c *Cache) fetchContext(parent context.Context) (context.Context, context.C
 // runFetch performs f's fetch, records the result and releases its waiters.
 func (c *Cache) runFetch(f *flight) {
 	c.fetches.Add(1)
+	f.at = c.now()
 	ctx, cancel := c.fetchContext(f.parent)
 	start := time.Now()
 	val, err := callFetch(ctx, f.fetch)
@@ -388,8 +424,8 @@ func (c *Cache) runFetch(f *flight) {
 	switch {
 	case err == nil:
 		if !f.stale {
-			c.addLocked(f.key, val)
-			c.stat.Add(f.key, statEntry{size: int64(len(val))})
+			c.addLocked(f.key, dataEntry{val: val, at: f.at})
+			c.stat.Add(f.key, statEntry{size: int64(len(val)), at: f.at})
 		}
 	case errors.Is(err, fs.ErrNotExist):
 		if !f.stale {
@@ -420,38 +456,44 @@ func callFetch(ctx context.Context, fetch FetchFunc) (val []byte, err error) {
 // getLocked returns the cached bytes of key, from the LRU (marked as recently used when touch)
 // or the oversize slot. c.mu must be held.
 func (c *Cache) getLocked(key string, touch bool) ([]byte, bool) {
-	var v []byte
+	e, ok := c.entryLocked(key, touch)
+	return e.val, ok
+}
+
+// entryLocked is getLocked with the time of the fetch. c.mu must be held.
+func (c *Cache) entryLocked(key string, touch bool) (dataEntry, bool) {
+	var e dataEntry
 	var ok bool
 	if touch {
-		v, ok = c.data.Get(key)
+		e, ok = c.data.Get(key)
 	} else {
-		v, ok = c.data.Peek(key)
+		e, ok = c.data.Peek(key)
 	}
-	if !ok && c.oversizeVal != nil && c.oversizeKey == key {
-		v, ok = c.oversizeVal, true
+	if !ok && c.oversize.val != nil && c.oversizeKey == key {
+		e, ok = c.oversize, true
 	}
-	return v, ok
+	return e, ok
 }
 
 // dropLocked forgets the cached bytes of key. c.mu must be held.
 func (c *Cache) dropLocked(key string) {
 	if old, ok := c.data.Peek(key); ok {
 		c.data.Remove(key)
-		c.bytes -= int64(len(old))
+		c.bytes -= int64(len(old.val))
 	}
 	if c.oversizeKey == key {
-		c.oversizeKey, c.oversizeVal = "", nil
+		c.oversizeKey, c.oversize = "", dataEntry{}
 	}
 }
 
-// addLocked stores val under key and evicts the least recently used entries beyond the byte
+// addLocked stores e under key and evicts the least recently used entries beyond the byte
 // budget. A value larger than the whole budget replaces the oversize slot instead. c.mu must
 // be held.
-func (c *Cache) addLocked(key string, val []byte) {
+func (c *Cache) addLocked(key string, e dataEntry) {
 	c.dropLocked(key)
-	n := int64(len(val))
+	n := int64(len(e.val))
 	if n > c.maxBytes {
-		c.oversizeKey, c.oversizeVal = key, val
+		c.oversizeKey, c.oversize = key, e
 		return
 	}
 	for c.bytes+n > c.maxBytes {
@@ -459,10 +501,10 @@ func (c *Cache) addLocked(key string, val []byte) {
 		if !ok {
 			break
 		}
-		c.bytes -= int64(len(old))
+		c.bytes -= int64(len(old.val))
 		c.evictions.Add(1)
 	}
-	c.data.Add(key, val)
+	c.data.Add(key, e)
 	c.bytes += n
 }
 
@@ -491,8 +533,26 @@ func (c *Cache) SetSize(key string, n int64) {
 		return
 	}
 	c.mu.Lock()
-	c.stat.Add(key, statEntry{size: n})
+	c.stat.Add(key, statEntry{size: n, at: c.now()})
 	c.mu.Unlock()
+}
+
+// Age says how long ago what the cache knows of key was learnt: for cached bytes, the start of
+// the fetch that got them; else for a known size or absence, when it was recorded (the start of
+// the HEAD or fetch that told it). ok is false when nothing is known. A caller that wants
+// bytes no older than some bound drops older ones with Forget and fetches again.
+func (c *Cache) Age(key string) (age time.Duration, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var at time.Time
+	if e, found := c.entryLocked(key, false); found {
+		at = e.at
+	} else if st, found := c.statLocked(key, false); found {
+		at = st.at
+	} else {
+		return 0, false
+	}
+	return c.now().Sub(at), true
 }
 
 // SetMissing records that key does not exist, for MissingTTL, dropping any bytes cached for it.
@@ -536,6 +596,7 @@ func (c *Cache) SizeOrHead(ctx context.Context, key string, head func(ctx contex
 			c.startLocked(f)
 		}
 		c.mu.Unlock()
+		c.waiting()
 		select {
 		case <-f.done:
 			if f.err != nil {
@@ -558,6 +619,7 @@ func (c *Cache) SizeOrHead(ctx context.Context, key string, head func(ctx contex
 	}
 	c.mu.Unlock()
 
+	c.waiting()
 	select {
 	case <-h.done:
 		return h.size, h.err
@@ -568,6 +630,7 @@ func (c *Cache) SizeOrHead(ctx context.Context, key string, head func(ctx contex
 
 func (c *Cache) runHead(parent context.Context, key string, h *headFlight, head func(ctx context.Context) (int64, error)) {
 	c.headCalls.Add(1)
+	at := c.now()
 	ctx, cancel := c.fetchContext(parent)
 	size, err := callHead(ctx, head)
 	cancel()
@@ -582,7 +645,7 @@ func (c *Cache) runHead(parent context.Context, key string, h *headFlight, head 
 	if !h.stale {
 		switch {
 		case err == nil:
-			c.stat.Add(key, statEntry{size: size})
+			c.stat.Add(key, statEntry{size: size, at: at})
 		case errors.Is(err, fs.ErrNotExist):
 			c.setMissingLocked(key)
 		}
@@ -606,31 +669,45 @@ func callHead(ctx context.Context, head func(ctx context.Context) (int64, error)
 }
 
 // Invalidate forgets every key that starts with prefix: bytes, sizes and missing marks. Fetches
-// under way for such keys still answer their callers but their results are not kept.
+// and heads under way for such keys still answer the callers already waiting for them, but
+// their results are not kept, and callers that come after Invalidate start new ones rather than
+// join them: once Invalidate returns, no answer obtained before it can be cached or handed to a
+// new caller. Prefetches of such keys still queued are dropped.
 func (c *Cache) Invalidate(prefix string) {
+	c.invalidate(func(k string) bool { return strings.HasPrefix(k, prefix) })
+}
+
+// Forget is Invalidate for the one key given.
+func (c *Cache) Forget(key string) {
+	c.invalidate(func(k string) bool { return k == key })
+}
+
+func (c *Cache) invalidate(match func(key string) bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, k := range c.data.Keys() {
-		if strings.HasPrefix(k, prefix) {
+		if match(k) {
 			c.dropLocked(k)
 		}
 	}
-	if c.oversizeVal != nil && strings.HasPrefix(c.oversizeKey, prefix) {
+	if c.oversize.val != nil && match(c.oversizeKey) {
 		c.dropLocked(c.oversizeKey)
 	}
 	for _, k := range c.stat.Keys() {
-		if strings.HasPrefix(k, prefix) {
+		if match(k) {
 			c.stat.Remove(k)
 		}
 	}
 	for k, f := range c.flights {
-		if strings.HasPrefix(k, prefix) {
+		if match(k) {
 			f.stale = true
+			delete(c.flights, k)
 		}
 	}
 	for k, h := range c.heads {
-		if strings.HasPrefix(k, prefix) {
+		if match(k) {
 			h.stale = true
+			delete(c.heads, k)
 		}
 	}
 }
@@ -638,7 +715,7 @@ func (c *Cache) Invalidate(prefix string) {
 // Stats returns a snapshot of the counters.
 func (c *Cache) Stats() Stats {
 	c.mu.Lock()
-	bytes, entries, oversize := c.bytes, c.data.Len(), int64(len(c.oversizeVal))
+	bytes, entries, oversize := c.bytes, c.data.Len(), int64(len(c.oversize.val))
 	c.mu.Unlock()
 	return Stats{
 		Hits:            c.hits.Load(),

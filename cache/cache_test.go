@@ -61,6 +61,16 @@ func waitStarted(t *testing.T, g *gatedFetch) {
 	}
 }
 
+// fakeClock is a clock that moves only when told.
+type fakeClock struct{ ns atomic.Int64 }
+
+var clockStart = time.Date(2026, 11, 27, 0, 0, 0, 0, time.UTC)
+
+func newFakeClock() *fakeClock { return &fakeClock{} }
+
+func (c *fakeClock) Now() time.Time          { return clockStart.Add(time.Duration(c.ns.Load())) }
+func (c *fakeClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
+
 func constFetch(calls *atomic.Int64, val []byte, err error) FetchFunc {
 	return func(context.Context) ([]byte, error) {
 		calls.Add(1)
@@ -437,11 +447,15 @@ func TestPrefetchSharesFetchWithGetOrFetch(t *testing.T) {
 	assert.EqualValues(t, 1, st.Fetches)
 	assert.EqualValues(t, 1, st.PrefetchStarted)
 
-	// Present or known missing: prefetch does nothing.
+	// Present or known missing: prefetch does nothing. Prefetch decides before it returns, so
+	// a request it took would show now as a flight, or, done already, as a fetch counted.
 	c.SetMissing("gone")
 	c.Prefetch("k", mustNotFetch(t))
 	c.Prefetch("gone", mustNotFetch(t))
-	time.Sleep(10 * time.Millisecond)
+	c.mu.Lock()
+	flights := len(c.flights)
+	c.mu.Unlock()
+	assert.Zero(t, flights)
 	assert.EqualValues(t, 1, c.Stats().Fetches)
 }
 
@@ -614,6 +628,8 @@ func TestSizeOrHead(t *testing.T) {
 
 	t.Run("single flight and recorded", func(t *testing.T) {
 		c := newCache(t, Options{})
+		var waiting sync.WaitGroup // every caller waits on the shared head before it answers
+		c.onWait = waiting.Done
 		var calls atomic.Int64
 		gate := make(chan struct{})
 		head := func(ctx context.Context) (int64, error) {
@@ -626,6 +642,7 @@ func TestSizeOrHead(t *testing.T) {
 			}
 		}
 		const callers = 50
+		waiting.Add(callers)
 		sizes := make([]int64, callers)
 		var wg sync.WaitGroup
 		for i := range callers {
@@ -635,8 +652,7 @@ func TestSizeOrHead(t *testing.T) {
 				assert.NoError(t, err)
 			})
 		}
-		require.Eventually(t, func() bool { return calls.Load() == 1 }, waitLimit, time.Millisecond)
-		time.Sleep(20 * time.Millisecond) // let the others join
+		waiting.Wait()
 		close(gate)
 		wg.Wait()
 		assert.EqualValues(t, 1, calls.Load())
@@ -851,11 +867,9 @@ func BenchmarkGetOrFetchMissEvict(b *testing.B) {
 func TestMissingMarksExpire(t *testing.T) {
 	// A sparse chunk written later, with no metadata change, must appear once MissingTTL has
 	// passed; before that, its absence costs no request.
-	var clock atomic.Int64
-	start := time.Date(2026, 11, 27, 0, 0, 0, 0, time.UTC)
-	c := newCache(t, Options{MissingTTL: time.Minute})
-	c.now = func() time.Time { return start.Add(time.Duration(clock.Load())) }
-	advance := func(d time.Duration) { clock.Add(int64(d)) }
+	clock := newFakeClock()
+	c := newCache(t, Options{MissingTTL: time.Minute, Now: clock.Now})
+	advance := clock.Advance
 
 	var fetches, heads atomic.Int64
 	headMissing := func(context.Context) (int64, error) { heads.Add(1); return 0, fs.ErrNotExist }

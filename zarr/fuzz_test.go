@@ -2,6 +2,7 @@ package zarr
 
 import (
 	"context"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -32,6 +33,9 @@ func FuzzOpen(f *testing.F) {
 	f.Add([]byte(zmeta(`"x/.zarray": {"zarr_format": 2, "shape": [9223372036854775807], "chunks": [1], "dtype": "<f4"}`)), uint8(0))
 	f.Add([]byte(v3Array(`, "chunk_key_encoding": {"name": "v2", "configuration": {"separator": "/"}}`)), uint8(1))
 	f.Add([]byte(`{"zarr_format": 3, "node_type": "group", "consolidated_metadata": {"metadata": {"a/b": `+v3Array("")+`}}}`), uint8(1))
+	// Duplicate keys, which consolidated metadata read entry by entry must resolve as Python.
+	f.Add([]byte(`{"metadata": {"a/.zgroup": {"zarr_format": 2}}, "zarr_consolidated_format": 1, "metadata": {"b/.zarray": `+okZarray+`, "b/.zarray": {}}}`), uint8(0))
+	f.Add([]byte(`{"zarr_format": 3, "node_type": "group", "consolidated_metadata": {"metadata": {"a": {}}}, "consolidated_metadata": null}`), uint8(1))
 
 	f.Fuzz(func(t *testing.T, data []byte, which uint8) {
 		key := fuzzRootKeys[int(which)%len(fuzzRootKeys)]
@@ -47,7 +51,38 @@ func FuzzOpen(f *testing.F) {
 			return
 		}
 		checkHierarchy(t, h)
+		if key == zmetadataKey {
+			checkAgainstTree(t, data, h)
+		}
 	})
+}
+
+// checkAgainstTree checks the files rebuilt from .zmetadata, read entry by
+// entry, against the document parsed whole: the same entries (duplicate keys
+// resolved the same way), each served as its canonical JSON.
+func checkAgainstTree(t *testing.T, raw []byte, h *Hierarchy) {
+	t.Helper()
+	doc, err := parseJSON(raw)
+	if err != nil {
+		t.Fatalf("accepted a document that does not parse whole: %v", err)
+	}
+	meta, _ := doc.get("metadata")
+	want := map[string]string{zmetadataKey: string(raw)}
+	for i := range meta.members {
+		m := &meta.members[i]
+		if _, name := splitKey(m.key); name == zarrayName || name == zgroupName || name == zattrsName {
+			want[m.key] = string(canonicalJSON(&m.value))
+		}
+	}
+	got := map[string]string{}
+	for p, f := range h.folders {
+		for _, file := range f.Files {
+			got[joinKey(p, file.Name)] = string(file.Data)
+		}
+	}
+	if !maps.Equal(want, got) {
+		t.Fatalf("files differ from the document parsed whole:\nwant %q\ngot  %q", want, got)
+	}
 }
 
 // checkHierarchy checks the invariants the filesystem relies on.

@@ -2,6 +2,8 @@ package zarr
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -24,8 +26,14 @@ const (
 // Hierarchy is the tree of groups and arrays of one store, with the bytes of
 // every metadata file. It is immutable once Open returns and safe for
 // concurrent use.
+//
+// It holds each metadata document once: a consolidated document as fetched
+// (it is served as is) and the per-node files rebuilt from it, or the
+// documents read one by one from a store without one. Nothing parsed is kept
+// beyond each array's grid.
 type Hierarchy struct {
 	folders map[string]*Folder
+	digest  [32]byte
 }
 
 // Folder is one folder of the hierarchy: a group, an array, or an implicit
@@ -51,31 +59,54 @@ func (h *Hierarchy) Folder(path string) (*Folder, bool) {
 	return f, ok
 }
 
+// Digest is a SHA-256 digest of the whole hierarchy: every folder's path and
+// every metadata file's name and bytes, in a fixed order. Two hierarchies
+// have the same digest when, and only when (barring collisions), they serve
+// the same tree with the same metadata: a changed document anywhere in a
+// store changes it. It is computed once by Open.
+func (h *Hierarchy) Digest() [32]byte { return h.digest }
+
 // Open reads the hierarchy of the store named name (the datasource id, used
 // in errors). It tries, in order: v2 consolidated metadata (.zmetadata), v3
 // (zarr.json, with inline consolidated metadata or by listing), and v2 without
 // consolidated metadata (.zgroup or .zarray, then listing).
+//
+// Every metadata key is read with a context carrying WithSizeLimit(ctx,
+// MaxMetadataSize); a longer document, or a hierarchy whose metadata is more
+// than MaxTotalMetadataSize in all, is an error wrapping ErrMetadataTooLarge.
 func Open(ctx context.Context, name string, s Store) (*Hierarchy, error) {
-	b := newBuilder(name)
-	raw, err := s.Get(ctx, zmetadataKey)
+	return open(ctx, name, s, defaultLimits)
+}
+
+// limits bounds the metadata Open reads; tests change them.
+type limits struct {
+	doc   int // one metadata document
+	total int // every metadata file of the hierarchy
+}
+
+var defaultLimits = limits{doc: MaxMetadataSize, total: MaxTotalMetadataSize}
+
+func open(ctx context.Context, name string, s Store, lim limits) (*Hierarchy, error) {
+	b := newBuilder(name, lim)
+	raw, missing, err := b.fetch(ctx, s, zmetadataKey)
 	switch {
-	case err == nil:
+	case err != nil:
+		return nil, err
+	case !missing:
 		if err := b.loadV2Consolidated(raw); err != nil {
 			return nil, err
 		}
 		return b.finish()
-	case !errors.Is(err, fs.ErrNotExist):
-		return nil, b.storeError(zmetadataKey, err)
 	}
-	raw, err = s.Get(ctx, zarrJSONName)
+	raw, missing, err = b.fetch(ctx, s, zarrJSONName)
 	switch {
-	case err == nil:
+	case err != nil:
+		return nil, err
+	case !missing:
 		if err := b.loadV3(ctx, s, raw); err != nil {
 			return nil, err
 		}
 		return b.finish()
-	case !errors.Is(err, fs.ErrNotExist):
-		return nil, b.storeError(zarrJSONName, err)
 	}
 	if err := b.loadV2(ctx, s); err != nil {
 		return nil, err
@@ -102,13 +133,75 @@ const (
 // for concurrent use.
 type builder struct {
 	name    string
+	lim     limits
 	mu      sync.Mutex
 	folders map[string]*Folder
 	kinds   map[string]nodeKind
+	held    int // bytes of metadata reserved so far (see reserve)
 }
 
-func newBuilder(name string) *builder {
-	return &builder{name: name, folders: map[string]*Folder{}, kinds: map[string]nodeKind{}}
+func newBuilder(name string, lim limits) *builder {
+	return &builder{name: name, lim: lim, folders: map[string]*Folder{}, kinds: map[string]nodeKind{}}
+}
+
+// fetch reads the metadata document key, asking the store to stop at the
+// size limit and checking that it did; missing reports a missing key, which
+// is not an error. The document is reserved (see reserve): the caller keeps
+// it, or releases it.
+func (b *builder) fetch(ctx context.Context, s Store, key string) (data []byte, missing bool, err error) {
+	data, err = s.Get(WithSizeLimit(ctx, int64(b.lim.doc)), key)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, true, nil
+	case err != nil:
+		return nil, false, b.storeError(key, err)
+	case len(data) > b.lim.doc:
+		return nil, false, fmt.Errorf("zarr store %q: %s is %d bytes, more than the %s allowed for a metadata document: %w",
+			b.name, key, len(data), formatSize(b.lim.doc), ErrMetadataTooLarge)
+	}
+	if err := b.reserve(key, len(data)); err != nil {
+		return nil, false, err
+	}
+	if cap(data)-len(data) > len(data)/8 {
+		// A body read without a known length may sit in a buffer up to
+		// twice its size; the hierarchy keeps the document for its life.
+		data = append(make([]byte, 0, len(data)), data...)
+	}
+	return data, false, nil
+}
+
+// reserve counts n more bytes of metadata toward the hierarchy's total, or
+// fails once the total is over its limit; key names the document at fault.
+func (b *builder) reserve(key string, n int) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if n > b.lim.total-b.held {
+		return b.overTotal(key)
+	}
+	b.held += n
+	return nil
+}
+
+// overTotal is the error for a document that takes the hierarchy's metadata
+// over its total limit.
+func (b *builder) overTotal(key string) error {
+	return fmt.Errorf("zarr store %q: %s: the metadata of the hierarchy is more than the %s allowed in all: %w",
+		b.name, key, formatSize(b.lim.total), ErrMetadataTooLarge)
+}
+
+// release gives back bytes reserved for a document that is not kept.
+func (b *builder) release(n int) {
+	b.mu.Lock()
+	b.held -= n
+	b.mu.Unlock()
+}
+
+// formatSize writes a size limit for error messages.
+func formatSize(n int) string {
+	if n >= 1<<20 && n%(1<<20) == 0 {
+		return fmt.Sprintf("%d MiB", n>>20)
+	}
+	return fmt.Sprintf("%d bytes", n)
 }
 
 // errorf makes an error that names the datasource and the key at fault.
@@ -189,7 +282,36 @@ func (b *builder) finish() (*Hierarchy, error) {
 			}
 		}
 	}
-	return &Hierarchy{folders: b.folders}, nil
+	return &Hierarchy{folders: b.folders, digest: digest(b.folders)}, nil
+}
+
+// digest hashes every folder path and every metadata file's name and bytes,
+// folders in path order, files in name order (finish sorted them). Each
+// field is preceded by its length, so that no two trees hash the same input.
+func digest(folders map[string]*Folder) [32]byte {
+	paths := make([]string, 0, len(folders))
+	for p := range folders {
+		paths = append(paths, p)
+	}
+	slices.Sort(paths)
+	h := sha256.New()
+	var n [binary.MaxVarintLen64]byte
+	field := func(b []byte) {
+		h.Write(n[:binary.PutUvarint(n[:], uint64(len(b)))])
+		h.Write(b)
+	}
+	for _, p := range paths {
+		f := folders[p]
+		field([]byte(p))
+		h.Write(n[:binary.PutUvarint(n[:], uint64(len(f.Files)))])
+		for _, file := range f.Files {
+			field([]byte(file.Name))
+			field(file.Data)
+		}
+	}
+	var sum [32]byte
+	h.Sum(sum[:0])
+	return sum
 }
 
 // validNodeKey checks a key that names metadata, as sent by the server in
@@ -221,22 +343,13 @@ const maxParallelRequests = 16
 // maxWalkDepth bounds the folder depth of a metadata walk.
 const maxWalkDepth = 64
 
-// get fetches key under the limiter; missing reports a missing key, which is
-// not an error.
+// get fetches key (see fetch) under the limiter.
 func (b *builder) get(ctx context.Context, s Store, lim limiter, key string) (data []byte, missing bool, err error) {
 	if err := lim.acquire(ctx); err != nil {
 		return nil, false, b.storeError(key, err)
 	}
 	defer lim.release()
-	data, err = s.Get(ctx, key)
-	switch {
-	case err == nil:
-		return data, false, nil
-	case errors.Is(err, fs.ErrNotExist):
-		return nil, true, nil
-	default:
-		return nil, false, b.storeError(key, err)
-	}
+	return b.fetch(ctx, s, key)
 }
 
 // walk visits the store's nodes from the root: node loads the node at path

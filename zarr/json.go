@@ -68,9 +68,8 @@ func parseJSON(data []byte) (jsonValue, error) {
 	if err != nil {
 		return jsonValue{}, err
 	}
-	p.skipSpace()
-	if p.pos != len(p.data) {
-		return jsonValue{}, p.errorf("unexpected data after the JSON value")
+	if err := p.end(); err != nil {
+		return jsonValue{}, err
 	}
 	return v, nil
 }
@@ -136,70 +135,116 @@ func (p *jsonParser) value(depth int) (jsonValue, error) {
 }
 
 func (p *jsonParser) object(depth int) (jsonValue, error) {
+	o := objectBuilder{v: jsonValue{kind: jsonObject}}
+	err := p.members(depth, func(key string) error {
+		member, err := p.value(depth + 1)
+		if err != nil {
+			return err
+		}
+		o.set(key, member)
+		return nil
+	})
+	if err != nil {
+		return jsonValue{}, err
+	}
+	return o.v, nil
+}
+
+// objectBuilder collects the members of an object. Duplicate keys: the last
+// value wins, in the place of the first, as in a Python dict.
+type objectBuilder struct {
+	v     jsonValue
+	index map[string]int // only built for large objects
+}
+
+func (o *objectBuilder) set(key string, value jsonValue) {
+	if o.index == nil && len(o.v.members) >= 16 {
+		o.index = make(map[string]int, 2*len(o.v.members))
+		for i, m := range o.v.members {
+			o.index[m.key] = i
+		}
+	}
+	dup := -1
+	if o.index != nil {
+		if i, ok := o.index[key]; ok {
+			dup = i
+		}
+	} else {
+		dup = slices.IndexFunc(o.v.members, func(m jsonMember) bool { return m.key == key })
+	}
+	if dup >= 0 {
+		o.v.members[dup].value = value
+		return
+	}
+	if o.index != nil {
+		o.index[key] = len(o.v.members)
+	}
+	o.v.members = append(o.v.members, jsonMember{key: key, value: value})
+}
+
+// atObject skips white space and reports whether an object starts there.
+func (p *jsonParser) atObject() bool {
+	p.skipSpace()
+	return p.pos < len(p.data) && p.data[p.pos] == '{'
+}
+
+// members parses the object that starts at p (see atObject), at nesting
+// depth, calling member for each member in document order with p at the
+// member's value, which member must consume (with value, or members for a
+// nested object). This lets a caller handle a big document one member at a
+// time instead of building it whole; duplicate keys are the caller's to
+// resolve.
+func (p *jsonParser) members(depth int, member func(key string) error) error {
+	if depth > maxJSONDepth {
+		return p.errorf("%v", errJSONDepth)
+	}
 	p.pos++ // '{'
-	v := jsonValue{kind: jsonObject}
-	var index map[string]int // only built for large objects
 	p.skipSpace()
 	if p.pos < len(p.data) && p.data[p.pos] == '}' {
 		p.pos++
-		return v, nil
+		return nil
 	}
 	for {
 		p.skipSpace()
 		if p.pos >= len(p.data) || p.data[p.pos] != '"' {
-			return jsonValue{}, p.errorf("expected a string key")
+			return p.errorf("expected a string key")
 		}
 		key, err := p.str()
 		if err != nil {
-			return jsonValue{}, err
+			return err
 		}
 		p.skipSpace()
 		if p.pos >= len(p.data) || p.data[p.pos] != ':' {
-			return jsonValue{}, p.errorf("expected ':'")
+			return p.errorf("expected ':'")
 		}
 		p.pos++
 		p.skipSpace()
-		member, err := p.value(depth + 1)
-		if err != nil {
-			return jsonValue{}, err
-		}
-		// Duplicate keys: the last value wins, as in a Python dict.
-		if index == nil && len(v.members) >= 16 {
-			index = make(map[string]int, 2*len(v.members))
-			for i, m := range v.members {
-				index[m.key] = i
-			}
-		}
-		dup := -1
-		if index != nil {
-			if i, ok := index[key]; ok {
-				dup = i
-			}
-		} else {
-			dup = slices.IndexFunc(v.members, func(m jsonMember) bool { return m.key == key })
-		}
-		if dup >= 0 {
-			v.members[dup].value = member
-		} else {
-			if index != nil {
-				index[key] = len(v.members)
-			}
-			v.members = append(v.members, jsonMember{key: key, value: member})
+		if err := member(key); err != nil {
+			return err
 		}
 		p.skipSpace()
 		if p.pos >= len(p.data) {
-			return jsonValue{}, p.errorf("unexpected end of input in object")
+			return p.errorf("unexpected end of input in object")
 		}
 		switch p.data[p.pos] {
 		case ',':
 			p.pos++
 		case '}':
 			p.pos++
-			return v, nil
+			return nil
 		default:
-			return jsonValue{}, p.errorf("expected ',' or '}'")
+			return p.errorf("expected ',' or '}'")
 		}
 	}
+}
+
+// end checks that only white space follows the document.
+func (p *jsonParser) end() error {
+	p.skipSpace()
+	if p.pos != len(p.data) {
+		return p.errorf("unexpected data after the JSON value")
+	}
+	return nil
 }
 
 func (p *jsonParser) array(depth int) (jsonValue, error) {
@@ -419,13 +464,26 @@ func validWTF8(b []byte) bool {
 // canonicalJSON serialises v as zarr (Python json.dumps with indent=4,
 // sort_keys=True, ensure_ascii=True) writes its metadata files.
 func canonicalJSON(v *jsonValue) []byte {
-	return appendCanonical(nil, v, 0)
+	return appendCanonical(nil, v, 0, noLimit)
+}
+
+// appendCanonicalLimited appends the canonical form of v to b, or reports
+// false, having stopped early, when b would grow past limit bytes.
+// Re-indenting can multiply a document's size (each level of a deeply
+// nested value indents every line below it), so output is bounded as it is
+// made, not after.
+func appendCanonicalLimited(b []byte, v *jsonValue, limit int) ([]byte, bool) {
+	b = appendCanonical(b, v, 0, limit)
+	return b, len(b) <= limit
 }
 
 // compactJSON serialises v on one line, keys sorted, for short descriptions.
 func compactJSON(v *jsonValue) []byte {
-	return appendCanonical(nil, v, -1)
+	return appendCanonical(nil, v, -1, noLimit)
 }
+
+// noLimit is the limit of appendCanonical for output that is not bounded.
+const noLimit = -1
 
 // appendIndent starts a new line at depth; a negative depth means compact.
 func appendIndent(b []byte, depth int) []byte {
@@ -433,20 +491,33 @@ func appendIndent(b []byte, depth int) []byte {
 		return b
 	}
 	b = append(b, '\n')
-	for range depth {
-		b = append(b, "    "...)
+	for depth > maxIndentDepth {
+		b = append(b, indentSpaces...)
+		depth -= maxIndentDepth
 	}
-	return b
+	return append(b, indentSpaces[:4*depth]...)
 }
 
-func appendCanonical(b []byte, v *jsonValue, depth int) []byte {
+// indentSpaces indents maxIndentDepth levels at once.
+const maxIndentDepth = 64
+
+var indentSpaces = strings.Repeat(" ", 4*maxIndentDepth)
+
+// appendCanonical appends v at indentation depth (negative: compact). When
+// limit >= 0 it stops, leaving b longer than limit, soon after b grows past
+// limit: the overshoot is at most one indentation (2 KiB at the deepest)
+// and one number literal.
+func appendCanonical(b []byte, v *jsonValue, depth, limit int) []byte {
+	if limit >= 0 && len(b) > limit {
+		return b
+	}
 	switch v.kind {
 	case jsonNull:
 		return append(b, "null"...)
 	case jsonBool, jsonNumber:
 		return append(b, v.text...)
 	case jsonString:
-		return appendASCIIString(b, v.text)
+		return appendASCIIString(b, v.text, limit)
 	case jsonArray:
 		if len(v.items) == 0 {
 			return append(b, "[]"...)
@@ -457,7 +528,10 @@ func appendCanonical(b []byte, v *jsonValue, depth int) []byte {
 				b = append(b, ',')
 			}
 			b = appendIndent(b, nestedDepth(depth))
-			b = appendCanonical(b, &v.items[i], nestedDepth(depth))
+			b = appendCanonical(b, &v.items[i], nestedDepth(depth), limit)
+			if limit >= 0 && len(b) > limit {
+				return b
+			}
 		}
 		b = appendIndent(b, depth)
 		return append(b, ']')
@@ -478,12 +552,18 @@ func appendCanonical(b []byte, v *jsonValue, depth int) []byte {
 				b = append(b, ',')
 			}
 			b = appendIndent(b, nestedDepth(depth))
-			b = appendASCIIString(b, v.members[m].key)
+			b = appendASCIIString(b, v.members[m].key, limit)
+			if limit >= 0 && len(b) > limit {
+				return b
+			}
 			b = append(b, ':')
 			if depth >= 0 {
 				b = append(b, ' ')
 			}
-			b = appendCanonical(b, &v.members[m].value, nestedDepth(depth))
+			b = appendCanonical(b, &v.members[m].value, nestedDepth(depth), limit)
+			if limit >= 0 && len(b) > limit {
+				return b
+			}
 		}
 		b = appendIndent(b, depth)
 		return append(b, '}')
@@ -506,10 +586,14 @@ func appendU(b []byte, r rune) []byte {
 
 // appendASCIIString quotes s the way Python's json does with ensure_ascii:
 // everything outside printable ASCII (and DEL) becomes \uXXXX, lower case,
-// characters beyond the BMP as surrogate pairs.
-func appendASCIIString(b []byte, s string) []byte {
+// characters beyond the BMP as surrogate pairs. Like appendCanonical, it
+// stops soon after b grows past limit (>= 0).
+func appendASCIIString(b []byte, s string, limit int) []byte {
 	b = append(b, '"')
 	for len(s) > 0 {
+		if limit >= 0 && len(b) > limit {
+			return b
+		}
 		c := s[0]
 		if c >= 0x20 && c < 0x7F {
 			if c == '"' || c == '\\' {
@@ -584,7 +668,8 @@ func (v *jsonValue) describe() string {
 	case jsonBool, jsonNumber:
 		s = v.text
 	default:
-		s = string(compactJSON(v))
+		// Only the start is shown: do not serialise a huge value whole.
+		s = string(appendCanonical(nil, v, -1, maxLen))
 	}
 	if len(s) > maxLen {
 		s = s[:maxLen] + "..."

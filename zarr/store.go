@@ -6,6 +6,7 @@ package zarr
 
 import (
 	"context"
+	"errors"
 )
 
 // Store is read access to the keys of one Zarr store.
@@ -29,4 +30,37 @@ type Lister interface {
 	// root, else a key prefix without trailing slash). Folder names carry a
 	// trailing "/"; other entries are keys relative to prefix.
 	List(ctx context.Context, prefix string) ([]string, error)
+}
+
+// MaxMetadataSize is the largest metadata document (.zmetadata, .zgroup,
+// .zarray, .zattrs, zarr.json) Open reads: a bigger one is refused with an
+// error wrapping ErrMetadataTooLarge. Real stores' consolidated metadata is
+// well below it; a server sending more is taken to be wrong or hostile, not
+// to be trusted with the process's memory.
+const MaxMetadataSize = 16 << 20
+
+// MaxTotalMetadataSize bounds all the metadata one Hierarchy holds: the
+// documents read by walking a store without consolidated metadata, or the
+// consolidated document plus the per-node files rebuilt from it.
+const MaxTotalMetadataSize = 64 << 20
+
+// ErrMetadataTooLarge is the cause of Open's error when a metadata document,
+// or a hierarchy's metadata as a whole, is over its limit.
+var ErrMetadataTooLarge = errors.New("metadata too large")
+
+type sizeLimitKey struct{}
+
+// WithSizeLimit returns a context that asks the Store not to return a value
+// longer than n bytes: Open passes it to Get for every metadata key, with n =
+// MaxMetadataSize. A Store should stop reading past n and fail (an error
+// wrapping ErrMetadataTooLarge is the clearest); Open also checks what it
+// gets, so a Store that ignores the limit costs memory, not correctness.
+func WithSizeLimit(ctx context.Context, n int64) context.Context {
+	return context.WithValue(ctx, sizeLimitKey{}, n)
+}
+
+// SizeLimit returns the limit set by WithSizeLimit, if any.
+func SizeLimit(ctx context.Context) (int64, bool) {
+	n, ok := ctx.Value(sizeLimitKey{}).(int64)
+	return n, ok
 }

@@ -26,6 +26,7 @@ type mapStore struct {
 	mu       sync.Mutex
 	gets     []string
 	lists    []string
+	limits   map[string]int64 // the size limit each Get was asked with; -1 for none
 	inFlight atomic.Int32
 	maxSeen  atomic.Int32
 }
@@ -50,12 +51,22 @@ func (m *mapStore) enter() func() {
 
 func (m *mapStore) Get(ctx context.Context, key string) ([]byte, error) {
 	defer m.enter()()
+	limit, ok := SizeLimit(ctx)
+	if !ok {
+		limit = -1
+	}
 	m.mu.Lock()
 	m.gets = append(m.gets, key)
+	if m.limits == nil {
+		m.limits = map[string]int64{}
+	}
+	m.limits[key] = limit
 	m.mu.Unlock()
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	// Like a careless server client, it returns values whatever their
+	// size: Open must check them itself.
 	if err, ok := m.fail[key]; ok {
 		return nil, err
 	}

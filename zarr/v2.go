@@ -5,62 +5,91 @@ import (
 	"fmt"
 )
 
-// loadV2Consolidated reads a v2 .zmetadata document. Its entries become
-// files holding their canonical JSON, the form zarr itself writes; the
-// document itself is served as fetched.
+// loadV2Consolidated reads a v2 .zmetadata document (already reserved). Its
+// entries become files holding their canonical JSON, the form zarr itself
+// writes; the document itself is served as fetched.
 func (b *builder) loadV2Consolidated(raw []byte) error {
-	doc, err := parseJSON(raw)
-	if err != nil {
-		return b.errorf(zmetadataKey, "%v", err)
-	}
-	if doc.kind != jsonObject {
+	p := jsonParser{data: raw}
+	if !p.atObject() {
+		if _, err := parseJSON(raw); err != nil {
+			return b.errorf(zmetadataKey, "%v", err)
+		}
 		return b.errorf(zmetadataKey, "not a JSON object")
 	}
-	if format, ok := doc.get("zarr_consolidated_format"); !ok {
+	var (
+		format  *jsonValue
+		entries *pendingNodes // nil while "metadata" is missing or not an object
+	)
+	err := p.members(0, func(key string) error {
+		if key == "metadata" {
+			entries.discard(b) // a duplicate key: the last wins
+			entries = nil
+			if !p.atObject() {
+				_, err := p.value(1)
+				return err
+			}
+			var err error
+			entries, err = streamEntries(&p, 1, b, b.v2Entry)
+			return err
+		}
+		v, err := p.value(1)
+		if key == "zarr_consolidated_format" {
+			format = &v
+		}
+		return err
+	})
+	if err == nil {
+		err = p.end()
+	}
+	if err != nil {
+		return b.documentError(zmetadataKey, err)
+	}
+	if format == nil {
 		return b.errorf(zmetadataKey, "no zarr_consolidated_format")
 	} else if n, ok := format.asInt64(); !ok || n != 1 {
 		return b.errorf(zmetadataKey, "unsupported zarr_consolidated_format %s", format.describe())
 	}
-	meta, ok := doc.get("metadata")
-	if !ok || meta.kind != jsonObject {
+	if entries == nil {
 		return b.errorf(zmetadataKey, "metadata is missing or not an object")
 	}
 	if err := b.addNode("", implicitNode, zmetadataKey, raw, nil); err != nil {
 		return err
 	}
-	for i := range meta.members {
-		key, value := meta.members[i].key, &meta.members[i].value
-		if err := b.validNodeKey(zmetadataKey+" entry", key); err != nil {
-			return err
-		}
-		dir, name := splitKey(key)
-		kind := implicitNode
-		var array *Array
-		switch name {
-		case zarrayName:
-			if array, err = parseV2Array(dir, value); err != nil {
-				return b.errorf(zmetadataKey+" entry "+key, "%v", err)
-			}
-			kind = arrayNode
-		case zgroupName:
-			if err := checkV2Group(value); err != nil {
-				return b.errorf(zmetadataKey+" entry "+key, "%v", err)
-			}
-			kind = groupNode
-		case zattrsName:
-			if value.kind != jsonObject {
-				return b.errorf(zmetadataKey+" entry "+key, "attributes are not a JSON object")
-			}
-		default:
-			// Consolidation only records the three metadata documents;
-			// anything else is not metadata this package can serve.
-			continue
-		}
-		if err := b.addNode(dir, kind, name, canonicalJSON(value), array); err != nil {
-			return err
-		}
+	return entries.add(b)
+}
+
+// v2Entry checks one entry of .zmetadata and makes its file.
+func (b *builder) v2Entry(key string, value *jsonValue, scratch *[]byte) (pendingNode, error) {
+	if err := b.validNodeKey(zmetadataKey+" entry", key); err != nil {
+		return pendingNode{err: err}, nil
 	}
-	return nil
+	dir, name := splitKey(key)
+	node := pendingNode{path: dir, kind: implicitNode, file: name}
+	var err error
+	switch name {
+	case zarrayName:
+		if node.array, err = parseV2Array(dir, value); err != nil {
+			return pendingNode{err: b.errorf(zmetadataKey+" entry "+key, "%v", err)}, nil
+		}
+		node.kind = arrayNode
+	case zgroupName:
+		if err := checkV2Group(value); err != nil {
+			return pendingNode{err: b.errorf(zmetadataKey+" entry "+key, "%v", err)}, nil
+		}
+		node.kind = groupNode
+	case zattrsName:
+		if value.kind != jsonObject {
+			return pendingNode{err: b.errorf(zmetadataKey+" entry "+key, "attributes are not a JSON object")}, nil
+		}
+	default:
+		// Consolidation only records the three metadata documents;
+		// anything else is not metadata this package can serve.
+		return pendingNode{}, nil
+	}
+	if node.data, err = b.canonical(key, value, scratch); err != nil {
+		return pendingNode{}, err
+	}
+	return node, nil
 }
 
 // loadV2 reads a v2 hierarchy without consolidated metadata: the root

@@ -5,48 +5,123 @@ import (
 	"fmt"
 )
 
-// loadV3 reads a v3 hierarchy from its root zarr.json: from the consolidated
-// metadata inline in it when present, else by listing groups.
+// loadV3 reads a v3 hierarchy from its root zarr.json (already reserved):
+// from the consolidated metadata inline in it when present, else by listing
+// groups.
 func (b *builder) loadV3(ctx context.Context, s Store, raw []byte) error {
-	root, err := parseJSON(raw)
-	if err != nil {
-		return b.errorf(zarrJSONName, "%v", err)
-	}
-	isGroup, err := b.addV3Node("", &root, raw)
-	if err != nil {
+	p := jsonParser{data: raw}
+	if !p.atObject() {
+		root, err := parseJSON(raw)
+		if err != nil {
+			return b.errorf(zarrJSONName, "%v", err)
+		}
+		_, err = b.addV3Node("", &root, raw) // fails: not an object
 		return err
 	}
-	if !isGroup {
-		return nil
+	// The root's own members are kept parsed (they are small); its
+	// consolidated metadata, which can be big, is read entry by entry.
+	var (
+		root         = objectBuilder{v: jsonValue{kind: jsonObject}}
+		consolidated *v3Consolidated // nil when absent or null
+	)
+	err := p.members(0, func(key string) error {
+		if key != "consolidated_metadata" {
+			v, err := p.value(1)
+			root.set(key, v)
+			return err
+		}
+		consolidated.discard(b) // a duplicate key: the last wins
+		var err error
+		consolidated, err = b.readV3Consolidated(&p)
+		return err
+	})
+	if err == nil {
+		err = p.end()
 	}
-	if consolidated, ok := root.get("consolidated_metadata"); ok && consolidated.kind != jsonNull {
-		return b.loadV3Consolidated(consolidated)
+	if err != nil {
+		consolidated.discard(b)
+		return b.documentError(zarrJSONName, err)
+	}
+	isGroup, err := b.addV3Node("", &root.v, raw)
+	if err != nil || !isGroup {
+		consolidated.discard(b)
+		return err
+	}
+	if consolidated != nil {
+		return consolidated.add(b)
 	}
 	return b.walkV3(ctx, s)
 }
 
-// loadV3Consolidated adds the nodes of consolidated_metadata.metadata, whose
-// keys are node paths relative to the root. Each node's zarr.json is the
-// canonical JSON of its entry.
-func (b *builder) loadV3Consolidated(consolidated *jsonValue) error {
+// v3Consolidated is what a root zarr.json's consolidated_metadata held.
+type v3Consolidated struct {
+	err   error         // the value is not as the spec says
+	nodes *pendingNodes // its entries, when err is nil
+}
+
+func (c *v3Consolidated) discard(b *builder) {
+	if c != nil {
+		c.nodes.discard(b)
+	}
+}
+
+func (c *v3Consolidated) add(b *builder) error {
+	if c.err != nil {
+		return c.err
+	}
+	return c.nodes.add(b)
+}
+
+// readV3Consolidated reads the value of consolidated_metadata at p, entry by
+// entry: nil for null, else its entries or what is wrong with it. An error
+// returned ends the reading of the document (see documentError).
+func (b *builder) readV3Consolidated(p *jsonParser) (*v3Consolidated, error) {
 	const where = zarrJSONName + " consolidated_metadata"
-	if consolidated.kind != jsonObject {
-		return b.errorf(where, "not a JSON object")
+	if !p.atObject() {
+		v, err := p.value(1)
+		if err != nil || v.kind == jsonNull {
+			return nil, err
+		}
+		return &v3Consolidated{err: b.errorf(where, "not a JSON object")}, nil
 	}
-	meta, ok := consolidated.get("metadata")
-	if !ok || meta.kind != jsonObject {
-		return b.errorf(where, "metadata is missing or not an object")
-	}
-	for i := range meta.members {
-		path, value := meta.members[i].key, &meta.members[i].value
-		if err := b.validNodeKey(where+" entry", path); err != nil {
+	c := &v3Consolidated{}
+	err := p.members(1, func(key string) error {
+		if key != "metadata" {
+			_, err := p.value(2)
 			return err
 		}
-		if _, err := b.addV3Node(path, value, canonicalJSON(value)); err != nil {
+		c.nodes.discard(b) // a duplicate key: the last wins
+		c.nodes = nil
+		if !p.atObject() {
+			_, err := p.value(2)
 			return err
 		}
+		var err error
+		c.nodes, err = streamEntries(p, 2, b, func(path string, v *jsonValue, scratch *[]byte) (pendingNode, error) {
+			if err := b.validNodeKey(where+" entry", path); err != nil {
+				return pendingNode{err: err}, nil
+			}
+			kind, array, err := b.checkV3Node(path, v)
+			if err != nil {
+				return pendingNode{err: err}, nil
+			}
+			// Each node's zarr.json is the canonical JSON of its entry.
+			data, err := b.canonical(joinKey(path, zarrJSONName), v, scratch)
+			if err != nil {
+				return pendingNode{}, err
+			}
+			return pendingNode{path: path, kind: kind, file: zarrJSONName, data: data, array: array}, nil
+		})
+		return err
+	})
+	if err != nil {
+		c.discard(b)
+		return nil, err
 	}
-	return nil
+	if c.nodes == nil {
+		c.err = b.errorf(where, "metadata is missing or not an object")
+	}
+	return c, nil
 }
 
 // walkV3 finds the nodes below the root group (already added) by listing
@@ -72,28 +147,38 @@ func (b *builder) walkV3(ctx context.Context, s Store) error {
 
 // addV3Node records the node at path from its metadata v, served as data.
 func (b *builder) addV3Node(path string, v *jsonValue, data []byte) (isGroup bool, err error) {
+	kind, array, err := b.checkV3Node(path, v)
+	if err != nil {
+		return false, err
+	}
+	return kind == groupNode, b.addNode(path, kind, zarrJSONName, data, array)
+}
+
+// checkV3Node checks the metadata v of the node at path: a group, or an
+// array whose grid it returns.
+func (b *builder) checkV3Node(path string, v *jsonValue) (nodeKind, *Array, error) {
 	key := joinKey(path, zarrJSONName)
 	if v.kind != jsonObject {
-		return false, b.errorf(key, "not a JSON object")
+		return 0, nil, b.errorf(key, "not a JSON object")
 	}
 	if err := checkFormat(v, 3); err != nil {
-		return false, b.errorf(key, "%v", err)
+		return 0, nil, b.errorf(key, "%v", err)
 	}
 	nodeType, _ := v.get("node_type")
 	if nodeType == nil {
-		return false, b.errorf(key, "no node_type")
+		return 0, nil, b.errorf(key, "no node_type")
 	}
 	switch t, _ := nodeType.asString(); t {
 	case "group":
-		return true, b.addNode(path, groupNode, zarrJSONName, data, nil)
+		return groupNode, nil, nil
 	case "array":
 		array, err := parseV3Array(path, v)
 		if err != nil {
-			return false, b.errorf(key, "%v", err)
+			return 0, nil, b.errorf(key, "%v", err)
 		}
-		return false, b.addNode(path, arrayNode, zarrJSONName, data, array)
+		return arrayNode, array, nil
 	default:
-		return false, b.errorf(key, "node_type is %s, want \"group\" or \"array\"", nodeType.describe())
+		return 0, nil, b.errorf(key, "node_type is %s, want \"group\" or \"array\"", nodeType.describe())
 	}
 }
 

@@ -8,10 +8,9 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-)
 
-// debianPython is the interpreter with zarr 2.x and xarray (see STYLE.md).
-const debianPython = "/usr/bin/python3"
+	"github.com/oceanum-dmfs/dmfs/internal/testenv"
+)
 
 // compareScript opens the source store and the store rebuilt from the
 // hierarchy with zarr and xarray, with and without .zmetadata, and fails
@@ -51,12 +50,7 @@ print("same")
 // hierarchy serves (metadata files, and the chunk keys its grid names that
 // exist in the store) and has zarr and xarray compare it with the source.
 func TestPythonReadsSameValues(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs Python")
-	}
-	if err := exec.Command(debianPython, "-c", "import zarr, xarray").Run(); err != nil {
-		t.Skipf("%s with zarr and xarray not available: %v", debianPython, err)
-	}
+	testenv.RequirePython(t, "zarr, xarray") // skips locally, fails under CI=true
 	for _, tt := range []struct{ fixture, kind string }{
 		{"v2_xarray", "xarray"},
 		{"v2_groups_consolidated", "consolidated"},
@@ -81,7 +75,7 @@ func TestPythonReadsSameValues(t *testing.T) {
 					}
 				}
 			}
-			out, err := exec.Command(debianPython, "-c", compareScript,
+			out, err := exec.Command(testenv.DebianPython, "-c", compareScript,
 				filepath.Join("testdata", tt.fixture), dir, tt.kind).CombinedOutput()
 			require.NoError(t, err, "%s", out)
 			require.Equal(t, "same\n", string(out))
