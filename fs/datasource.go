@@ -36,17 +36,37 @@ const sequentialSlack = 4
 // datasource is one mounted Zarr store: its hierarchy, loaded once and again
 // after the metadata TTL, and per-array access state for the lookup and
 // readahead policies.
+//
+// A store changes on the server. Each hierarchy with a new digest (any
+// metadata document changed anywhere) or a chunk found changed starts a new
+// version: cached chunks are dropped, every node gets new inode numbers (so
+// the kernel's page cache and sizes of the old files are never used for
+// new opens), files get a new mtime, and the kernel is told to forget the
+// old entries.
 type datasource struct {
 	id    string
 	store zarr.Store
 	opt   *Options
 	load  singleflight.Group
+	// forget drops the kernel's entries under this datasource; set by the
+	// root once its directory inode exists.
+	forget func()
+	// dropPages drops the kernel's cached pages of the file at key.
+	dropPages func(key string)
 
 	mu       sync.Mutex
-	h        *zarr.Hierarchy
-	rootSig  []byte // the root metadata files, to notice a changed store
-	loadedAt time.Time
+	cur      version   // h is nil until loaded, and after release
+	loadedAt time.Time // when cur.h was loaded or last confirmed
+	usedAt   time.Time // last use, for releaseIfIdle
 	arrays   map[string]*arrayState
+}
+
+// version is one state of the store as the mount serves it.
+type version struct {
+	h       *zarr.Hierarchy
+	digest  [32]byte  // of h, kept when h is released
+	gen     uint64    // 0 for the first
+	modTime time.Time // mtime of every file of this version
 }
 
 // arrayState tells readers from listers, and sequential readers from others.
@@ -57,63 +77,132 @@ type arrayState struct {
 }
 
 func newDatasource(id string, store zarr.Store, opt *Options) *datasource {
-	return &datasource{id: id, store: store, opt: opt, arrays: map[string]*arrayState{}}
+	return &datasource{id: id, store: store, opt: opt, arrays: map[string]*arrayState{},
+		cur: version{modTime: opt.started}}
 }
 
 // hierarchy returns the store's tree, loading it on first use and again after
 // the metadata TTL. A failed reload keeps serving the tree already known.
 func (d *datasource) hierarchy(ctx context.Context) (*zarr.Hierarchy, error) {
+	v, err := d.version(ctx)
+	return v.h, err
+}
+
+// version is hierarchy with the version it belongs to.
+func (d *datasource) version(ctx context.Context) (version, error) {
 	d.mu.Lock()
-	h, fresh := d.h, d.h != nil && d.opt.now().Sub(d.loadedAt) < d.opt.MetadataTTL
+	now := d.opt.now()
+	v, fresh := d.cur, d.cur.h != nil && now.Sub(d.loadedAt) < d.opt.MetadataTTL
+	d.usedAt = now
 	d.mu.Unlock()
 	if fresh {
-		return h, nil
+		return v, nil
 	}
-	nh, err := shared(ctx, &d.load, func(lctx context.Context) (*zarr.Hierarchy, error) {
+	nv, err := shared(ctx, &d.load, func(lctx context.Context) (version, error) {
 		start := d.opt.now()
 		nh, err := zarr.Open(lctx, d.id, d.store)
 		if err != nil {
-			return nil, err
+			return version{}, err
 		}
-		d.install(nh)
+		nv := d.install(nh)
 		d.opt.Logger.Debug("metadata loaded", "datasource", d.id, "duration", d.opt.now().Sub(start))
-		return nh, nil
+		return nv, nil
 	})
 	switch {
 	case err == nil:
-		return nh, nil
+		return nv, nil
 	case ctx.Err() != nil:
-		return nil, ctx.Err()
-	case h != nil && !errors.Is(err, iofs.ErrNotExist):
+		return version{}, ctx.Err()
+	case v.h != nil && !errors.Is(err, iofs.ErrNotExist):
 		d.opt.Logger.Warn("metadata refresh failed; serving the tree already loaded",
 			"datasource", d.id, "err", err)
 		d.mu.Lock()
 		d.loadedAt = d.opt.now() // try again after another TTL
 		d.mu.Unlock()
-		return h, nil
+		return v, nil
 	default:
-		return nil, fmt.Errorf("datasource %s: %w", d.id, err)
+		return version{}, fmt.Errorf("datasource %s: %w", d.id, err)
 	}
 }
 
-// install swaps in a freshly loaded tree; when the store's metadata changed,
-// cached chunks of the old one are dropped.
-func (d *datasource) install(h *zarr.Hierarchy) {
-	var sig []byte
-	if root, ok := h.Folder(""); ok {
-		for _, f := range root.Files {
-			sig = append(sig, f.Name...)
-			sig = append(sig, 0)
-			sig = append(sig, f.Data...)
-		}
-	}
+// install swaps in a freshly loaded tree, starting a new version when the
+// store changed. The tree and its version change under one lock, so no
+// reader numbers the new tree's files with the old version's inodes.
+func (d *datasource) install(h *zarr.Hierarchy) version {
+	digest := h.Digest()
 	d.mu.Lock()
-	changed := d.h != nil && !bytes.Equal(sig, d.rootSig)
-	d.h, d.rootSig, d.loadedAt = h, sig, d.opt.now()
+	first := d.cur.h == nil && d.cur.gen == 0 && d.cur.digest == [32]byte{}
+	changed := !first && digest != d.cur.digest
+	d.cur.h, d.cur.digest, d.loadedAt = h, digest, d.opt.now()
+	if changed {
+		d.bumpLocked()
+	}
+	v := d.cur
 	d.mu.Unlock()
 	if changed {
-		d.opt.Logger.Info("datasource metadata changed; dropping its cached chunks", "datasource", d.id)
-		d.opt.Cache.Invalidate(d.id + "/")
+		d.afterBump(v.gen, "metadata changed")
+	}
+	return v
+}
+
+// changed starts a new version because a file of the version with mtime
+// seen turned out changed, unless a newer version already exists (many
+// readers of the old files notice the same change).
+func (d *datasource) changed(seen time.Time, why string) {
+	d.mu.Lock()
+	if d.cur.modTime.After(seen) {
+		d.mu.Unlock()
+		return
+	}
+	d.bumpLocked()
+	gen := d.cur.gen
+	d.mu.Unlock()
+	d.afterBump(gen, why)
+}
+
+// bumpLocked starts a new version of the store (see datasource).
+func (d *datasource) bumpLocked() {
+	d.cur.gen++
+	// A new mtime, strictly later than the last one, so that tools
+	// comparing times (make, rsync) see the change even within a second.
+	mt := d.opt.now().Truncate(time.Second)
+	if !mt.After(d.cur.modTime) {
+		mt = d.cur.modTime.Add(time.Second)
+	}
+	d.cur.modTime = mt
+}
+
+// afterBump drops what the old version left: its cached chunks, its inode
+// ranges and the kernel's entries.
+func (d *datasource) afterBump(gen uint64, why string) {
+	d.opt.inodes.forget(inodePrefix(d.id, gen-1))
+	d.opt.Logger.Info("datasource changed on the server; serving its new version",
+		"datasource", d.id, "why", why, "version", gen)
+	d.opt.Cache.Invalidate(d.id + "/")
+	if d.forget != nil {
+		d.forget()
+	}
+}
+
+// inodePrefix is the inode-range key prefix of version gen's folders.
+func inodePrefix(id string, gen uint64) string { return fmt.Sprintf("%s\x00%d/", id, gen) }
+
+// modTime is the mtime of the current version's files.
+func (d *datasource) modTime() time.Time {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cur.modTime
+}
+
+// releaseIfIdle drops the hierarchy when unused for idle; its digest stays,
+// so that a change is still noticed at the next load.
+func (d *datasource) releaseIfIdle(now time.Time, idle time.Duration) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cur.h != nil && now.Sub(d.usedAt) >= idle {
+		d.cur.h = nil
+		d.arrays = map[string]*arrayState{}
+		d.opt.Logger.Debug("metadata released (unused)", "datasource", d.id)
 	}
 }
 
@@ -143,7 +232,7 @@ func (d *datasource) noteOpened(arrayPath, from string) {
 	now := d.opt.now()
 	copying := !st.listedAt.IsZero() && now.Sub(st.listedAt) < copierWindow && !st.openedAt.After(st.listedAt)
 	st.openedAt = now
-	h := d.h
+	h := d.cur.h
 	d.mu.Unlock()
 	if !copying || d.opt.Readahead <= 0 || h == nil {
 		return
@@ -211,21 +300,61 @@ func (d *datasource) fetcher(key string) cache.FetchFunc {
 // chunkSize answers a lookup of a chunk: from what is known, else with one
 // request that fits the caller — a HEAD for a lister, a GET (into the cache)
 // for a reader, who is about to open it.
-func (d *datasource) chunkSize(ctx context.Context, arr *zarr.Array, rel string) (int64, error) {
+//
+// What is known is trusted for the metadata TTL. After it, a reader's
+// lookup (the kernel looks a name up again once its entry expires) fetches
+// the chunk again: changed bytes start a new version of the store (changed
+// is true, and the caller must look the name up again in it); bytes that
+// could not be compared (evicted from memory) drop the kernel's pages of
+// the file, so a chunk rewritten in place is never served old after the TTL.
+func (d *datasource) chunkSize(ctx context.Context, arr *zarr.Array, rel string, seen time.Time) (size int64, changed bool, err error) {
 	key := joinKey(arr.Path, rel)
 	ck := d.cacheKey(key)
-	switch size, state := d.opt.Cache.Stat(ck); state {
-	case cache.StatPresent, cache.StatSized:
-		return size, nil
-	case cache.StatMissing:
-		return 0, fmt.Errorf("chunk %s/%s: %w", d.id, key, iofs.ErrNotExist)
+	size, state := d.opt.Cache.Stat(ck)
+	stale := false
+	if state != cache.StatUnknown {
+		age, ok := d.opt.Cache.Age(ck)
+		stale = !ok || age >= d.opt.MetadataTTL
 	}
-	if d.listerActive(arr.Path) {
+	switch {
+	case state == cache.StatMissing && !stale:
+		return 0, false, fmt.Errorf("chunk %s/%s: %w", d.id, key, iofs.ErrNotExist)
+	case state == cache.StatPresent && !stale, state == cache.StatSized && !stale:
+		return size, false, nil
+	}
+	lister := d.listerActive(arr.Path)
+	if lister && state == cache.StatPresent {
+		// A lister reads nothing: the bytes held are checked when a
+		// reader comes.
+		return size, false, nil
+	}
+	var old []byte
+	if stale {
+		if state == cache.StatPresent {
+			old, _ = d.opt.Cache.Get(ck)
+		}
+		d.opt.Cache.Forget(ck)
+	}
+	var n int64
+	var fresh []byte
+	if lister {
 		d.headAhead(arr, rel)
-		return d.opt.Cache.SizeOrHead(ctx, ck, d.header(key))
+		n, err = d.opt.Cache.SizeOrHead(ctx, ck, d.header(key))
+	} else {
+		fresh, err = d.opt.Cache.GetOrFetch(ctx, ck, d.fetcher(key))
+		n = int64(len(fresh))
 	}
-	b, err := d.opt.Cache.GetOrFetch(ctx, ck, d.fetcher(key))
-	return int64(len(b)), err
+	if err != nil || !stale || state == cache.StatMissing {
+		return n, false, err
+	}
+	switch {
+	case n != size || (old != nil && !bytes.Equal(old, fresh)):
+		d.changed(seen, "chunk "+key+" changed")
+		return n, true, nil
+	case old == nil && fresh != nil && d.dropPages != nil:
+		d.dropPages(key)
+	}
+	return n, false, nil
 }
 
 func (d *datasource) header(key string) func(context.Context) (int64, error) {

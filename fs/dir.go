@@ -2,8 +2,10 @@ package fs
 
 import (
 	"context"
+	"slices"
 	"sort"
 	"syscall"
+	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -35,7 +37,7 @@ var (
 
 // Getattr reports a directory.
 func (n *dirNode) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	n.ds.opt.dirAttr(&out.Attr)
+	n.ds.opt.dirAttr(&out.Attr, n.ds.modTime())
 	out.Attr.Ino = n.StableAttr().Ino
 	return 0
 }
@@ -52,6 +54,7 @@ type listing struct {
 	hasChunks bool
 	nfixed    int64 // files + children
 	inoBase   uint64
+	modTime   time.Time
 }
 
 func (l *listing) len() int64 {
@@ -63,11 +66,12 @@ func (l *listing) len() int64 {
 }
 
 func (n *dirNode) resolve(ctx context.Context) (*listing, syscall.Errno) {
-	h, err := n.ds.hierarchy(ctx)
+	v, err := n.ds.version(ctx)
 	if err != nil {
-		return nil, errnoOf(n.ds.opt.Logger, "metadata", n.ds.id, err)
+		return nil, errnoOf(ctx, n.ds.opt.Logger, "metadata", n.ds.id, err)
 	}
-	l := &listing{}
+	h := v.h
+	l := &listing{modTime: v.modTime}
 	if n.chunks {
 		af, ok := h.Folder(n.arrayPath)
 		if !ok || af.Array == nil {
@@ -89,12 +93,16 @@ func (n *dirNode) resolve(ctx context.Context) (*listing, syscall.Errno) {
 			l.chunks, l.hasChunks = folder.Array.ChunkFolder("")
 		}
 	}
-	l.inoBase = n.ds.opt.inodes.base(n.ds.id+"/"+n.path, uint64(l.len()))
+	// Numbers are per version: a changed store's files are new inodes.
+	l.inoBase = n.ds.opt.inodes.base(inodePrefix(n.ds.id, v.gen)+n.path, uint64(l.len()))
 	return l, 0
 }
 
 // Lookup finds a metadata file, a child folder or a chunk.
 func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if len(name) > maxNameLen {
+		return nil, syscall.ENAMETOOLONG
+	}
 	l, errno := n.resolve(ctx)
 	if errno != 0 {
 		return nil, errno
@@ -104,9 +112,9 @@ func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 		if i := sort.Search(len(f.Files), func(i int) bool { return f.Files[i].Name >= name }); i < len(f.Files) && f.Files[i].Name == name {
 			data := f.Files[i].Data
 			ino := l.inoBase + uint64(i)
-			opt.fileAttr(&out.Attr, int64(len(data)))
+			opt.fileAttr(&out.Attr, int64(len(data)), l.modTime)
 			out.Attr.Ino = ino
-			meta := &metaFile{opt: opt, data: data}
+			meta := &metaFile{opt: opt, data: data, modTime: l.modTime}
 			if l.arr != nil {
 				meta.ds, meta.arrayPath = n.ds, l.arr.Path
 			}
@@ -114,7 +122,7 @@ func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 		}
 		if i := sort.SearchStrings(f.Children, name); i < len(f.Children) && f.Children[i] == name {
 			child := &dirNode{ds: n.ds, path: joinKey(n.path, name)}
-			return n.newDir(ctx, child, l.inoBase+uint64(len(f.Files)+i), out), 0
+			return n.newDir(ctx, child, l.inoBase+uint64(len(f.Files)+i), l.modTime, out), 0
 		}
 	}
 	if !l.hasChunks {
@@ -128,20 +136,24 @@ func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	rel := joinKey(n.chunkRel, name)
 	if l.chunks.Dirs() {
 		child := &dirNode{ds: n.ds, path: joinKey(n.path, name), chunks: true, arrayPath: l.arr.Path, chunkRel: rel}
-		return n.newDir(ctx, child, ino, out), 0
+		return n.newDir(ctx, child, ino, l.modTime, out), 0
 	}
-	size, err := n.ds.chunkSize(ctx, l.arr, rel)
+	size, changed, err := n.ds.chunkSize(ctx, l.arr, rel, l.modTime)
 	if err != nil {
-		return nil, errnoOf(opt.Logger, "lookup", n.fullPath(name), err)
+		return nil, errnoOf(ctx, opt.Logger, "lookup", n.fullPath(name), err)
 	}
-	opt.fileAttr(&out.Attr, size)
+	if changed {
+		// The store has a new version now: answer with its inode.
+		return n.Lookup(ctx, name, out)
+	}
+	opt.fileAttr(&out.Attr, size, l.modTime)
 	out.Attr.Ino = ino
-	child := &chunkFile{ds: n.ds, arrayPath: l.arr.Path, rel: rel, size: size}
+	child := &chunkFile{ds: n.ds, arrayPath: l.arr.Path, rel: rel, size: size, modTime: l.modTime}
 	return n.NewInode(ctx, child, gofs.StableAttr{Mode: fuse.S_IFREG, Ino: ino}), 0
 }
 
-func (n *dirNode) newDir(ctx context.Context, child *dirNode, ino uint64, out *fuse.EntryOut) *gofs.Inode {
-	n.ds.opt.dirAttr(&out.Attr)
+func (n *dirNode) newDir(ctx context.Context, child *dirNode, ino uint64, mtime time.Time, out *fuse.EntryOut) *gofs.Inode {
+	n.ds.opt.dirAttr(&out.Attr, mtime)
 	out.Attr.Ino = ino
 	return n.NewInode(ctx, child, gofs.StableAttr{Mode: fuse.S_IFDIR, Ino: ino})
 }
@@ -156,12 +168,21 @@ func (n *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	}
 	s := &dirStream{l: l}
 	if f := l.folder; f != nil {
-		for _, file := range f.Files {
-			s.fixed = append(s.fixed, fuse.DirEntry{Name: file.Name, Mode: fuse.S_IFREG})
+		// Entry i keeps inode number inoBase+i even when a name too long
+		// to serve is left out.
+		for i, file := range f.Files {
+			s.fixed = append(s.fixed, fuse.DirEntry{Name: file.Name, Mode: fuse.S_IFREG, Ino: l.inoBase + uint64(i)})
 		}
-		for _, c := range f.Children {
-			s.fixed = append(s.fixed, fuse.DirEntry{Name: c, Mode: fuse.S_IFDIR})
+		for i, c := range f.Children {
+			s.fixed = append(s.fixed, fuse.DirEntry{Name: c, Mode: fuse.S_IFDIR, Ino: l.inoBase + uint64(len(f.Files)+i)})
 		}
+		s.fixed = slices.DeleteFunc(s.fixed, func(e fuse.DirEntry) bool {
+			if len(e.Name) > maxNameLen {
+				n.ds.opt.Logger.Warn("name longer than 255 bytes not shown", "path", n.fullPath(e.Name[:64]+"..."))
+				return true
+			}
+			return false
+		})
 	}
 	if l.hasChunks {
 		s.nchunks = l.chunks.Len()
@@ -197,9 +218,9 @@ func (s *dirStream) Next() (fuse.DirEntry, syscall.Errno) {
 	if s.pos < int64(len(s.fixed)) {
 		e = s.fixed[s.pos]
 	} else {
-		e = fuse.DirEntry{Name: s.l.chunks.Name(s.pos - int64(len(s.fixed))), Mode: s.chunkMode}
+		e = fuse.DirEntry{Name: s.l.chunks.Name(s.pos - int64(len(s.fixed))), Mode: s.chunkMode,
+			Ino: s.l.inoBase + uint64(s.l.nfixed+s.pos-int64(len(s.fixed)))}
 	}
-	e.Ino = s.l.inoBase + uint64(s.pos)
 	s.pos++
 	e.Off = uint64(s.pos)
 	return e, 0

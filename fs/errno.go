@@ -10,14 +10,17 @@ import (
 
 // errnoOf is the one place where failures become errno values. Lower layers
 // return wrapped errors with standard sentinels; this maps them:
-// missing -> ENOENT, refused -> EACCES, the caller's interrupt -> EINTR,
-// anything else (timeouts, 5xx, malformed metadata) -> EIO. Causes hidden by
-// the mapping are logged here, once, so the errno never loses them.
-func errnoOf(log *slog.Logger, op, path string, err error) syscall.Errno {
+// missing -> ENOENT, refused -> EACCES, anything else (timeouts, 5xx,
+// malformed metadata, a fetch cancelled because the mount is ending) -> EIO.
+// EINTR is only for the caller whose own request was interrupted (ctx, the
+// FUSE request's context, is done): a cancellation from elsewhere is not the
+// caller's signal. Causes hidden by the mapping are logged here, once, so
+// the errno never loses them.
+func errnoOf(ctx context.Context, log *slog.Logger, op, path string, err error) syscall.Errno {
 	switch {
 	case err == nil:
 		return 0
-	case errors.Is(err, context.Canceled):
+	case ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)):
 		log.Debug("interrupted", "op", op, "path", path)
 		return syscall.EINTR
 	case errors.Is(err, iofs.ErrNotExist):
@@ -29,6 +32,9 @@ func errnoOf(log *slog.Logger, op, path string, err error) syscall.Errno {
 	case errors.Is(err, iofs.ErrPermission):
 		log.Warn("access refused", "op", op, "path", path, "err", err)
 		return syscall.EACCES
+	case errors.Is(err, context.Canceled):
+		log.Warn("cancelled (the mount is ending)", "op", op, "path", path, "err", err)
+		return syscall.EIO
 	case errors.Is(err, context.DeadlineExceeded):
 		log.Warn("timed out", "op", op, "path", path, "err", err)
 		return syscall.EIO

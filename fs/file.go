@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"syscall"
+	"time"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -14,8 +15,9 @@ import (
 type metaFile struct {
 	gofs.Inode
 	readOnly
-	opt  *Options
-	data []byte
+	opt     *Options
+	data    []byte
+	modTime time.Time
 	// For an array's metadata: opening it (cp reads .zarray before the
 	// chunks) tells the array is being read, not just listed.
 	ds        *datasource
@@ -30,7 +32,7 @@ var (
 
 // Getattr reports the document's exact size.
 func (f *metaFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	f.opt.fileAttr(&out.Attr, int64(len(f.data)))
+	f.opt.fileAttr(&out.Attr, int64(len(f.data)), f.modTime)
 	out.Attr.Ino = f.StableAttr().Ino
 	return 0
 }
@@ -75,6 +77,7 @@ type chunkFile struct {
 	arrayPath string
 	rel       string // key relative to the array folder
 	size      int64
+	modTime   time.Time
 }
 
 var (
@@ -85,7 +88,7 @@ var (
 
 // Getattr reports the size learnt at lookup.
 func (f *chunkFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	f.ds.opt.fileAttr(&out.Attr, f.size)
+	f.ds.opt.fileAttr(&out.Attr, f.size, f.modTime)
 	out.Attr.Ino = f.StableAttr().Ino
 	return 0
 }
@@ -114,7 +117,7 @@ func (f *chunkFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, o
 func (f *chunkFile) bytes(ctx context.Context, fromStart bool) ([]byte, syscall.Errno) {
 	h, err := f.ds.hierarchy(ctx)
 	if err != nil {
-		return nil, errnoOf(f.ds.opt.Logger, "read", f.path(), err)
+		return nil, errnoOf(ctx, f.ds.opt.Logger, "read", f.path(), err)
 	}
 	folder, ok := h.Folder(f.arrayPath)
 	if !ok || folder.Array == nil || !folder.Array.IsChunkKey(f.rel) {
@@ -125,14 +128,16 @@ func (f *chunkFile) bytes(ctx context.Context, fromStart bool) ([]byte, syscall.
 	}
 	data, err := f.ds.readChunk(ctx, folder.Array, f.rel)
 	if err != nil {
-		return nil, errnoOf(f.ds.opt.Logger, "read", f.path(), err)
+		return nil, errnoOf(ctx, f.ds.opt.Logger, "read", f.path(), err)
 	}
 	if int64(len(data)) != f.size {
 		// The object changed on the server since lookup: the kernel would
 		// cut or pad it to the old size. Wrong bytes are worse than an
-		// error; the entry expires after the metadata TTL.
-		f.ds.opt.Logger.Warn("chunk size changed on the server since lookup; refusing to serve it",
+		// error for this old file; a new version of the store makes the
+		// next open a new file of the new size.
+		f.ds.opt.Logger.Warn("chunk size changed on the server since lookup; this open file fails, the next open reads it anew",
 			"path", f.path(), "was", f.size, "now", len(data))
+		f.ds.changed(f.modTime, "chunk "+joinKey(f.arrayPath, f.rel)+" changed size")
 		return nil, syscall.EIO
 	}
 	return data, 0

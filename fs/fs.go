@@ -7,6 +7,7 @@ package fs
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -106,7 +107,11 @@ func Mount(mountpoint string, root *Root, mo MountOptions) (*fuse.Server, error)
 			MaxWrite: 1 << 20,
 		},
 	}
-	return gofs.Mount(mountpoint, root, opts)
+	server, err := gofs.Mount(mountpoint, root, opts)
+	if err == nil {
+		root.mounted.Store(true)
+	}
+	return server, err
 }
 
 // inodeNumbers hands out inode numbers: each directory gets a contiguous
@@ -138,6 +143,19 @@ func (a *inodeNumbers) base(key string, n uint64) uint64 {
 	a.next += n + 1
 	a.ranges[key] = r
 	return r.base
+}
+
+// forget drops the ranges of directories whose key starts with prefix (an
+// old version of a datasource). Numbers are never handed out again, so an
+// inode the kernel still holds can never be confused with a new one.
+func (a *inodeNumbers) forget(prefix string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for k := range a.ranges {
+		if strings.HasPrefix(k, prefix) {
+			delete(a.ranges, k)
+		}
+	}
 }
 
 // loadTimeout bounds one shared load (the catalog, a store's hierarchy).

@@ -5,8 +5,11 @@ import (
 	"errors"
 	iofs "io/fs"
 	"regexp"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -28,6 +31,8 @@ type Root struct {
 	missing  map[string]time.Time
 	sources  map[string]*datasource
 	load     singleflight.Group // one catalog request at a time
+
+	mounted atomic.Bool // kernel notifications only reach a mounted tree
 }
 
 var (
@@ -36,6 +41,10 @@ var (
 	_ gofs.NodeGetattrer = (*Root)(nil)
 	_ gofs.NodeStatfser  = (*Root)(nil)
 )
+
+// maxNameLen is the longest name the mount serves or looks up (NAME_MAX,
+// what statfs reports): longer names are ENAMETOOLONG, never served.
+const maxNameLen = 255
 
 // datasourceID is the Datamesh id rule; anything else is not looked up.
 var datasourceID = regexp.MustCompile(`^[a-z0-9_-]{3,80}$`)
@@ -53,7 +62,7 @@ func NewRoot(opt Options) *Root {
 
 // Getattr reports the root directory.
 func (r *Root) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	r.opt.dirAttr(&out.Attr)
+	r.opt.dirAttr(&out.Attr, r.opt.started)
 	return 0
 }
 
@@ -61,11 +70,13 @@ func (r *Root) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut
 func (r *Root) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	out.Bsize = 4096
 	out.Frsize = 4096
-	out.NameLen = 255
+	out.NameLen = maxNameLen
 	return 0
 }
 
 // catalog returns the datasource ids, fetched again after the metadata TTL.
+// When a refresh fails, the last good listing keeps being served (with one
+// warning per TTL): the zarr endpoints may well still work.
 func (r *Root) catalog(ctx context.Context) ([]string, error) {
 	r.mu.Lock()
 	if !r.listedAt.IsZero() && r.opt.now().Sub(r.listedAt) < r.opt.MetadataTTL {
@@ -74,7 +85,7 @@ func (r *Root) catalog(ctx context.Context) ([]string, error) {
 		return ids, nil
 	}
 	r.mu.Unlock()
-	return shared(ctx, &r.load, func(lctx context.Context) ([]string, error) {
+	ids, err := shared(ctx, &r.load, func(lctx context.Context) ([]string, error) {
 		ids, err := r.opt.Catalog.Datasources(lctx)
 		if err != nil {
 			return nil, err
@@ -87,7 +98,9 @@ func (r *Root) catalog(ctx context.Context) ([]string, error) {
 				r.opt.Logger.Warn("catalog: skipping invalid datasource id", "id", id)
 			}
 		}
+		// A catalog that repeats an id must not list it twice.
 		sort.Strings(valid)
+		valid = slices.Compact(valid)
 		now := r.opt.now()
 		r.mu.Lock()
 		r.listed, r.listedAt = valid, now
@@ -95,15 +108,50 @@ func (r *Root) catalog(ctx context.Context) ([]string, error) {
 			r.known[id] = now
 		}
 		r.mu.Unlock()
+		r.releaseIdle(now)
 		return valid, nil
 	})
+	if err == nil || ctx.Err() != nil {
+		return ids, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.listedAt.IsZero() {
+		return nil, err
+	}
+	// Keep serving what was known; ask again after another TTL.
+	r.listedAt = r.opt.now()
+	for _, id := range r.listed {
+		r.known[id] = r.listedAt
+	}
+	r.opt.Logger.Warn("catalog refresh failed; serving the last listing", "datasources", len(r.listed), "err", err)
+	return r.listed, nil
 }
+
+// releaseIdle drops the metadata of datasources nobody used for a while, so
+// a mount that touched many datasources once does not hold all their
+// metadata for ever; it is loaded again (one request) at the next use.
+func (r *Root) releaseIdle(now time.Time) {
+	r.mu.Lock()
+	sources := make([]*datasource, 0, len(r.sources))
+	for _, ds := range r.sources {
+		sources = append(sources, ds)
+	}
+	r.mu.Unlock()
+	for _, ds := range sources {
+		ds.releaseIfIdle(now, idleRelease*r.opt.MetadataTTL)
+	}
+}
+
+// idleRelease is how many metadata TTLs a datasource's metadata is kept
+// without use.
+const idleRelease = 2
 
 // Readdir lists the catalog.
 func (r *Root) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	ids, err := r.catalog(ctx)
 	if err != nil {
-		return nil, errnoOf(r.opt.Logger, "readdir", "/", err)
+		return nil, errnoOf(ctx, r.opt.Logger, "readdir", "/", err)
 	}
 	entries := make([]fuse.DirEntry, len(ids))
 	for i, id := range ids {
@@ -133,6 +181,11 @@ func (r *Root) exists(ctx context.Context, id string) (bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	switch {
+	case err != nil && ctx.Err() == nil && !errors.Is(err, iofs.ErrNotExist) && slices.Contains(r.listed, id):
+		// The catalog is failing but listed this id when it last answered:
+		// keep serving it (its zarr endpoints may well work).
+		r.known[id] = now
+		return true, nil
 	case err == nil:
 		r.known[id] = now
 		delete(r.missing, id)
@@ -148,9 +201,12 @@ func (r *Root) exists(ctx context.Context, id string) (bool, error) {
 
 // Lookup finds a datasource directory by id.
 func (r *Root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if len(name) > maxNameLen {
+		return nil, syscall.ENAMETOOLONG
+	}
 	ok, err := r.exists(ctx, name)
 	if err != nil {
-		return nil, errnoOf(r.opt.Logger, "lookup", name, err)
+		return nil, errnoOf(ctx, r.opt.Logger, "lookup", name, err)
 	}
 	if !ok {
 		return nil, syscall.ENOENT
@@ -159,40 +215,88 @@ func (r *Root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	ds := r.sources[name]
 	if ds == nil {
 		ds = newDatasource(name, r.opt.Catalog.Store(name), &r.opt)
+		ds.forget = func() { r.forgetEntries(name) }
+		ds.dropPages = func(key string) { r.dropPages(name, key) }
 		r.sources[name] = ds
 	}
 	r.mu.Unlock()
 	node := &dirNode{ds: ds}
-	r.opt.dirAttr(&out.Attr)
+	r.opt.dirAttr(&out.Attr, r.opt.started)
 	ino := r.inoOf(name)
 	out.Attr.Ino = ino
 	return r.NewInode(ctx, node, gofs.StableAttr{Mode: fuse.S_IFDIR, Ino: ino}), 0
+}
+
+// forgetEntries tells the kernel to drop the entries it caches under the
+// datasource directory id, so that the next access looks names up again and
+// gets the new version's inodes. It runs in the background: a notification
+// sent while the kernel waits on a handler of the same directory deadlocks.
+func (r *Root) forgetEntries(id string) {
+	if !r.mounted.Load() {
+		return
+	}
+	go func() {
+		if dir := r.GetChild(id); dir != nil {
+			forgetChildren(dir)
+		}
+	}()
+}
+
+// dropPages tells the kernel to drop the cached pages of the file at key in
+// datasource id, if it has that file, in the background (see forgetEntries).
+func (r *Root) dropPages(id, key string) {
+	if !r.mounted.Load() {
+		return
+	}
+	go func() {
+		in := r.GetChild(id)
+		for _, part := range strings.Split(key, "/") {
+			if in == nil {
+				return
+			}
+			in = in.GetChild(part)
+		}
+		if in != nil {
+			_ = in.NotifyContent(0, 0)
+		}
+	}()
+}
+
+func forgetChildren(dir *gofs.Inode) {
+	for name, child := range dir.Children() {
+		if child.IsDir() {
+			forgetChildren(child)
+		}
+		// ENOENT (the kernel had already forgotten it) is the normal case.
+		_ = dir.NotifyEntry(name)
+	}
 }
 
 // inoOf numbers a datasource directory; ids come and go with the catalog,
 // so each has its own one-entry range.
 func (r *Root) inoOf(id string) uint64 { return r.opt.inodes.base("\x00"+id, 1) }
 
-func (o *Options) dirAttr(a *fuse.Attr) {
+func (o *Options) dirAttr(a *fuse.Attr, mtime time.Time) {
 	a.Mode = fuse.S_IFDIR | 0o555
 	a.Nlink = 2
 	a.Uid, a.Gid = o.UID, o.GID
-	o.setTimes(a)
+	setTimes(a, mtime)
 }
 
-func (o *Options) fileAttr(a *fuse.Attr, size int64) {
+func (o *Options) fileAttr(a *fuse.Attr, size int64, mtime time.Time) {
 	a.Mode = fuse.S_IFREG | 0o444
 	a.Nlink = 1
 	a.Size = uint64(size)
 	a.Blocks = (uint64(size) + 511) / 512
 	a.Blksize = 1 << 20
 	a.Uid, a.Gid = o.UID, o.GID
-	o.setTimes(a)
+	setTimes(a, mtime)
 }
 
-// setTimes stamps every node with the mount's start: Datamesh gives no
-// per-key times, and a fixed time keeps `make`-style tools and rsync stable.
-func (o *Options) setTimes(a *fuse.Attr) {
-	t := uint64(o.started.Unix())
-	a.Atime, a.Mtime, a.Ctime = t, t, t
+// setTimes stamps a node with its version's time: the mount's start, or
+// when a change of the store was noticed (see datasource). A changed mtime
+// is also what makes the kernel drop a file's cached pages.
+func setTimes(a *fuse.Attr, t time.Time) {
+	s := uint64(t.Unix())
+	a.Atime, a.Mtime, a.Ctime = s, s, s
 }
