@@ -368,3 +368,58 @@ func TestSecondUserCannotPlantTheStateFolder(t *testing.T) {
 	assert.Equal(t, "root's notes\n", string(b), "a planted symlink was followed")
 	assert.Zero(t, g.counters(t).Sessions.Acquired, "no session is acquired with an unsafe state folder")
 }
+
+// openFDs counts a process's open file descriptors.
+func openFDs(t *testing.T, pid int) int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/fd")
+	require.NoError(t, err)
+	return len(entries)
+}
+
+func TestServeSurvivesAFloodOfUnauthenticatedClients(t *testing.T) {
+	g := startGateway(t, "")
+	pid := g.proc.cmd.Process.Pid
+	baseFDs := openFDs(t, pid)
+	long := strings.Repeat("k", 50<<10)
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}, Timeout: 30 * time.Second}
+	var wg sync.WaitGroup
+	work := make(chan int)
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				req, _ := http.NewRequest(http.MethodGet, g.URL+"/zarr/demo_grid/"+long+strconv.Itoa(i), nil)
+				if i%2 == 1 {
+					req.Header.Set("X-DATAMESH-TOKEN", "wrong-token")
+				}
+				resp, err := client.Do(req)
+				if err == nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			}
+		}()
+	}
+	for i := range 5000 {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	client.CloseIdleConnections()
+
+	// Unauthenticated requests leave nothing behind, and the counters
+	// themselves need the token.
+	resp, err := http.Get(g.URL + "/_dmfs/counters")
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+	c := g.counters(t)
+	assert.Len(t, c.ZarrKeys, 0, "refused requests add no per-key counters")
+	peak := vmHWM(t, pid)
+	t.Logf("dmfs serve after 5000 refused 50 KB-path requests: peak RSS %d MiB, fds %d (baseline %d)", peak>>20, openFDs(t, pid), baseFDs)
+	assert.Less(t, peak, int64(256<<20), "peak RSS of dmfs serve")
+	require.Eventually(t, func() bool { return openFDs(t, pid) <= baseFDs+2 }, 60*time.Second, 200*time.Millisecond,
+		"dmfs serve still holds the flood's connections")
+}
