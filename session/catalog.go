@@ -96,7 +96,8 @@ func (c *Client) Catalog(ctx context.Context, q Query) ([]Datasource, error) {
 	if len(params) > 0 {
 		u += "?" + params.Encode()
 	}
-	r := request{op: "catalog", method: http.MethodGet, url: u, timeout: c.cfg.ReadTimeout, readBody: true}
+	r := request{op: "catalog", method: http.MethodGet, url: u, timeout: c.cfg.ReadTimeout, readBody: true,
+		maxBody: maxCatalogBody}
 	resp, err := c.do(ctx, r)
 	if err != nil {
 		return nil, err
@@ -142,7 +143,8 @@ func parseFeatures(body []byte) ([]feature, error) {
 // Datasource describes one datasource, which need not be in the catalog.
 func (c *Client) Datasource(ctx context.Context, id string) (Datasource, error) {
 	u := c.service + "/datasource/" + id
-	r := request{op: "datasource", method: http.MethodGet, url: u, timeout: c.cfg.ReadTimeout, readBody: true}
+	r := request{op: "datasource", method: http.MethodGet, url: u, timeout: c.cfg.ReadTimeout, readBody: true,
+		maxBody: maxDatasourceBody}
 	if err := checkID(id); err != nil {
 		return Datasource{}, &Error{Op: r.op, Err: err}
 	}

@@ -20,11 +20,16 @@ import (
 const (
 	// renewLead is how long before end_time a session is renewed.
 	renewLead = 60 * time.Second
-	// minRenewWait keeps a session with a nonsensical lifetime from being
-	// renewed in a tight loop.
-	minRenewWait = 250 * time.Millisecond
-	// maxRenewRetryWait caps the wait before retrying a failed scheduled renewal.
-	maxRenewRetryWait = 30 * time.Second
+	// minRenewInterval is the least time between two requests for a session
+	// made by renewal, scheduled or after a 401: whatever a gateway answers,
+	// dmfs never acquires and closes sessions faster than this. A session
+	// shorter than twice this is renewed only this long after it began.
+	minRenewInterval = 10 * time.Second
+	// maxRenewBackoff caps the wait before retrying a failed scheduled
+	// renewal; the waits double from minRenewInterval.
+	maxRenewBackoff = 5 * time.Minute
+	// maxSessionID bounds the length of a session id.
+	maxSessionID = 128
 )
 
 // Info is a Datamesh session as the gateway describes it.
@@ -50,6 +55,7 @@ type Client struct {
 	gateway string
 	http    *http.Client
 	log     *slog.Logger
+	clock   clock // the session lifecycle's time; tests replace it
 
 	onSession func(Info) // Config.OnSession
 
@@ -71,9 +77,10 @@ type Client struct {
 	duration    time.Duration // guarded by renewMu
 	loopStarted bool          // guarded by renewMu
 
-	mu     sync.RWMutex
-	cur    *current // nil before Acquire and after Close
-	closed bool
+	mu      sync.RWMutex
+	cur     *current  // nil before Acquire and after Close
+	lastAsk time.Time // when a session was last requested (clock time)
+	closed  bool
 
 	closeOnce sync.Once
 	closeDone chan struct{}
@@ -92,13 +99,21 @@ func New(cfg Config) (*Client, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	life, endLife := context.WithCancel(context.Background())
+	onSurplus := func(n int) {
+		// Not the bytes: they are the gateway's, and could be anything.
+		log.Debug("datamesh answer followed by bytes past its end; dropped, connection closed", "bytes", n)
+	}
 	c := &Client{
-		cfg:       cfg,
-		token:     secret(cfg.Token),
-		service:   cfg.Service,
-		gateway:   cfg.Gateway,
-		http:      &http.Client{Transport: newTransport(cfg.ConnectTimeout)},
+		cfg:     cfg,
+		token:   secret(cfg.Token),
+		service: cfg.Service,
+		gateway: cfg.Gateway,
+		http: &http.Client{
+			Transport:     newTransport(cfg.ConnectTimeout, onSurplus),
+			CheckRedirect: checkRedirect,
+		},
 		log:       log,
+		clock:     realClock{},
 		life:      life,
 		endLife:   endLife,
 		swapped:   make(chan struct{}, 1),
@@ -171,6 +186,11 @@ func (c *Client) Acquire(ctx context.Context, duration time.Duration) (Info, err
 	}
 	if !c.loopStarted {
 		c.loopStarted = true
+		// The loop schedules this session when it starts.
+		select {
+		case <-c.swapped:
+		default:
+		}
 		go c.renewLoop()
 	}
 	return info, nil
@@ -201,6 +221,9 @@ func (c *Client) renewLocked(ctx context.Context, reason string) (Info, error) {
 	stop := context.AfterFunc(c.life, cancel)
 	defer stop()
 
+	c.mu.Lock()
+	c.lastAsk = c.clock.Now()
+	c.mu.Unlock()
 	info, err := c.acquire(ctx, c.duration)
 	if err != nil {
 		if c.isClosed() {
@@ -216,7 +239,7 @@ func (c *Client) renewLocked(ctx context.Context, reason string) (Info, error) {
 		return Info{}, &Error{Op: "acquire session", Err: ErrClosed}
 	}
 	old := c.cur
-	c.cur = &current{info: info, acquired: time.Now()}
+	c.cur = &current{info: info, acquired: c.clock.Now()}
 	c.mu.Unlock()
 	select {
 	case c.swapped <- struct{}{}:
@@ -249,6 +272,7 @@ func (c *Client) acquire(ctx context.Context, duration time.Duration) (Info, err
 		header:   http.Header{"Cache-Control": {"no-store"}},
 		timeout:  c.cfg.ReadTimeout,
 		readBody: true,
+		maxBody:  maxSessionBody,
 	}
 	resp, err := c.do(ctx, r)
 	if err != nil {
@@ -264,8 +288,12 @@ func (c *Client) acquire(ctx context.Context, duration time.Duration) (Info, err
 	return info, nil
 }
 
-// parseInfo reads the session JSON leniently: unknown fields and odd types
-// of "user" are tolerated, an unreadable time is logged and left zero.
+// parseInfo reads the session JSON leniently (unknown fields and odd types
+// of "user" are tolerated, an unreadable time is logged and left zero) but
+// refuses a session dmfs cannot use safely: an id that is not a plain token
+// (it goes in a header and a URL path), or an end_time not after its
+// creation_time or not in the future (it would be renewed at once, for
+// ever). Its errors quote no more of the id than describeID.
 func (c *Client) parseInfo(body []byte) (Info, error) {
 	var doc struct {
 		ID              json.RawMessage `json:"id"`
@@ -289,6 +317,9 @@ func (c *Client) parseInfo(body []byte) (Info, error) {
 	if info.ID == "" {
 		return Info{}, errors.New("session answer has no id")
 	}
+	if err := checkSessionID(info.ID); err != nil {
+		return Info{}, fmt.Errorf("session answer: %w", err)
+	}
 	for _, f := range []struct {
 		name, raw string
 		dst       *time.Time
@@ -298,12 +329,50 @@ func (c *Client) parseInfo(body []byte) (Info, error) {
 		}
 		t, err := parseTime(f.raw)
 		if err != nil {
-			c.log.Warn("datamesh session time unreadable", "session", info.ID, "field", f.name, "value", f.raw)
+			c.log.Warn("datamesh session time unreadable", "session", info.ID, "field", f.name, "value", truncate(f.raw, 64))
 			continue
 		}
 		*f.dst = t
 	}
+	if !info.EndTime.IsZero() {
+		if !info.CreationTime.IsZero() && !info.EndTime.After(info.CreationTime) {
+			return Info{}, fmt.Errorf("session answer ends (end_time %s) no later than it begins (creation_time %s)",
+				info.EndTime.Format(time.RFC3339Nano), info.CreationTime.Format(time.RFC3339Nano))
+		}
+		if now := c.clock.Now(); !info.EndTime.After(now) {
+			return Info{}, fmt.Errorf("session answer ends (end_time %s) before now by this machine's clock (%s): check the clock",
+				info.EndTime.Format(time.RFC3339Nano), now.UTC().Format(time.RFC3339Nano))
+		}
+	}
 	return info, nil
+}
+
+// checkSessionID accepts 1 to maxSessionID letters, digits, '-', '_' and
+// '.': safe in a header, a URL path, a log line and a file.
+func checkSessionID(id string) error {
+	ok := id != "" && len(id) <= maxSessionID
+	for i := 0; ok && i < len(id); i++ {
+		b := id[i]
+		ok = 'a' <= b && b <= 'z' || 'A' <= b && b <= 'Z' || '0' <= b && b <= '9' || b == '-' || b == '_' || b == '.'
+	}
+	if !ok {
+		return fmt.Errorf("invalid session id %s: want 1 to %d letters, digits, '-', '_' or '.'", describeID(id), maxSessionID)
+	}
+	return nil
+}
+
+// describeID shows an id that failed checkSessionID: quoted (control
+// characters escaped) and cut short, with its length.
+func describeID(id string) string {
+	return fmt.Sprintf("%q (%d bytes)", truncate(id, 16), len(id))
+}
+
+// truncate cuts s to at most n bytes, marking the cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }
 
 // jsonText is a JSON string's value, or any other JSON value's text.
@@ -343,27 +412,24 @@ func parseTime(s string) (time.Time, error) {
 }
 
 // renewLoop renews the session ahead of its end until the client closes.
+// A failed renewal is retried after minRenewInterval, doubling per failure
+// up to maxRenewBackoff.
 func (c *Client) renewLoop() {
 	defer close(c.loopDone)
 	failures := 0
 	for {
 		var fire <-chan time.Time
-		var timer *time.Timer
+		stop := func() bool { return false }
 		if wait, ok := c.untilRenewal(failures); ok {
-			timer = time.NewTimer(wait)
-			fire = timer.C
+			fire, stop = c.clock.NewTimer(wait)
 		}
 		select {
 		case <-c.life.Done():
-			if timer != nil {
-				timer.Stop()
-			}
+			stop()
 			return
 		case <-c.swapped:
 			failures = 0
-			if timer != nil {
-				timer.Stop()
-			}
+			stop()
 			continue
 		case <-fire:
 		}
@@ -375,34 +441,61 @@ func (c *Client) renewLoop() {
 				return
 			}
 			failures++
-			c.log.Warn("datamesh session renewal failed; will retry", "error", err.Error(), "failures", failures)
+			c.log.Warn("datamesh session renewal failed; will retry", "error", err.Error(), "failures", failures,
+				"retry_in", renewBackoff(failures))
+			continue
+		}
+		// Our own swap: already rescheduled by this loop.
+		failures = 0
+		select {
+		case <-c.swapped:
+		default:
 		}
 	}
 }
 
 // untilRenewal is the wait before the next scheduled renewal, or false when
-// the session has no known end. After failures it is a growing retry wait.
+// the session has no known end. After failures it is renewBackoff. It is
+// never less than what keeps requests for a session minRenewInterval apart.
 func (c *Client) untilRenewal(failures int) (time.Duration, bool) {
 	c.mu.RLock()
-	cur := c.cur
+	cur, lastAsk := c.cur, c.lastAsk
 	c.mu.RUnlock()
 	if cur == nil || cur.info.EndTime.IsZero() {
 		return 0, false
 	}
+	now := c.clock.Now()
+	wait := renewalWait(cur.info, cur.acquired, now)
 	if failures > 0 {
-		d := 10 * c.cfg.RetryBase
-		for i := 1; i < failures && d < maxRenewRetryWait; i++ {
-			d *= 2
-		}
-		return min(d, maxRenewRetryWait), true
+		wait = renewBackoff(failures)
 	}
-	return renewalWait(cur.info, cur.acquired, time.Now()), true
+	return max(wait, spacingWait(cur.acquired, lastAsk, now)), true
+}
+
+// renewBackoff is the wait after the given number of failed renewals in a
+// row: minRenewInterval doubled per failure, capped at maxRenewBackoff.
+func renewBackoff(failures int) time.Duration {
+	d := minRenewInterval
+	for i := 1; i < failures && d < maxRenewBackoff; i++ {
+		d *= 2
+	}
+	return min(d, maxRenewBackoff)
+}
+
+// spacingWait is how long until a new session may be requested: not before
+// minRenewInterval after the one in use was acquired or the last request.
+func spacingWait(acquired, lastAsk, now time.Time) time.Duration {
+	last := acquired
+	if lastAsk.After(last) {
+		last = lastAsk
+	}
+	return last.Add(minRenewInterval).Sub(now)
 }
 
 // renewalWait is when to renew a session acquired at acquired: renewLead
 // before its end, or at half its lifetime when it is too short for that.
 // The lifetime comes from the gateway's own times when it has both, so a
-// skewed local clock does not matter.
+// skewed local clock does not matter. A session already due gives 0.
 func renewalWait(info Info, acquired, now time.Time) time.Duration {
 	lifetime := info.EndTime.Sub(info.CreationTime)
 	if info.CreationTime.IsZero() || lifetime <= 0 {
@@ -414,12 +507,14 @@ func renewalWait(info Info, acquired, now time.Time) time.Duration {
 	} else {
 		after = lifetime / 2
 	}
-	return max(acquired.Add(after).Sub(now), minRenewWait)
+	return max(acquired.Add(after).Sub(now), 0)
 }
 
 // recoverUnauthorized renews the session once for every caller whose request
 // with session id rejected got a 401. A caller whose id was already replaced
-// returns at once and retries with the current one.
+// returns at once and retries with the current one. A session refused soon
+// after it was acquired is renewed only minRenewInterval after it was, so
+// that a gateway refusing every session gets one request a minRenewInterval.
 func (c *Client) recoverUnauthorized(ctx context.Context, rejected string) error {
 	ch := c.renewals.DoChan(rejected, func() (any, error) {
 		c.renewMu.Lock()
@@ -431,6 +526,9 @@ func (c *Client) recoverUnauthorized(ctx context.Context, rejected string) error
 		if id != rejected {
 			return nil, nil
 		}
+		if err := c.waitSpacing(rejected); err != nil {
+			return nil, err
+		}
 		c.log.Info("datamesh session refused by the gateway; renewing", "session", rejected)
 		_, err = c.renewLocked(c.life, "renewed after 401")
 		return nil, err
@@ -440,6 +538,26 @@ func (c *Client) recoverUnauthorized(ctx context.Context, rejected string) error
 		return res.Err
 	case <-ctx.Done():
 		return context.Cause(ctx)
+	}
+}
+
+// waitSpacing waits until a new session may be requested, or the client
+// closes. renewMu is held, so the session in use stays.
+func (c *Client) waitSpacing(id string) error {
+	c.mu.RLock()
+	wait := spacingWait(c.cur.acquired, c.lastAsk, c.clock.Now())
+	c.mu.RUnlock()
+	if wait <= 0 {
+		return nil
+	}
+	c.log.Info("datamesh session refused soon after it was acquired; waiting before renewing", "session", id, "wait", wait)
+	fire, stop := c.clock.NewTimer(wait)
+	select {
+	case <-fire:
+		return nil
+	case <-c.life.Done():
+		stop()
+		return &Error{Op: "renew session", Err: ErrClosed}
 	}
 }
 
@@ -515,6 +633,10 @@ func (c *Client) CloseSession(ctx context.Context, id string) error {
 	if id == "" {
 		return &Error{Op: "close session", Err: errors.New("empty session id")}
 	}
+	// The id may come from a file: nothing that is not one leaves.
+	if err := checkSessionID(id); err != nil {
+		return &Error{Op: "close session", Err: err}
+	}
 	return c.closeSession(ctx, id)
 }
 
@@ -524,7 +646,7 @@ func (c *Client) closeSession(ctx context.Context, id string) error {
 	var err error
 	for i := 0; ; i++ {
 		err = c.deleteSession(ctx, id)
-		if err == nil || ctx.Err() != nil || i >= len(c.cfg.CloseBackoff) {
+		if err == nil || isPermanent(err) || ctx.Err() != nil || i >= len(c.cfg.CloseBackoff) {
 			return err
 		}
 		t := time.NewTimer(c.cfg.CloseBackoff[i])

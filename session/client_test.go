@@ -3,9 +3,11 @@ package session
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -82,7 +84,7 @@ func TestAcquireRequestAndInfo(t *testing.T) {
 }
 
 func TestParseInfo(t *testing.T) {
-	c := newTestClient(t, testConfig("http://127.0.0.1:1", nil))
+	c := newClockClient(t, testConfig("http://127.0.0.1:1", nil), newFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)))
 	end := time.Date(2026, 11, 27, 3, 4, 5, 0, time.UTC)
 	tests := []struct {
 		name, endTime string
@@ -164,8 +166,8 @@ func TestRenewalWait(t *testing.T) {
 		{"counted from local acquire time", Info{CreationTime: t0.Add(-time.Hour), EndTime: t0}, t0.Add(time.Minute), t0.Add(2 * time.Minute), 58 * time.Minute},
 		{"short session at half its life", Info{CreationTime: t0, EndTime: t0.Add(10 * time.Second)}, t0, t0, 5 * time.Second},
 		{"no creation time uses local clock", Info{EndTime: t0.Add(time.Hour)}, t0, t0, 59 * time.Minute},
-		{"already due is floored", Info{CreationTime: t0, EndTime: t0.Add(time.Hour)}, t0, t0.Add(2 * time.Hour), minRenewWait},
-		{"nonsense times floored", Info{CreationTime: t0, EndTime: t0.Add(-time.Hour)}, t0, t0, minRenewWait},
+		{"already due is now", Info{CreationTime: t0, EndTime: t0.Add(time.Hour)}, t0, t0.Add(2 * time.Hour), 0},
+		{"nonsense times are now", Info{CreationTime: t0, EndTime: t0.Add(-time.Hour)}, t0, t0, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -175,26 +177,41 @@ func TestRenewalWait(t *testing.T) {
 }
 
 func TestRenewalBeforeExpiry(t *testing.T) {
+	clk := newFakeClock(time.Now().Truncate(time.Second))
 	g := newFakeGateway(t)
-	g.lifetime = 1200 * time.Millisecond // renewed at half: 600 ms
+	g.now = clk.Now
 	var logs logBuffer
-	c := newTestClient(t, testConfig(g.srv.URL, &logs))
+	c := newClockClient(t, testConfig(g.srv.URL, &logs), clk)
 	first, err := c.Acquire(t.Context(), time.Hour)
 	require.NoError(t, err)
 
-	require.Eventually(t, func() bool { return g.acquires.Load() >= 2 }, 3*time.Second, 10*time.Millisecond)
-	require.Eventually(t, func() bool { return c.Info().ID != first.ID }, time.Second, 10*time.Millisecond)
+	// Renewed a minute before the end of the hour, and not sooner: the loop
+	// waits on that timer and nothing else.
+	assert.Equal(t, 59*time.Minute, clk.waitArmed(t, func(time.Duration) bool { return true }))
+	clk.Advance(59*time.Minute - time.Second)
+	assert.Equal(t, int32(1), g.acquires.Load())
+	clk.Advance(time.Second)
+
+	require.Eventually(t, func() bool { return c.Info().ID != first.ID }, 5*time.Second, time.Millisecond)
+	assert.Equal(t, int32(2), g.acquires.Load())
 	assert.Equal(t, "3600", g.lastRequest(http.MethodGet, "/session/").URL.Query().Get("duration"), "same duration")
 	require.Eventually(t, func() bool {
 		d := g.deleted()
 		return len(d) >= 1 && d[0] == first.ID
-	}, time.Second, 10*time.Millisecond, "the replaced session is closed")
+	}, 5*time.Second, time.Millisecond, "the replaced session is closed")
 	assert.Contains(t, logs.String(), "renewed before expiry")
+	assert.Equal(t, 59*time.Minute, clk.waitArmed(t, func(time.Duration) bool { return true }), "the next renewal scheduled")
 
 	require.NoError(t, c.Close(t.Context()))
-	n := g.acquires.Load()
-	time.Sleep(800 * time.Millisecond)
-	assert.Equal(t, n, g.acquires.Load(), "no renewal after Close")
+	// Close waited for the loop to end: nothing is left to renew.
+	select {
+	case <-c.loopDone:
+	default:
+		t.Fatal("renewal loop still running after Close")
+	}
+	assert.Zero(t, clk.pending(), "no timer left armed")
+	clk.Advance(24 * time.Hour)
+	assert.Equal(t, int32(2), g.acquires.Load(), "no renewal after Close")
 	assert.Zero(t, g.openSessions())
 }
 
@@ -345,9 +362,13 @@ func TestUnauthorizedRenewsOnceForConcurrentCallers(t *testing.T) {
 	g.zarr = func(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte("chunk " + r.URL.Path))
 	}
-	c := newTestClient(t, testConfig(g.srv.URL, nil))
+	clk := newFakeClock(time.Now().Truncate(time.Second))
+	g.now = clk.Now
+	c := newClockClient(t, testConfig(g.srv.URL, nil), clk)
 	_, err := c.Acquire(t.Context(), time.Hour)
 	require.NoError(t, err)
+	// The session was refused at once: renewed minRenewInterval after it began.
+	advanceWhenArmed(t, clk, minRenewInterval)
 
 	st := c.Store("ds_1")
 	var wg sync.WaitGroup
@@ -376,9 +397,12 @@ func TestSecondUnauthorizedIsPermission(t *testing.T) {
 	g := newFakeGateway(t)
 	g.zarrAuth = func(string) int { return http.StatusUnauthorized }
 	var logs logBuffer
-	c := newTestClient(t, testConfig(g.srv.URL, &logs))
+	clk := newFakeClock(time.Now().Truncate(time.Second))
+	g.now = clk.Now
+	c := newClockClient(t, testConfig(g.srv.URL, &logs), clk)
 	_, err := c.Acquire(t.Context(), time.Hour)
 	require.NoError(t, err)
+	advanceWhenArmed(t, clk, minRenewInterval)
 
 	_, err = c.Store("ds_1").Get(t.Context(), "a/0")
 	require.Error(t, err)
@@ -404,9 +428,11 @@ func TestUnauthorizedAndRenewalRefused(t *testing.T) {
 		}
 		writeJSON(w, 401, map[string]string{"detail": "Session expired"})
 	})
-	c := newTestClient(t, testConfig(srv, nil))
+	clk := newFakeClock(time.Now().Truncate(time.Second))
+	c := newClockClient(t, testConfig(srv, nil), clk)
 	_, err := c.Acquire(t.Context(), time.Hour)
 	require.NoError(t, err)
+	advanceWhenArmed(t, clk, minRenewInterval)
 	_, err = c.Store("ds_1").Get(t.Context(), "a/0")
 	assert.ErrorIs(t, err, fs.ErrPermission)
 	assert.Contains(t, err.Error(), "token revoked")
@@ -452,4 +478,200 @@ func TestCloseSessionLeftByAnotherProcess(t *testing.T) {
 	assert.NoError(t, c.CloseSession(t.Context(), "expired"), "404: already gone")
 	assert.NoError(t, c.CloseSession(t.Context(), "expired"), "410: already gone")
 	assert.Error(t, c.CloseSession(t.Context(), ""))
+}
+
+func TestAcquireRefusesUnusableSessions(t *testing.T) {
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	iso := func(d time.Duration) string { return t0.Add(d).Format(time.RFC3339) }
+	tests := []struct {
+		name    string
+		answer  map[string]any
+		wantErr string
+		rawID   string // must not appear in errors or logs
+	}{
+		{name: "ends when it begins", answer: map[string]any{"id": "s1", "creation_time": iso(0), "end_time": iso(0)},
+			wantErr: "no later than it begins"},
+		{name: "ends before it begins", answer: map[string]any{"id": "s1", "creation_time": iso(time.Hour), "end_time": iso(0)},
+			wantErr: "no later than it begins"},
+		{name: "ended already", answer: map[string]any{"id": "s1", "end_time": iso(-time.Second)},
+			wantErr: "before now by this machine's clock"},
+		{name: "ends now", answer: map[string]any{"id": "s1", "creation_time": iso(-time.Hour), "end_time": iso(0)},
+			wantErr: "before now by this machine's clock"},
+		{name: "id with CR LF", answer: map[string]any{"id": "s1\r\nX-Evil: yes", "end_time": iso(time.Hour)},
+			wantErr: `invalid session id "s1\r\nX-Evil: yes" (15 bytes)`, rawID: "s1\r\nX-Evil: yes"},
+		{name: "id with a space", answer: map[string]any{"id": "s 1", "end_time": iso(time.Hour)},
+			wantErr: `invalid session id "s 1"`},
+		{name: "id with a slash", answer: map[string]any{"id": "../s1", "end_time": iso(time.Hour)},
+			wantErr: `invalid session id "../s1"`},
+		{name: "id too long", answer: map[string]any{"id": strings.Repeat("a", maxSessionID+1), "end_time": iso(time.Hour)},
+			wantErr: `invalid session id "aaaaaaaaaaaaaaaa..." (129 bytes)`, rawID: strings.Repeat("a", maxSessionID+1)},
+		{name: "id not a string", answer: map[string]any{"id": map[string]any{"a": 1}, "end_time": iso(time.Hour)},
+			wantErr: "invalid session id"},
+		{name: "no id", answer: map[string]any{"end_time": iso(time.Hour)}, wantErr: "no id"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var acquires atomic.Int32
+			srv := newHandlerServer(t, func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/session/" {
+					acquires.Add(1)
+					writeJSON(w, 200, tt.answer)
+					return
+				}
+				w.WriteHeader(http.StatusNoContent)
+			})
+			var logs logBuffer
+			c := newClockClient(t, testConfig(srv, &logs), newFakeClock(t0))
+			_, err := c.Acquire(t.Context(), time.Hour)
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tt.wantErr)
+			assert.Equal(t, int32(1), acquires.Load(), "not retried")
+			assert.Equal(t, Info{}, c.Info())
+			if tt.rawID != "" {
+				assert.NotContains(t, err.Error(), tt.rawID)
+				assert.NotContains(t, logs.String(), tt.rawID)
+			}
+		})
+	}
+
+	// The longest id accepted, and a session ending after now.
+	srv := newHandlerServer(t, func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, 200, map[string]any{"id": strings.Repeat("A-z_0.", 21) + "xy", "creation_time": iso(-time.Hour), "end_time": iso(time.Second)})
+	})
+	c := newClockClient(t, testConfig(srv, nil), newFakeClock(t0))
+	info, err := c.Acquire(t.Context(), time.Hour)
+	require.NoError(t, err)
+	assert.Len(t, info.ID, maxSessionID)
+}
+
+func TestCloseSessionRefusesAnUnsafeID(t *testing.T) {
+	g := newFakeGateway(t)
+	c := newTestClient(t, testConfig(g.srv.URL, nil))
+	for _, id := range []string{"a\r\nb", "a/b", strings.Repeat("x", 200)} {
+		err := c.CloseSession(t.Context(), id)
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "invalid session id")
+		if id != "a/b" { // quoted as is: nothing in it to escape
+			assert.NotContains(t, err.Error(), id, "not raw")
+		}
+	}
+	assert.Empty(t, g.deleted(), "nothing sent")
+}
+
+// A gateway whose sessions last 2 s would have them renewed every second;
+// the loop renews no more often than minRenewInterval.
+func TestRenewLoopKeepsTheMinimumInterval(t *testing.T) {
+	clk := newFakeClock(time.Now().Truncate(time.Second))
+	g := newFakeGateway(t)
+	g.now = clk.Now
+	g.lifetime = 2 * time.Second
+	c := newClockClient(t, testConfig(g.srv.URL, nil), clk)
+	_, err := c.Acquire(t.Context(), time.Hour)
+	require.NoError(t, err)
+
+	const rounds = 5
+	for i := int32(1); i <= rounds; i++ {
+		wait := clk.waitArmed(t, func(time.Duration) bool { return true })
+		assert.Equal(t, minRenewInterval, wait, "round %d", i)
+		// The loop waits on that timer and nothing else: just before it
+		// fires, no session was asked for.
+		clk.Advance(wait - time.Millisecond)
+		assert.Equal(t, i, g.acquires.Load(), "round %d", i)
+		clk.Advance(time.Millisecond)
+		require.Eventually(t, func() bool { return c.Info().ID == fmt.Sprintf("s%d", i+1) },
+			5*time.Second, time.Millisecond, "round %d", i)
+	}
+	assert.Equal(t, int32(rounds+1), g.acquires.Load(), "one session per minRenewInterval")
+}
+
+// A failing renewal, whether refused or answered with unusable times, is
+// retried after minRenewInterval, doubling, never in a tight loop.
+func TestRenewLoopBacksOffOnFailure(t *testing.T) {
+	tests := []struct {
+		name   string
+		answer func(w http.ResponseWriter, now time.Time)
+	}{
+		{"refused", func(w http.ResponseWriter, _ time.Time) {
+			writeJSON(w, http.StatusInternalServerError, map[string]string{"detail": "no"})
+		}},
+		{"ends when it begins", func(w http.ResponseWriter, now time.Time) {
+			ts := now.Format(time.RFC3339)
+			writeJSON(w, 200, map[string]any{"id": "bad", "creation_time": ts, "end_time": ts})
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := newFakeClock(time.Now().Truncate(time.Second))
+			var acquires atomic.Int32
+			var failing atomic.Bool
+			srv := newHandlerServer(t, func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path != "/session/" {
+					w.WriteHeader(http.StatusNoContent)
+					return
+				}
+				n := acquires.Add(1)
+				now := clk.Now()
+				if failing.Load() {
+					tt.answer(w, now)
+					return
+				}
+				writeJSON(w, 200, map[string]any{"id": fmt.Sprintf("s%d", n),
+					"creation_time": now.Format(time.RFC3339), "end_time": now.Add(time.Hour).Format(time.RFC3339)})
+			})
+			var logs logBuffer
+			c := newClockClient(t, testConfig(srv, &logs), clk)
+			_, err := c.Acquire(t.Context(), time.Hour)
+			require.NoError(t, err)
+			failing.Store(true)
+
+			want := []time.Duration{59 * time.Minute, 10 * time.Second, 20 * time.Second, 40 * time.Second,
+				80 * time.Second, 160 * time.Second, maxRenewBackoff, maxRenewBackoff}
+			for i, w := range want {
+				assert.Equal(t, w, clk.waitArmed(t, func(time.Duration) bool { return true }), "wait %d", i)
+				assert.Equal(t, int32(1+i), acquires.Load(), "one try per wait")
+				clk.Advance(w)
+				require.Eventually(t, func() bool { return acquires.Load() == int32(2+i) }, 5*time.Second, time.Millisecond)
+			}
+			// Recovered: back to the normal schedule.
+			failing.Store(false)
+			assert.Equal(t, maxRenewBackoff, clk.waitArmed(t, func(time.Duration) bool { return true }))
+			clk.Advance(maxRenewBackoff)
+			require.Eventually(t, func() bool { return c.Info().ID == fmt.Sprintf("s%d", len(want)+2) }, 5*time.Second, time.Millisecond)
+			assert.Equal(t, 59*time.Minute, clk.waitArmed(t, func(time.Duration) bool { return true }))
+			assert.Contains(t, logs.String(), "renewal failed; will retry")
+		})
+	}
+}
+
+// A session refused right after it was acquired is renewed only
+// minRenewInterval after it was: a gateway refusing every session cannot
+// make dmfs ask for sessions faster than that.
+func TestUnauthorizedRenewalWaitsTheMinimumInterval(t *testing.T) {
+	clk := newFakeClock(time.Now().Truncate(time.Second))
+	g := newFakeGateway(t)
+	g.now = clk.Now
+	g.zarrAuth = func(sid string) int { return http.StatusUnauthorized } // every session
+	c := newClockClient(t, testConfig(g.srv.URL, nil), clk)
+	_, err := c.Acquire(t.Context(), time.Hour)
+	require.NoError(t, err)
+	st := c.Store("ds_1")
+
+	for round := int32(1); round <= 3; round++ {
+		done := make(chan error, 1)
+		go func() {
+			_, err := st.Get(t.Context(), "a/0")
+			done <- err
+		}()
+		clk.waitArmed(t, is(minRenewInterval))
+		// Waiting on the timer: nothing was asked for yet.
+		assert.Equal(t, round, g.acquires.Load())
+		clk.Advance(minRenewInterval)
+		select {
+		case err := <-done:
+			assert.ErrorIs(t, err, fs.ErrPermission, "refused again after the renewal")
+		case <-time.After(10 * time.Second):
+			t.Fatal("Get did not end")
+		}
+		assert.Equal(t, round+1, g.acquires.Load())
+	}
 }

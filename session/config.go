@@ -4,7 +4,9 @@
 //
 // It knows nothing of Zarr trees or FUSE. Errors are *Error values that match
 // io/fs sentinels through errors.Is, so callers map them without string
-// matching. The token never appears in errors, logs or formatted values.
+// matching. The token never appears in errors, logs or formatted values, and
+// never leaves for another origin: redirects are followed only within the
+// origin asked. Every answer is bounded by what it can legitimately be.
 package session
 
 import (
@@ -27,6 +29,8 @@ const (
 	DefaultMaxRetries       = 8
 	DefaultRetryBase        = 100 * time.Millisecond
 	DefaultRetryMaxElapsed  = 60 * time.Second
+	// DefaultMaxObjectSize bounds one zarr value (a chunk) read by Get.
+	DefaultMaxObjectSize int64 = 1 << 30
 )
 
 // DefaultCloseBackoff is the wait before each retry of a failed session close.
@@ -61,6 +65,11 @@ type Config struct {
 	RetryBase       time.Duration   // first backoff, doubled each retry; default 100ms
 	RetryMaxElapsed time.Duration   // no retry starts after this long; default 60s
 	CloseBackoff    []time.Duration // waits between session close tries; default 1s,2s,4s
+
+	// MaxObjectSize bounds the body of one zarr value read by Store.Get: a
+	// larger one is refused (ErrTooLarge) before it is read, or as soon as it
+	// passes the bound when its length is not announced. Default 1 GiB.
+	MaxObjectSize int64
 
 	Logger *slog.Logger // nil = discard
 
@@ -182,6 +191,9 @@ func (c *Config) fillDefaults() {
 	if c.RetryMaxElapsed <= 0 {
 		c.RetryMaxElapsed = DefaultRetryMaxElapsed
 	}
+	if c.MaxObjectSize <= 0 {
+		c.MaxObjectSize = DefaultMaxObjectSize
+	}
 	if c.CloseBackoff == nil {
 		c.CloseBackoff = append([]time.Duration(nil), DefaultCloseBackoff...)
 	}
@@ -217,9 +229,9 @@ func (c Config) tokenMark() string {
 
 // String describes c with the token redacted.
 func (c Config) String() string {
-	return fmt.Sprintf("session.Config{Token:%s Service:%s Gateway:%s ConnectTimeout:%s ReadTimeout:%s ChunkReadTimeout:%s MaxRetries:%d RetryBase:%s RetryMaxElapsed:%s CloseBackoff:%v}",
+	return fmt.Sprintf("session.Config{Token:%s Service:%s Gateway:%s ConnectTimeout:%s ReadTimeout:%s ChunkReadTimeout:%s MaxRetries:%d RetryBase:%s RetryMaxElapsed:%s CloseBackoff:%v MaxObjectSize:%d}",
 		c.tokenMark(), redactURL(c.Service), redactURL(c.Gateway), c.ConnectTimeout, c.ReadTimeout,
-		c.ChunkReadTimeout, c.MaxRetries, c.RetryBase, c.RetryMaxElapsed, c.CloseBackoff)
+		c.ChunkReadTimeout, c.MaxRetries, c.RetryBase, c.RetryMaxElapsed, c.CloseBackoff, c.MaxObjectSize)
 }
 
 // GoString is String: %#v must not print the token either.
@@ -237,6 +249,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Duration("connect_timeout", c.ConnectTimeout),
 		slog.Duration("read_timeout", c.ReadTimeout),
 		slog.Duration("chunk_read_timeout", c.ChunkReadTimeout),
+		slog.Int64("max_object_size", c.MaxObjectSize),
 	)
 }
 

@@ -57,6 +57,7 @@ func TestConfigFromEnv(t *testing.T) {
 			assert.Equal(t, DefaultMaxRetries, cfg.MaxRetries)
 			assert.Equal(t, DefaultRetryBase, cfg.RetryBase)
 			assert.Equal(t, DefaultCloseBackoff, cfg.CloseBackoff)
+			assert.Equal(t, DefaultMaxObjectSize, cfg.MaxObjectSize)
 		})
 	}
 }

@@ -16,6 +16,14 @@ var (
 	ErrNoSession = errors.New("no datamesh session: Acquire one first")
 	// ErrGone matches a 410 answer: the datasource no longer exists.
 	ErrGone = errors.New("datamesh datasource gone")
+	// ErrTooLarge is the cause of an answer larger than it may be (a chunk
+	// above Config.MaxObjectSize, or above the limit its caller set); it is
+	// not retried.
+	ErrTooLarge = errors.New("datamesh answer too large")
+	// ErrRedirect is the cause of a redirect that was not followed: to
+	// another origin, one that changes the method, or too many. It is not
+	// retried.
+	ErrRedirect = errors.New("datamesh redirect refused")
 )
 
 // Error is every failure of a Datamesh request.

@@ -25,7 +25,11 @@ type fakeGateway struct {
 	t   *testing.T
 	srv *httptest.Server
 
-	lifetime time.Duration // of each new session; default 1h
+	lifetime time.Duration    // of each new session; default 1h
+	now      func() time.Time // the gateway's clock; default time.Now
+	// acquireStatus, when set, answers an acquire with that status (0: a
+	// session) for the n-th acquire, from 1.
+	acquireStatus func(n int32) int
 	// zarrAuth decides the status for a zarr request with session id sid:
 	// 0 lets the request through to zarr. Default: 401 unless sid is open.
 	zarrAuth func(sid string) int
@@ -56,12 +60,21 @@ func (g *fakeGateway) serve(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case r.URL.Path == "/session/" && r.Method == http.MethodGet:
 		n := g.acquires.Add(1)
+		if g.acquireStatus != nil {
+			if status := g.acquireStatus(n); status != 0 {
+				writeJSON(w, status, map[string]string{"detail": "no session for you"})
+				return
+			}
+		}
 		id := fmt.Sprintf("s%d", n)
 		g.mu.Lock()
 		g.open[id] = true
 		life := g.lifetime
 		g.mu.Unlock()
 		now := time.Now().UTC()
+		if g.now != nil {
+			now = g.now().UTC()
+		}
 		writeJSON(w, http.StatusOK, map[string]any{
 			"id": id, "user": "someone", "creation_time": now.Format("2006-01-02T15:04:05.000000"),
 			"end_time": now.Add(life).Format(time.RFC3339Nano), "write": false,
@@ -182,8 +195,17 @@ func testConfig(base string, logs *logBuffer) Config {
 // newTestClient builds a client and closes it at the end of the test.
 func newTestClient(t *testing.T, cfg Config) *Client {
 	t.Helper()
+	return newClockClient(t, cfg, nil)
+}
+
+// newClockClient is newTestClient on clk (nil: the real clock).
+func newClockClient(t *testing.T, cfg Config, clk clock) *Client {
+	t.Helper()
 	c, err := New(cfg)
 	require.NoError(t, err)
+	if clk != nil {
+		c.clock = clk
+	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

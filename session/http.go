@@ -2,6 +2,7 @@ package session
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -16,10 +17,23 @@ import (
 )
 
 const (
-	// maxBodySize bounds the buffer a Content-Length may ask for.
-	maxBodySize = 1 << 30
 	// maxErrorBody bounds how much of an error answer is read for its detail.
 	maxErrorBody = 64 << 10
+	// Bounds on the answers that are not zarr values, by what they can
+	// legitimately be: a session is a few hundred bytes, one datasource's
+	// GeoJSON some kilobytes, the catalog and a folder listing grow with
+	// the number of entries.
+	maxSessionBody    = 1 << 20
+	maxDatasourceBody = 16 << 20
+	maxCatalogBody    = 256 << 20
+	maxListingBody    = 256 << 20
+	// maxResponseHeader bounds the header block of an answer (net/http's
+	// default is 10 MB, per connection).
+	maxResponseHeader = 256 << 10
+	// firstBlock and maxBlock size the blocks that hold a body of unknown
+	// length as it arrives.
+	firstBlock = 32 << 10
+	maxBlock   = 8 << 20
 	// maxRetryDelay caps one backoff wait, Retry-After included.
 	maxRetryDelay = 30 * time.Second
 	// poolSize is the number of connections kept per host: many chunk reads
@@ -41,6 +55,14 @@ func (secret) GoString() string { return redacted }
 // permanentError is a failure that another try cannot fix.
 type permanentError struct{ error }
 
+func (e permanentError) Unwrap() error { return e.error }
+
+// isPermanent reports whether err, or an error it wraps, is a permanentError.
+func isPermanent(err error) bool {
+	var perm permanentError
+	return errors.As(err, &perm)
+}
+
 // request is one logical call; do may send it several times.
 type request struct {
 	op        string
@@ -49,8 +71,9 @@ type request struct {
 	sessionID string      // sent as X-DATAMESH-SESSIONID when set
 	header    http.Header // extra headers
 	timeout   time.Duration
-	readBody  bool // read the whole body of a 2xx answer
-	noRetry   bool // one try only (the caller has its own schedule)
+	readBody  bool  // read the whole body of a 2xx answer
+	maxBody   int64 // bound on that body
+	noRetry   bool  // one try only (the caller has its own schedule)
 }
 
 // response is the last answer do received.
@@ -61,16 +84,18 @@ type response struct {
 	body   []byte // the 2xx body when readBody, else the (bounded) error body
 }
 
-func newTransport(connectTimeout time.Duration) *http.Transport {
+// newTransport is the client's transport; onSurplus is told when a
+// connection dropped bytes sent past the end of an answer.
+func newTransport(connectTimeout time.Duration, onSurplus func(int)) *http.Transport {
 	dialer := &net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second}
-	return &http.Transport{
-		Proxy:               http.ProxyFromEnvironment,
-		DialContext:         dialer.DialContext,
-		TLSHandshakeTimeout: connectTimeout + 10*time.Second,
-		MaxIdleConns:        2 * poolSize,
-		MaxIdleConnsPerHost: poolSize,
-		MaxConnsPerHost:     poolSize,
-		IdleConnTimeout:     90 * time.Second,
+	tr := &http.Transport{
+		Proxy:                  http.ProxyFromEnvironment,
+		TLSHandshakeTimeout:    connectTimeout + 10*time.Second,
+		MaxIdleConns:           2 * poolSize,
+		MaxIdleConnsPerHost:    poolSize,
+		MaxConnsPerHost:        poolSize,
+		IdleConnTimeout:        90 * time.Second,
+		MaxResponseHeaderBytes: maxResponseHeader,
 		// Chunks are compressed already; transparent gzip would also hide
 		// Content-Length, which sizes reads and must match HEAD.
 		DisableCompression: true,
@@ -78,6 +103,9 @@ func newTransport(connectTimeout time.Duration) *http.Transport {
 		// chunk reads do not queue behind one TCP stream.
 		ForceAttemptHTTP2: false,
 	}
+	tr.DialContext, tr.DialTLSContext = dialers(func() *tls.Config { return tr.TLSClientConfig },
+		dialer, tr.TLSHandshakeTimeout, onSurplus)
+	return tr
 }
 
 func (c *Client) setAuth(h http.Header) {
@@ -105,9 +133,10 @@ func (c *Client) do(ctx context.Context, r request) (*response, error) {
 		if ctx.Err() != nil {
 			return nil, c.errorFor(r, 0, "", context.Cause(ctx))
 		}
-		var perm permanentError
-		if errors.As(err, &perm) {
-			return nil, c.errorFor(r, 0, "", perm.error)
+		if isPermanent(err) {
+			// Kept wrapped: callers with their own retries (closeSession)
+			// stop too.
+			return nil, c.errorFor(r, 0, "", err)
 		}
 		retryable := err != nil || retryableStatus(resp.status)
 		if !retryable {
@@ -201,27 +230,38 @@ func (c *Client) attempt(ctx context.Context, r request, n int) (*response, erro
 	for k, vs := range r.header {
 		req.Header[k] = vs
 	}
+	// net/http would refuse these too, with an error that does not say it
+	// is final.
+	if err := checkHeaderValues(req.Header); err != nil {
+		return nil, permanentError{err}
+	}
 	res, err := c.http.Do(req)
 	if err != nil {
-		err = unwrapURLError(err)
+		err = classify(unwrapURLError(err))
 		if c.log.Enabled(ctx, slog.LevelDebug) {
 			c.log.Debug("datamesh request", "method", r.method, "path", pathOf(r.url), "attempt", n,
 				"error", err.Error(), "duration", time.Since(start))
 		}
 		return nil, err
 	}
+	// Closing a body not read to its end closes the connection rather than
+	// draining it: an answer refused for its size is never read.
 	defer res.Body.Close()
 	c.answered.Store(true)
 	resp := &response{status: res.StatusCode, header: res.Header, size: res.ContentLength}
 	switch {
 	case res.StatusCode/100 == 2 && r.readBody:
-		resp.body, err = readBody(res.Body, res.ContentLength)
+		resp.body, err = readBody(res.Body, res.ContentLength, r.maxBody)
 	case res.StatusCode/100 != 2:
 		resp.body, _ = io.ReadAll(io.LimitReader(res.Body, maxErrorBody))
 	}
 	if c.log.Enabled(ctx, slog.LevelDebug) {
-		c.log.Debug("datamesh request", "method", r.method, "path", pathOf(r.url), "attempt", n,
-			"status", res.StatusCode, "bytes", len(resp.body), "duration", time.Since(start))
+		attrs := []any{"method", r.method, "path", pathOf(r.url), "attempt", n,
+			"status", res.StatusCode, "bytes", len(resp.body), "duration", time.Since(start)}
+		if err != nil {
+			attrs = append(attrs, "error", err.Error())
+		}
+		c.log.Debug("datamesh request", attrs...)
 	}
 	if err != nil {
 		return nil, err
@@ -229,32 +269,104 @@ func (c *Client) attempt(ctx context.Context, r request, n int) (*response, erro
 	return resp, nil
 }
 
-// readBody reads a body of the announced size into one buffer of exactly
-// that size. A body shorter or longer than announced is an error, never data.
-func readBody(body io.Reader, size int64) ([]byte, error) {
-	if size < 0 {
-		b, err := io.ReadAll(io.LimitReader(body, maxBodySize+1))
-		if err != nil {
-			return nil, fmt.Errorf("read body: %w", err)
-		}
-		if len(b) > maxBodySize {
-			return nil, fmt.Errorf("body larger than %d bytes", maxBodySize)
-		}
-		return b, nil
+// classify marks the transport errors that another try cannot fix: a
+// refused redirect (already marked by checkRedirect), a certificate that
+// does not verify, a TLS server that is not one.
+func classify(err error) error {
+	var cv *tls.CertificateVerificationError
+	var rh tls.RecordHeaderError
+	if errors.As(err, &cv) || errors.As(err, &rh) {
+		return permanentError{err}
 	}
-	if size > maxBodySize {
-		return nil, fmt.Errorf("Content-Length %d larger than the %d bytes allowed", size, maxBodySize)
+	return err
+}
+
+// checkHeaderValues rejects a header value that cannot be sent (a control
+// character other than tab, as net/http checks). The value is not quoted:
+// it may be the token.
+func checkHeaderValues(h http.Header) error {
+	for k, vs := range h {
+		for _, v := range vs {
+			for i := 0; i < len(v); i++ {
+				if b := v[i]; (b < 0x20 && b != '\t') || b == 0x7f {
+					return fmt.Errorf("header %s: invalid value (control character at byte %d)", k, i)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// readBody reads a 2xx body of at most limit bytes. With a Content-Length it
+// reads into one buffer of exactly that size, refusing at once (without
+// reading) a length above limit; a shorter body is an error, never data,
+// and bytes past its end never reach it (guardConn drops them). Without
+// one, see readUnsized.
+func readBody(body io.Reader, size, limit int64) ([]byte, error) {
+	if size > limit {
+		return nil, permanentError{fmt.Errorf("%w: Content-Length %d is more than the %d bytes allowed", ErrTooLarge, size, limit)}
+	}
+	if size < 0 {
+		return readUnsized(body, limit)
 	}
 	buf := make([]byte, size)
 	n, err := io.ReadFull(body, buf)
 	if err != nil {
 		return nil, fmt.Errorf("body shorter than its Content-Length: %d of %d bytes: %w", n, size, err)
 	}
-	var probe [1]byte
-	if m, _ := body.Read(probe[:]); m > 0 {
-		return nil, fmt.Errorf("body longer than its Content-Length %d", size)
-	}
 	return buf, nil
+}
+
+// readUnsized reads a body of unknown length into blocks allocated as bytes
+// arrive, each twice the last (up to maxBlock), so that a body that runs
+// past limit costs no more than limit before it is refused, and never
+// copies what it already read while it grows. At the end the blocks are
+// joined into one exact slice, each dropped as it is copied; a body that
+// fits its one block is returned without a copy.
+func readUnsized(body io.Reader, limit int64) ([]byte, error) {
+	var blocks [][]byte
+	var total int64
+	next := int64(firstBlock)
+	for {
+		size := min(next, limit-total)
+		if size == 0 {
+			// At the limit: one more byte and the body is too large.
+			var probe [1]byte
+			m, err := io.ReadFull(body, probe[:])
+			if m > 0 {
+				return nil, permanentError{fmt.Errorf("%w: body without Content-Length is more than the %d bytes allowed", ErrTooLarge, limit)}
+			}
+			if err != io.EOF {
+				return nil, fmt.Errorf("read body: %w", err)
+			}
+			break
+		}
+		b := make([]byte, size)
+		m, err := io.ReadFull(body, b)
+		total += int64(m)
+		if m > 0 {
+			blocks = append(blocks, b[:m])
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read body: %w", err)
+		}
+		next = min(2*next, maxBlock)
+	}
+	switch {
+	case len(blocks) == 0:
+		return []byte{}, nil
+	case len(blocks) == 1 && cap(blocks[0]) == len(blocks[0]):
+		return blocks[0], nil
+	}
+	out := make([]byte, 0, total)
+	for i := range blocks {
+		out = append(out, blocks[i]...)
+		blocks[i] = nil
+	}
+	return out, nil
 }
 
 // unwrapURLError drops *url.Error, whose message repeats the full URL with

@@ -10,6 +10,8 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+
+	"github.com/oceanum-dmfs/dmfs/zarr"
 )
 
 // Store reads the Zarr keys of one datasource through the gateway, with the
@@ -25,9 +27,15 @@ type Store struct {
 // call fail.
 func (c *Client) Store(id string) *Store { return &Store{c: c, id: id} }
 
-// Get returns the whole value of key.
+// Get returns the whole value of key: at most Config.MaxObjectSize bytes, or
+// the caller's smaller limit carried by ctx; a larger value fails with
+// ErrTooLarge, at once and without retries.
 func (s *Store) Get(ctx context.Context, key string) ([]byte, error) {
-	resp, err := s.request(ctx, "get", http.MethodGet, key, true)
+	limit := s.c.cfg.MaxObjectSize
+	if n, ok := ctxLimit(ctx); ok && n < limit {
+		limit = max(n, 0)
+	}
+	resp, err := s.request(ctx, "get", http.MethodGet, key, limit)
 	if err != nil {
 		s.noteGone(err)
 		return nil, err
@@ -37,7 +45,7 @@ func (s *Store) Get(ctx context.Context, key string) ([]byte, error) {
 
 // Head returns the size of key's value from its Content-Length.
 func (s *Store) Head(ctx context.Context, key string) (int64, error) {
-	resp, err := s.request(ctx, "head", http.MethodHead, key, false)
+	resp, err := s.request(ctx, "head", http.MethodHead, key, -1)
 	if err != nil {
 		s.noteGone(err)
 		return 0, err
@@ -53,7 +61,7 @@ func (s *Store) Head(ctx context.Context, key string) (int64, error) {
 // relative to the folder, folders with a trailing "/".
 func (s *Store) List(ctx context.Context, prefix string) ([]string, error) {
 	prefix = strings.TrimSuffix(prefix, "/")
-	resp, err := s.request(ctx, "list", http.MethodGet, prefix, true)
+	resp, err := s.request(ctx, "list", http.MethodGet, prefix, maxListingBody)
 	if err != nil {
 		return nil, err
 	}
@@ -82,13 +90,18 @@ func (s *Store) keyURL(key string, list bool) string {
 	return u
 }
 
-// request sends one zarr request with the current session. On a 401 the
+// ctxLimit is the caller's bound on the size of one value, if ctx has one:
+// zarr's metadata cap is zarr's policy, carried in the context.
+func ctxLimit(ctx context.Context) (int64, bool) { return zarr.SizeLimit(ctx) }
+
+// request sends one zarr request with the current session and reads a 2xx
+// body of at most maxBody bytes (none when maxBody < 0). On a 401 the
 // session is renewed once (shared with every concurrent caller that saw the
 // same session refused) and the request is retried once.
-func (s *Store) request(ctx context.Context, op, method, key string, read bool) (*response, error) {
+func (s *Store) request(ctx context.Context, op, method, key string, maxBody int64) (*response, error) {
 	list := op == "list"
-	r := request{op: op, method: method, url: s.keyURL(key, list), readBody: read,
-		timeout: s.c.cfg.ChunkReadTimeout}
+	r := request{op: op, method: method, url: s.keyURL(key, list), readBody: maxBody >= 0,
+		maxBody: maxBody, timeout: s.c.cfg.ChunkReadTimeout}
 	if list || isMetadataKey(key) {
 		r.timeout = s.c.cfg.ReadTimeout
 	}

@@ -32,6 +32,9 @@ const readyFDEnv = "DMFS_READY_FD"
 // command line (both readable in /proc).
 const tokenFDEnv = "DMFS_TOKEN_FD"
 
+// minMaxObjectSize is the smallest bound on one chunk body, for small caches.
+const minMaxObjectSize = 64 << 20
+
 // sessionCloseTimeout bounds closing the session when the mount ends, so that
 // an unmount or SIGTERM completes within 5 s even when the gateway is down
 // (the session then expires at its end time).
@@ -376,6 +379,10 @@ func serveMount(ctx context.Context, o *mountOptions, token func() (string, erro
 	cfg.Token = tok
 	cfg.Service, cfg.Gateway = endpoints(o.Service, o.Gateway)
 	cfg.Logger = log
+	// A chunk body can be as large as the cache (the cache holds one value
+	// larger than itself), and no larger: a server cannot drive memory past
+	// what --cache-size allows.
+	cfg.MaxObjectSize = max(int64(o.CacheSize), minMaxObjectSize)
 	gateway := cfg.Gateway
 	cfg.OnSession = func(info session.Info) {
 		rec := sessionRecord{Gateway: gateway, ID: info.ID, EndTime: info.EndTime, PID: os.Getpid()}
