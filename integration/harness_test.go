@@ -315,9 +315,25 @@ type mount struct {
 func mountForeground(t *testing.T, g *gatewayProc, extra ...string) *mount {
 	t.Helper()
 	requireFUSE(t)
+	return mountForegroundAt(t, g, newMountPoint(t), extra...)
+}
+
+// newMountPoint makes an empty folder to mount on.
+func newMountPoint(t *testing.T) string {
+	t.Helper()
 	mp := filepath.Join(t.TempDir(), "mnt")
 	require.NoError(t, os.Mkdir(mp, 0o755))
-	return mountForegroundAt(t, g, mp, extra...)
+	return mp
+}
+
+// trackedMountPoint is newMountPoint for a mount made by a background
+// `dmfs mount`: whatever happens, the test's cleanup unmounts it.
+func trackedMountPoint(t *testing.T) string {
+	t.Helper()
+	mp := newMountPoint(t)
+	trackMount(mp, true)
+	t.Cleanup(func() { (&mount{Dir: mp}).unmountQuietly() })
+	return mp
 }
 
 // mountForegroundAt is mountForeground on a given mount point.

@@ -1,8 +1,6 @@
 package integration
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/oceanum-dmfs/dmfs/internal/statedir"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -249,10 +248,7 @@ func TestConcurrentMountsOfOnePathOneWins(t *testing.T) {
 	requireFUSE(t)
 	g := startGateway(t, "")
 	runtime := t.TempDir()
-	mp := filepath.Join(t.TempDir(), "mnt")
-	require.NoError(t, os.Mkdir(mp, 0o755))
-	trackMount(mp, true)
-	t.Cleanup(func() { (&mount{Dir: mp}).unmountQuietly() })
+	mp := trackedMountPoint(t)
 	env := append(os.Environ(), "DATAMESH_TOKEN="+testToken, "XDG_RUNTIME_DIR="+runtime)
 
 	const n = 3
@@ -308,17 +304,6 @@ func TestConcurrentMountsOfOnePathOneWins(t *testing.T) {
 	assert.Zero(t, g.counters(t).Sessions.Open)
 }
 
-// stateName is the name dmfs gives a mount point's state files (see
-// cmd/dmfs stateName): planted files must hit the names dmfs will use.
-func stateName(mountpoint, ext string) string {
-	sum := sha256.Sum256([]byte(mountpoint))
-	base := strings.Trim(strings.ReplaceAll(mountpoint, "/", "_"), "_")
-	if len(base) > 40 {
-		base = base[len(base)-40:]
-	}
-	return base + "-" + hex.EncodeToString(sum[:4]) + ext
-}
-
 func TestSecondUserCannotPlantTheStateFolder(t *testing.T) {
 	requireFUSE(t)
 	requirePrereq(t, os.Geteuid() == 0, "root, to act as a second local user")
@@ -328,8 +313,7 @@ func TestSecondUserCannotPlantTheStateFolder(t *testing.T) {
 	tmp := t.TempDir()
 	require.NoError(t, os.Chmod(tmp, 0o1777|os.ModeSticky))
 	require.NoError(t, os.Chmod(filepath.Dir(tmp), 0o755))
-	mp := filepath.Join(t.TempDir(), "mnt")
-	require.NoError(t, os.Mkdir(mp, 0o755))
+	mp := trackedMountPoint(t)
 	victimFile := filepath.Join(t.TempDir(), "notes.txt")
 	require.NoError(t, os.WriteFile(victimFile, []byte("root's notes\n"), 0o600))
 
@@ -340,7 +324,7 @@ func TestSecondUserCannotPlantTheStateFolder(t *testing.T) {
 	record := fmt.Sprintf(`{"gateway": %q, "id": "planted", "end_time": %q, "pid": 1}`,
 		thief.URL, time.Now().Add(time.Hour).UTC().Format(time.RFC3339))
 	script := fmt.Sprintf("set -e; mkdir -m 0777 %[1]s; ln -s %[2]s %[1]s/%[3]s; ln -s %[2]s %[1]s/%[4]s; printf '%%s' '%[5]s' > %[1]s/%[6]s; chmod 0666 %[1]s/%[6]s",
-		stateDir, victimFile, stateName(mp, ".log"), stateName(mp, ".pid"), record, stateName(mp, ".session"))
+		stateDir, victimFile, statedir.NameFor(mp, ".log"), statedir.NameFor(mp, ".pid"), record, statedir.NameFor(mp, ".session"))
 	plant := exec.Command("/bin/sh", "-c", script)
 	plant.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: other, Gid: other}}
 	out, err := plant.CombinedOutput()
@@ -348,8 +332,6 @@ func TestSecondUserCannotPlantTheStateFolder(t *testing.T) {
 
 	env := append(os.Environ(), "DATAMESH_TOKEN="+testToken, "TMPDIR="+tmp, "DATAMESH_SERVICE="+g.URL)
 	env = slices.DeleteFunc(env, func(kv string) bool { return strings.HasPrefix(kv, "XDG_RUNTIME_DIR=") })
-	trackMount(mp, true)
-	t.Cleanup(func() { (&mount{Dir: mp}).unmountQuietly() })
 	for _, args := range [][]string{{"mount", mp}, {"mount", "--foreground", mp}, {"unmount", mp}} {
 		cmd := exec.Command(dmfsBin, args...)
 		cmd.Env = env

@@ -406,10 +406,7 @@ func TestBackgroundMountAndUnmount(t *testing.T) {
 	requireFUSE(t)
 	g := startGateway(t, "")
 	runtime := t.TempDir()
-	mp := filepath.Join(t.TempDir(), "mnt")
-	require.NoError(t, os.Mkdir(mp, 0o755))
-	trackMount(mp, true)
-	t.Cleanup(func() { (&mount{Dir: mp}).unmountQuietly() })
+	mp := trackedMountPoint(t)
 	cmd := exec.Command(dmfsBin, "mount", "--service", g.URL, mp)
 	cmd.Env = append(os.Environ(), "DATAMESH_TOKEN="+testToken, "XDG_RUNTIME_DIR="+runtime)
 	out, err := cmd.CombinedOutput()
@@ -461,9 +458,7 @@ func TestStartupErrorsAreClearAndLeaveNoMount(t *testing.T) {
 	requireFUSE(t)
 	g := startGateway(t, "")
 	empty := func(t *testing.T) string {
-		mp := filepath.Join(t.TempDir(), "mnt")
-		require.NoError(t, os.Mkdir(mp, 0o755))
-		return mp
+		return newMountPoint(t)
 	}
 	notEmpty := func(t *testing.T) string {
 		mp := empty(t)

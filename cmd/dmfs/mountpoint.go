@@ -1,8 +1,6 @@
 package main
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -56,16 +54,8 @@ func checkMountpoint(path string) (string, error) {
 	return abs, nil
 }
 
-// stateName names a per-mount file in the state folder (pid, log, session
-// record, lock) after the mount point: readable, and distinct per path.
-func stateName(mountpoint, ext string) string {
-	sum := sha256.Sum256([]byte(mountpoint))
-	base := strings.Trim(strings.ReplaceAll(mountpoint, "/", "_"), "_")
-	if len(base) > 40 {
-		base = base[len(base)-40:]
-	}
-	return base + "-" + hex.EncodeToString(sum[:4]) + ext
-}
+// stateName names a per-mount file in the state folder.
+func stateName(mountpoint, ext string) string { return statedir.NameFor(mountpoint, ext) }
 
 func pidFileName(mountpoint string) string { return stateName(mountpoint, ".pid") }
 

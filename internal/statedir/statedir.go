@@ -13,6 +13,8 @@
 package statedir
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -203,6 +205,17 @@ func checkDir(path string, mode os.FileMode, st *syscall.Stat_t, uid uint32) err
 	return nil
 }
 
+// NameFor names a per-mount-point file (pid, log, session record, lock):
+// readable, and distinct per path.
+func NameFor(mountpoint, ext string) string {
+	sum := sha256.Sum256([]byte(mountpoint))
+	base := strings.Trim(strings.ReplaceAll(mountpoint, "/", "_"), "_")
+	if len(base) > 40 {
+		base = base[len(base)-40:]
+	}
+	return base + "-" + hex.EncodeToString(sum[:4]) + ext
+}
+
 // Path is the folder's path, for messages.
 func (d *Dir) Path() string { return d.path }
 
@@ -226,6 +239,24 @@ func (d *Dir) openat(name string, flag int, perm uint32) (*os.File, error) {
 		return nil, &os.PathError{Op: "open", Path: d.File(name), Err: err}
 	}
 	return os.NewFile(uintptr(fd), d.File(name)), nil
+}
+
+// openChecked is openat followed by the check that the file is a private
+// regular file of ours (checkFile); its stat is returned with it.
+func (d *Dir) openChecked(name string, flag int, perm uint32) (*os.File, *syscall.Stat_t, error) {
+	f, err := d.openat(name, flag, perm)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := fstat(f)
+	if err == nil {
+		err = d.checkFile(f.Name(), st, true)
+	}
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return f, st, nil
 }
 
 // WriteRecord replaces name with data atomically: data goes to a fresh
@@ -258,18 +289,11 @@ func (d *Dir) WriteRecord(name string, data []byte) error {
 // error matching ErrUnsafe. A missing file matches os.ErrNotExist.
 func (d *Dir) ReadRecord(name string) ([]byte, error) {
 	// O_NONBLOCK: opening a FIFO planted under name must not hang.
-	f, err := d.openat(name, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, st, err := d.openChecked(name, syscall.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	st, err := fstat(f)
-	if err != nil {
-		return nil, err
-	}
-	if err := d.checkFile(f.Name(), st, true); err != nil {
-		return nil, err
-	}
 	if st.Size > MaxRecord {
 		return nil, &UnsafeError{Path: f.Name(), Problem: fmt.Sprintf("is %d bytes, more than a dmfs record (%d)", st.Size, MaxRecord),
 			UID: st.Uid, Mode: fileMode(st.Mode), Fix: "remove it"}
@@ -284,19 +308,8 @@ func (d *Dir) ReadRecord(name string) ([]byte, error) {
 // OpenAppend opens name for appending (a log), creating it with mode 0600.
 // It must be a regular file of ours without group or other permission bits.
 func (d *Dir) OpenAppend(name string) (*os.File, error) {
-	f, err := d.openat(name, syscall.O_WRONLY|syscall.O_APPEND|syscall.O_CREAT, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	st, err := fstat(f)
-	if err == nil {
-		err = d.checkFile(f.Name(), st, true)
-	}
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
+	f, _, err := d.openChecked(name, syscall.O_WRONLY|syscall.O_APPEND|syscall.O_CREAT, 0o600)
+	return f, err
 }
 
 // Remove removes name (never what a symlink named name points to).
@@ -357,16 +370,8 @@ type Lock struct{ f *os.File }
 // a *LockedError with the holder's pid. The lock file is never removed:
 // removing it would let two processes lock two different files.
 func (d *Dir) TryLock(name string) (*Lock, error) {
-	f, err := d.openat(name, syscall.O_RDWR|syscall.O_CREAT, 0o600)
+	f, _, err := d.openChecked(name, syscall.O_RDWR|syscall.O_CREAT, 0o600)
 	if err != nil {
-		return nil, err
-	}
-	st, err := fstat(f)
-	if err == nil {
-		err = d.checkFile(f.Name(), st, true)
-	}
-	if err != nil {
-		f.Close()
 		return nil, err
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
