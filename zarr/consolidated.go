@@ -13,12 +13,14 @@ import "errors"
 // a Python dict), so entries are added, or their errors reported, only once
 // the whole document has been read.
 type pendingNode struct {
-	path  string // folder of the node
-	kind  nodeKind
-	file  string // metadata file name; "" for an entry that is ignored
-	data  []byte // the file's bytes, reserved toward the hierarchy's total
-	array *Array
-	err   error
+	key    string // the entry's key, for errors about the document as a whole
+	format int    // Zarr format of a metadata entry (2 or 3); 0 for an ignored one
+	path   string // folder of the node
+	kind   nodeKind
+	file   string // metadata file name; "" for an entry that is ignored
+	data   []byte // the file's bytes, reserved toward the hierarchy's total
+	array  *Array
+	err    error
 }
 
 // pendingNodes are the entries of one consolidated "metadata" object, in the

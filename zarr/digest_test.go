@@ -66,6 +66,18 @@ func TestDigest(t *testing.T) {
 		{name: "v3 walked non-node file changed", fixture: "v3_default", same: true,
 			change: edit("notanode/readme.txt", "", "more ")},
 
+		{name: "v3 zmetadata identical", fixture: "v3_zmetadata", same: true},
+		{name: "v3 zmetadata entry changed", fixture: "v3_zmetadata",
+			change: edit(zmetadataKey, `"shape":[4,6]`, `"shape":[4,7]`)},
+		{name: "v3 zmetadata root attributes changed", fixture: "v3_zmetadata",
+			change: edit(zmetadataKey, `"Conventions":"CF-1.8"`, `"Conventions":"CF-1.9"`)},
+		{name: "v3 zmetadata white space only", fixture: "v3_zmetadata",
+			change: edit(zmetadataKey, "{", "{ ")}, // .zmetadata is served as is
+		{name: "v3 zmetadata node file outside zmetadata", fixture: "v3_zmetadata", same: true,
+			change: edit("g/temp/zarr.json", `"float32"`, `"float64"`)}, // never read
+		{name: "v3 zmetadata chunk changed", fixture: "v3_zmetadata", same: true,
+			change: func(t *testing.T, keys map[string][]byte) { keys["scalar/c"] = []byte("new bytes") }},
+
 		{name: "v3 consolidated identical", fixture: "v3_consolidated", same: true},
 		{name: "v3 consolidated entry changed", fixture: "v3_consolidated",
 			change: edit(zarrJSONName, `"name": "Ω"`, `"name": "Ψ"`)},

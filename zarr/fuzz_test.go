@@ -36,6 +36,10 @@ func FuzzOpen(f *testing.F) {
 	// Duplicate keys, which consolidated metadata read entry by entry must resolve as Python.
 	f.Add([]byte(`{"metadata": {"a/.zgroup": {"zarr_format": 2}}, "zarr_consolidated_format": 1, "metadata": {"b/.zarray": `+okZarray+`, "b/.zarray": {}}}`), uint8(0))
 	f.Add([]byte(`{"zarr_format": 3, "node_type": "group", "consolidated_metadata": {"metadata": {"a": {}}}, "consolidated_metadata": null}`), uint8(1))
+	// v3 nodes in .zmetadata, alone, mixed with v2 ones, and among unknown entries.
+	f.Add([]byte(zmeta(`"zarr.json": {"zarr_format": 3, "node_type": "group"}, "a/b/zarr.json": `+v3Array(``))), uint8(0))
+	f.Add([]byte(zmeta(`"zarr.json": {"zarr_format": 3, "node_type": "group"}, "a/.zarray": `+okZarray)), uint8(0))
+	f.Add([]byte(zmeta(`"a/zarr.json": `+v3Array(`, "chunk_key_encoding": {"name": "v2"}`)+`, "a/notes.txt": {}`)), uint8(0))
 
 	f.Fuzz(func(t *testing.T, data []byte, which uint8) {
 		key := fuzzRootKeys[int(which)%len(fuzzRootKeys)]
@@ -70,7 +74,7 @@ func checkAgainstTree(t *testing.T, raw []byte, h *Hierarchy) {
 	want := map[string]string{zmetadataKey: string(raw)}
 	for i := range meta.members {
 		m := &meta.members[i]
-		if _, name := splitKey(m.key); name == zarrayName || name == zgroupName || name == zattrsName {
+		if _, name := splitKey(m.key); name == zarrayName || name == zgroupName || name == zattrsName || name == zarrJSONName {
 			want[m.key] = string(canonicalJSON(&m.value))
 		}
 	}

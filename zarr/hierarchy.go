@@ -67,8 +67,9 @@ func (h *Hierarchy) Folder(path string) (*Folder, bool) {
 func (h *Hierarchy) Digest() [32]byte { return h.digest }
 
 // Open reads the hierarchy of the store named name (the datasource id, used
-// in errors). It tries, in order: v2 consolidated metadata (.zmetadata), v3
-// (zarr.json, with inline consolidated metadata or by listing), and v2 without
+// in errors). It tries, in order: consolidated metadata in .zmetadata (v2
+// entries, or v3 zarr.json entries as Datamesh writes them), v3 (zarr.json,
+// with inline consolidated metadata or by listing), and v2 without
 // consolidated metadata (.zgroup or .zarray, then listing).
 //
 // Every metadata key is read with a context carrying WithSizeLimit(ctx,
@@ -93,7 +94,7 @@ func open(ctx context.Context, name string, s Store, lim limits) (*Hierarchy, er
 	case err != nil:
 		return nil, err
 	case !missing:
-		if err := b.loadV2Consolidated(raw); err != nil {
+		if err := b.loadZmetadata(raw); err != nil {
 			return nil, err
 		}
 		return b.finish()

@@ -135,6 +135,25 @@ func TestOpenFixtures(t *testing.T) {
 			noLister: true,
 		},
 		{
+			// v3 nodes consolidated in .zmetadata, as Datamesh's ingestion
+			// writes them; the per-node zarr.json files are never read.
+			fixture: "v3_zmetadata",
+			folders: map[string]wantFolder{
+				"":       {files: []string{".zmetadata", "zarr.json"}, children: []string{"g", "scalar", "v2dot"}},
+				"g":      {files: []string{"zarr.json"}, children: []string{"temp"}},
+				"g/temp": {files: []string{"zarr.json"}},
+				"scalar": {files: []string{"zarr.json"}},
+				"v2dot":  {files: []string{"zarr.json"}},
+			},
+			arrays: map[string]wantArray{
+				"g/temp": {format: 3, shape: []int64{4, 6}, chunks: []int64{2, 3}, dtype: "float32", numChunks: 4, firstKeys: []string{"c/0/0", "c/0/1", "c/1/0"}},
+				"scalar": {format: 3, shape: []int64{}, chunks: []int64{}, dtype: "int64", numChunks: 1, firstKeys: []string{"c"}},
+				"v2dot":  {format: 3, shape: []int64{3, 4}, chunks: []int64{2, 2}, dtype: "int16", numChunks: 4, firstKeys: []string{"0.0", "0.1", "1.0"}},
+			},
+			gets:     1,
+			noLister: true,
+		},
+		{
 			fixture: "v3_root_sharded",
 			folders: map[string]wantFolder{"": {files: []string{"zarr.json"}}},
 			arrays: map[string]wantArray{

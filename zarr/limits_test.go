@@ -22,7 +22,7 @@ func TestSizeLimitContext(t *testing.T) {
 // TestOpenAsksForSizeLimit checks that every metadata Get carries the
 // limit, whichever way the hierarchy is read.
 func TestOpenAsksForSizeLimit(t *testing.T) {
-	for _, fixture := range []string{"v2_xarray", "v2_groups", "v2_root_array", "v3_consolidated", "v3_default"} {
+	for _, fixture := range []string{"v2_xarray", "v2_groups", "v2_root_array", "v3_consolidated", "v3_default", "v3_zmetadata"} {
 		t.Run(fixture, func(t *testing.T) {
 			ms := newMapStore(loadFixture(t, fixture))
 			_, err := Open(context.Background(), fixture, ms)
@@ -113,6 +113,12 @@ func TestOpenSizeLimits(t *testing.T) {
 		{
 			name:    "v3 rebuilt files over the total",
 			keys:    map[string][]byte{zarrJSONName: []byte(`{"zarr_format": 3, "node_type": "group", "consolidated_metadata": {"metadata": {"g": {"zarr_format": 3, "node_type": "group", "attributes": {"x": [` + bombs + `]}}}}}`)},
+			lim:     limits{doc: MaxMetadataSize, total: 4 << 20},
+			wantErr: `g/zarr.json: the metadata of the hierarchy is more than the 4 MiB allowed in all`,
+		},
+		{
+			name:    "v3 zmetadata rebuilt files over the total",
+			keys:    map[string][]byte{zmetadataKey: []byte(zmeta(`"zarr.json": {"zarr_format": 3, "node_type": "group"}, "g/zarr.json": {"zarr_format": 3, "node_type": "group", "attributes": {"x": [` + bombs + `]}}`))},
 			lim:     limits{doc: MaxMetadataSize, total: 4 << 20},
 			wantErr: `g/zarr.json: the metadata of the hierarchy is more than the 4 MiB allowed in all`,
 		},

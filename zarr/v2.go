@@ -5,10 +5,13 @@ import (
 	"fmt"
 )
 
-// loadV2Consolidated reads a v2 .zmetadata document (already reserved). Its
-// entries become files holding their canonical JSON, the form zarr itself
-// writes; the document itself is served as fetched.
-func (b *builder) loadV2Consolidated(raw []byte) error {
+// loadZmetadata reads a .zmetadata document (already reserved). Its entries
+// become files holding their canonical JSON, the form zarr itself writes; the
+// document itself is served as fetched. The entries are those of a v2
+// hierarchy (.zgroup, .zarray, .zattrs) or those of a v3 one (zarr.json,
+// NODE/zarr.json: what Datamesh's ingestion writes and its JS client reads),
+// never both.
+func (b *builder) loadZmetadata(raw []byte) error {
 	p := jsonParser{data: raw}
 	if !p.atObject() {
 		if _, err := parseJSON(raw); err != nil {
@@ -29,7 +32,7 @@ func (b *builder) loadV2Consolidated(raw []byte) error {
 				return err
 			}
 			var err error
-			entries, err = streamEntries(&p, 1, b, b.v2Entry)
+			entries, err = streamEntries(&p, 1, b, b.zmetadataEntry)
 			return err
 		}
 		v, err := p.value(1)
@@ -52,39 +55,77 @@ func (b *builder) loadV2Consolidated(raw []byte) error {
 	if entries == nil {
 		return b.errorf(zmetadataKey, "metadata is missing or not an object")
 	}
+	if err := b.checkZmetadataFormats(entries); err != nil {
+		entries.discard(b)
+		return err
+	}
 	if err := b.addNode("", implicitNode, zmetadataKey, raw, nil); err != nil {
 		return err
 	}
 	return entries.add(b)
 }
 
-// v2Entry checks one entry of .zmetadata and makes its file.
-func (b *builder) v2Entry(key string, value *jsonValue, scratch *[]byte) (pendingNode, error) {
-	if err := b.validNodeKey(zmetadataKey+" entry", key); err != nil {
-		return pendingNode{err: err}, nil
+// checkZmetadataFormats refuses a .zmetadata whose entries (after duplicate
+// keys are resolved) mix v2 and v3 metadata, which no reader can take as one
+// hierarchy, or that has entries but none this package can serve: either
+// would otherwise open as a wrong or silently empty tree.
+func (b *builder) checkZmetadataFormats(entries *pendingNodes) error {
+	first := map[int]string{} // format -> key of its first entry
+	for _, node := range entries.list {
+		if _, seen := first[node.format]; !seen {
+			first[node.format] = node.key
+		}
 	}
+	v2, hasV2 := first[2]
+	v3, hasV3 := first[3]
+	switch {
+	case hasV2 && hasV3:
+		return b.errorf(zmetadataKey, "mixes Zarr v2 entries (%q) and v3 entries (%q)", v2, v3)
+	case !hasV2 && !hasV3 && len(entries.list) > 0:
+		return b.errorf(zmetadataKey, "none of its %d metadata entries is a .zgroup, .zarray, .zattrs or zarr.json (first %q)",
+			len(entries.list), entries.list[0].key)
+	}
+	return nil
+}
+
+// zmetadataEntry checks one entry of .zmetadata and makes its file; a zarr.json
+// entry is a v3 node (see v3Entry).
+func (b *builder) zmetadataEntry(key string, value *jsonValue, scratch *[]byte) (pendingNode, error) {
 	dir, name := splitKey(key)
-	node := pendingNode{path: dir, kind: implicitNode, file: name}
+	format := 0
+	switch name {
+	case zarrayName, zgroupName, zattrsName:
+		format = 2
+	case zarrJSONName:
+		format = 3
+	}
+	if err := b.validNodeKey(zmetadataKey+" entry", key); err != nil {
+		return pendingNode{key: key, format: format, err: err}, nil
+	}
+	if format == 3 {
+		return b.v3Entry(key, dir, value, scratch)
+	}
+	node := pendingNode{key: key, format: format, path: dir, kind: implicitNode, file: name}
 	var err error
 	switch name {
 	case zarrayName:
 		if node.array, err = parseV2Array(dir, value); err != nil {
-			return pendingNode{err: b.errorf(zmetadataKey+" entry "+key, "%v", err)}, nil
+			return pendingNode{key: key, format: 2, err: b.errorf(zmetadataKey+" entry "+key, "%v", err)}, nil
 		}
 		node.kind = arrayNode
 	case zgroupName:
 		if err := checkV2Group(value); err != nil {
-			return pendingNode{err: b.errorf(zmetadataKey+" entry "+key, "%v", err)}, nil
+			return pendingNode{key: key, format: 2, err: b.errorf(zmetadataKey+" entry "+key, "%v", err)}, nil
 		}
 		node.kind = groupNode
 	case zattrsName:
 		if value.kind != jsonObject {
-			return pendingNode{err: b.errorf(zmetadataKey+" entry "+key, "attributes are not a JSON object")}, nil
+			return pendingNode{key: key, format: 2, err: b.errorf(zmetadataKey+" entry "+key, "attributes are not a JSON object")}, nil
 		}
 	default:
-		// Consolidation only records the three metadata documents;
-		// anything else is not metadata this package can serve.
-		return pendingNode{}, nil
+		// Consolidation only records the metadata documents; anything
+		// else is not metadata this package can serve.
+		return pendingNode{key: key}, nil
 	}
 	if node.data, err = b.canonical(key, value, scratch); err != nil {
 		return pendingNode{}, err

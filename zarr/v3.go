@@ -99,18 +99,9 @@ func (b *builder) readV3Consolidated(p *jsonParser) (*v3Consolidated, error) {
 		var err error
 		c.nodes, err = streamEntries(p, 2, b, func(path string, v *jsonValue, scratch *[]byte) (pendingNode, error) {
 			if err := b.validNodeKey(where+" entry", path); err != nil {
-				return pendingNode{err: err}, nil
+				return pendingNode{key: path, format: 3, err: err}, nil
 			}
-			kind, array, err := b.checkV3Node(path, v)
-			if err != nil {
-				return pendingNode{err: err}, nil
-			}
-			// Each node's zarr.json is the canonical JSON of its entry.
-			data, err := b.canonical(joinKey(path, zarrJSONName), v, scratch)
-			if err != nil {
-				return pendingNode{}, err
-			}
-			return pendingNode{path: path, kind: kind, file: zarrJSONName, data: data, array: array}, nil
+			return b.v3Entry(path, path, v, scratch)
 		})
 		return err
 	})
@@ -122,6 +113,27 @@ func (b *builder) readV3Consolidated(p *jsonParser) (*v3Consolidated, error) {
 		c.err = b.errorf(where, "metadata is missing or not an object")
 	}
 	return c, nil
+}
+
+// v3Entry checks one consolidated v3 node document, the metadata of the node
+// at path (already validated) recorded under key, and makes its zarr.json.
+// Inline consolidated metadata (keyed by node path) and a .zmetadata holding
+// zarr.json entries (keyed NODE/zarr.json, as Datamesh's ingestion writes)
+// both come through here, so the two build the same tree.
+func (b *builder) v3Entry(key, path string, v *jsonValue, scratch *[]byte) (pendingNode, error) {
+	node := pendingNode{key: key, format: 3}
+	kind, array, err := b.checkV3Node(path, v)
+	if err != nil {
+		node.err = err
+		return node, nil
+	}
+	// Each node's zarr.json is the canonical JSON of its entry.
+	data, err := b.canonical(joinKey(path, zarrJSONName), v, scratch)
+	if err != nil {
+		return pendingNode{}, err
+	}
+	node.path, node.kind, node.file, node.data, node.array = path, kind, zarrJSONName, data, array
+	return node, nil
 }
 
 // walkV3 finds the nodes below the root group (already added) by listing
