@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -17,6 +19,9 @@ type Datasource struct {
 	ID, Name, Description, Driver string
 	TStart, TEnd                  *time.Time // nil when unknown
 	Geometry                      json.RawMessage
+	// Modified is the catalog's "modified" time, zero when absent or
+	// unreadable: a stable mtime for the datasource's files.
+	Modified time.Time
 }
 
 // Query narrows the catalog; zero fields are not sent.
@@ -25,14 +30,34 @@ type Query struct {
 	Limit  int
 }
 
-var datasourceID = regexp.MustCompile(`^[a-z0-9_-]{3,80}$`)
+// newID is the rule Datamesh enforces on the ids of new datasources; the
+// ids it already serves may be anything (dots, upper case, spaces).
+var newID = regexp.MustCompile(`^[a-z0-9_-]{3,80}$`)
 
-// ValidID reports whether id is a well-formed datasource id.
-func ValidID(id string) bool { return datasourceID.MatchString(id) }
+// maxIDLen is the longest id usable as a file name (NAME_MAX).
+const maxIDLen = 255
 
+// ValidID reports whether id is usable: a safe single path component (not
+// "." or "..", no "/", no NUL, 1 to 255 bytes). It is percent-encoded in
+// URLs. Creating a datasource asks more: see ValidNewID.
+func ValidID(id string) bool { return checkID(id) == nil }
+
+// ValidNewID reports whether id may name a new datasource, as Datamesh
+// requires: 3 to 80 of a-z, 0-9, '_' and '-'.
+func ValidNewID(id string) bool { return newID.MatchString(id) }
+
+// checkID says why id is not usable. Quoted with %q: an id may hold any
+// byte but NUL and '/', and it goes into logs.
 func checkID(id string) error {
-	if !ValidID(id) {
-		return fmt.Errorf("datasource id %q: want 3 to 80 of a-z, 0-9, '_' and '-'", id)
+	switch {
+	case id == "":
+		return errors.New("datasource id is empty")
+	case id == "." || id == "..":
+		return fmt.Errorf("datasource id %q is not a name", id)
+	case len(id) > maxIDLen:
+		return fmt.Errorf("datasource id of %d bytes: at most %d allowed", len(id), maxIDLen)
+	case strings.ContainsAny(id, "/\x00"):
+		return fmt.Errorf("datasource id %q: '/' and NUL not allowed", id)
 	}
 	return nil
 }
@@ -48,6 +73,7 @@ type feature struct {
 		Driver      json.RawMessage `json:"driver"`
 		TStart      json.RawMessage `json:"tstart"`
 		TEnd        json.RawMessage `json:"tend"`
+		Modified    json.RawMessage `json:"modified"`
 	} `json:"properties"`
 }
 
@@ -59,6 +85,9 @@ func (f *feature) datasource() Datasource {
 		Driver:      jsonText(f.Properties.Driver),
 		TStart:      jsonTime(f.Properties.TStart),
 		TEnd:        jsonTime(f.Properties.TEnd),
+	}
+	if m := jsonTime(f.Properties.Modified); m != nil {
+		ds.Modified = *m
 	}
 	if ds.ID == "" {
 		ds.ID = jsonText(f.Properties.ID)
@@ -82,8 +111,8 @@ func jsonTime(raw json.RawMessage) *time.Time {
 	return &t
 }
 
-// Catalog lists the datasources the token can see. Entries with an invalid
-// id are skipped with a log line.
+// Catalog lists the datasources the token can see. Entries whose id is not
+// usable (ValidID) are skipped with a log line.
 func (c *Client) Catalog(ctx context.Context, q Query) ([]Datasource, error) {
 	params := url.Values{}
 	if q.Search != "" {
@@ -113,7 +142,7 @@ func (c *Client) Catalog(ctx context.Context, q Query) ([]Datasource, error) {
 	for i := range features {
 		ds := features[i].datasource()
 		if !ValidID(ds.ID) {
-			c.log.Warn("datamesh catalog entry skipped: invalid id", "id", ds.ID)
+			c.log.Warn("datamesh catalog entry skipped: id is not a usable file name", "id", ds.ID)
 			continue
 		}
 		out = append(out, ds)
@@ -142,7 +171,7 @@ func parseFeatures(body []byte) ([]feature, error) {
 
 // Datasource describes one datasource, which need not be in the catalog.
 func (c *Client) Datasource(ctx context.Context, id string) (Datasource, error) {
-	u := c.service + "/datasource/" + id
+	u := c.service + "/datasource/" + pathEscape(id)
 	r := request{op: "datasource", method: http.MethodGet, url: u, timeout: c.cfg.ReadTimeout, readBody: true,
 		maxBody: maxDatasourceBody}
 	if err := checkID(id); err != nil {

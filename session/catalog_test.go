@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io/fs"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,8 +20,12 @@ const catalogJSON = `{
    "properties": {"name": "ERA5 wind", "description": "10 m wind", "driver": "zarr",
      "tstart": "1979-01-01T00:00:00Z", "tend": "2020-12-31T23:00:00", "schema": {"dims": {}}, "tags": ["x"]}},
   {"type": "Feature", "geometry": null, "properties": {"id": "from_props", "name": "P", "tstart": null}},
-  {"type": "Feature", "id": "Bad ID!", "properties": {"name": "skipped"}},
-  {"type": "Feature", "properties": {"name": "no id at all"}}
+  {"type": "Feature", "id": "..", "properties": {"name": "skipped: not a name"}},
+  {"type": "Feature", "id": "a/b", "properties": {"name": "skipped: a slash"}},
+  {"type": "Feature", "properties": {"name": "no id at all"}},
+  {"type": "Feature", "id": "era5.wind", "properties": {"name": "dotted", "modified": "2024-05-06T07:08:09.5+02:00"}},
+  {"type": "Feature", "id": "UPPER", "properties": {"modified": "last tuesday"}},
+  {"type": "Feature", "id": "a b", "properties": {"modified": null}}
  ]
 }`
 
@@ -43,11 +48,16 @@ func TestCatalog(t *testing.T) {
 
 	tstart := time.Date(1979, 1, 1, 0, 0, 0, 0, time.UTC)
 	tend := time.Date(2020, 12, 31, 23, 0, 0, 0, time.UTC)
-	require.Len(t, list, 2)
+	require.Len(t, list, 5)
 	assert.Equal(t, Datasource{ID: "era5_wind10m", Name: "ERA5 wind", Description: "10 m wind", Driver: "zarr",
 		TStart: &tstart, TEnd: &tend, Geometry: json.RawMessage(`{"type": "Point", "coordinates": [1, 2]}`)}, list[0])
 	assert.Equal(t, Datasource{ID: "from_props", Name: "P"}, list[1])
-	assert.Contains(t, logs.String(), "Bad ID!", "skipped entries are logged")
+	assert.Equal(t, Datasource{ID: "era5.wind", Name: "dotted",
+		Modified: time.Date(2024, 5, 6, 5, 8, 9, 500_000_000, time.UTC)}, list[2])
+	assert.Equal(t, Datasource{ID: "UPPER"}, list[3], "unreadable modified: zero")
+	assert.Equal(t, Datasource{ID: "a b"}, list[4])
+	assert.Contains(t, logs.String(), `id=..`, "skipped entries are logged")
+	assert.Contains(t, logs.String(), `id=a/b`, "skipped entries are logged")
 
 	_, err = c.Catalog(t.Context(), Query{})
 	require.NoError(t, err)
@@ -64,6 +74,7 @@ func TestCatalogBadBody(t *testing.T) {
 func TestDatasource(t *testing.T) {
 	tests := []struct {
 		name, id  string
+		wantPath  string // escaped; "" = /datasource/ID
 		status    int
 		body      string
 		want      Datasource
@@ -85,15 +96,35 @@ func TestDatasource(t *testing.T) {
 			name: "not found", id: "nope_nope", status: 404, body: `{"detail":"Datasource nope_nope not found"}`,
 			wantErr: "Datasource nope_nope not found", notExist: true, wantCalls: 1,
 		},
-		{name: "invalid id never sent", id: "../session", wantErr: "datasource id", wantCalls: 0},
-		{name: "upper case invalid", id: "ERA5", wantErr: "datasource id", wantCalls: 0},
+		{
+			name: "modified", id: "abc", status: 200,
+			body: `{"properties":{"modified":"2023-01-02T03:04:05Z"}}`,
+			want: Datasource{ID: "abc", Modified: time.Date(2023, 1, 2, 3, 4, 5, 0, time.UTC)}, wantCalls: 1,
+		},
+		{name: "dotted id", id: "era5.wind", status: 200, body: `{"id":"era5.wind"}`,
+			want: Datasource{ID: "era5.wind"}, wantCalls: 1},
+		{name: "upper case id", id: "UPPER", status: 200, body: `{"id":"UPPER"}`,
+			want: Datasource{ID: "UPPER"}, wantCalls: 1},
+		{name: "id with a space, escaped", id: "a b", wantPath: "/datasource/a%20b", status: 200, body: `{"id":"a b"}`,
+			want: Datasource{ID: "a b"}, wantCalls: 1},
+		{name: "id with a percent, escaped", id: "x%2Fy", wantPath: "/datasource/x%252Fy", status: 200, body: `{}`,
+			want: Datasource{ID: "x%2Fy"}, wantCalls: 1},
+		{name: "slash never sent", id: "../session", wantErr: "datasource id", wantCalls: 0},
+		{name: "dot-dot never sent", id: "..", wantErr: "datasource id", wantCalls: 0},
+		{name: "256 bytes never sent", id: strings.Repeat("x", 256), wantErr: "datasource id", wantCalls: 0},
+		{name: "255 bytes sent", id: strings.Repeat("x", 255), status: 200, body: `{}`,
+			want: Datasource{ID: strings.Repeat("x", 255)}, wantCalls: 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			calls := 0
 			srv := newHandlerServer(t, func(w http.ResponseWriter, r *http.Request) {
 				calls++
-				assert.Equal(t, "/datasource/"+tt.id, r.URL.Path)
+				want := tt.wantPath
+				if want == "" {
+					want = "/datasource/" + tt.id
+				}
+				assert.Equal(t, want, r.URL.EscapedPath())
 				w.WriteHeader(tt.status)
 				_, _ = w.Write([]byte(tt.body))
 			})

@@ -56,6 +56,10 @@ type Client struct {
 	http    *http.Client
 	log     *slog.Logger
 	clock   clock // the session lifecycle's time; tests replace it
+	// retryClock times retry waits and their budget, jitter spreads the
+	// waits; tests replace both to check minutes of retries at once.
+	retryClock clock
+	jitter     func(time.Duration) time.Duration
 
 	onSession func(Info) // Config.OnSession
 
@@ -112,13 +116,15 @@ func New(cfg Config) (*Client, error) {
 			Transport:     newTransport(cfg.ConnectTimeout, onSurplus),
 			CheckRedirect: checkRedirect,
 		},
-		log:       log,
-		clock:     realClock{},
-		life:      life,
-		endLife:   endLife,
-		swapped:   make(chan struct{}, 1),
-		loopDone:  make(chan struct{}),
-		closeDone: make(chan struct{}),
+		log:        log,
+		clock:      realClock{},
+		retryClock: realClock{},
+		jitter:     halfJitter,
+		life:       life,
+		endLife:    endLife,
+		swapped:    make(chan struct{}, 1),
+		loopDone:   make(chan struct{}),
+		closeDone:  make(chan struct{}),
 	}
 	c.cfg.Token = "" // kept only as c.token
 	c.cfg.Logger = nil
@@ -662,7 +668,12 @@ func (c *Client) closeSession(ctx context.Context, id string) error {
 // closeBestEffort deletes a replaced session with one try under its own
 // deadline; the gateway expires it anyway.
 func (c *Client) closeBestEffort(id string) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.ReadTimeout)
+	// Bounded even when ReadTimeout is None: nobody waits for this.
+	d := c.cfg.ReadTimeout
+	if d < 0 {
+		d = DefaultReadTimeout
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	if err := c.deleteSession(ctx, id); err != nil {
 		c.log.Warn("datamesh previous session not closed; it will expire", "session", id, "error", err.Error())

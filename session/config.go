@@ -26,9 +26,16 @@ const (
 	DefaultConnectTimeout   = 3050 * time.Millisecond
 	DefaultReadTimeout      = 10 * time.Second
 	DefaultChunkReadTimeout = 60 * time.Second
-	DefaultMaxRetries       = 8
-	DefaultRetryBase        = 100 * time.Millisecond
-	DefaultRetryMaxElapsed  = 60 * time.Second
+	DefaultStageReadTimeout = 900 * time.Second
+	DefaultDownloadTimeout  = 900 * time.Second
+	// DefaultChunkWriteTimeout bounds the wait between bytes of a zarr
+	// write's answer (no writes yet: read from the environment for them).
+	DefaultChunkWriteTimeout = 600 * time.Second
+	DefaultMaxRetries        = 8
+	DefaultRetryBase         = 100 * time.Millisecond
+	// DefaultRetryMaxElapsed is long enough to wait out a gateway restart,
+	// as the Python client does (it pauses 30 s per 502, minutes in all).
+	DefaultRetryMaxElapsed = 5 * time.Minute
 	// DefaultMaxObjectSize bounds one zarr value (a chunk) read by Get.
 	DefaultMaxObjectSize int64 = 1 << 30
 )
@@ -38,13 +45,21 @@ var DefaultCloseBackoff = []time.Duration{time.Second, 2 * time.Second, 4 * time
 
 // Environment variable names, the same as the official clients.
 const (
-	EnvToken            = "DATAMESH_TOKEN"
-	EnvService          = "DATAMESH_SERVICE"
-	EnvGateway          = "DATAMESH_GATEWAY"
-	EnvConnectTimeout   = "DATAMESH_CONNECT_TIMEOUT"
-	EnvReadTimeout      = "DATAMESH_READ_TIMEOUT"
-	EnvChunkReadTimeout = "DATAMESH_CHUNK_READ_TIMEOUT"
+	EnvToken             = "DATAMESH_TOKEN"
+	EnvService           = "DATAMESH_SERVICE"
+	EnvGateway           = "DATAMESH_GATEWAY"
+	EnvConnectTimeout    = "DATAMESH_CONNECT_TIMEOUT"
+	EnvReadTimeout       = "DATAMESH_READ_TIMEOUT"
+	EnvChunkReadTimeout  = "DATAMESH_CHUNK_READ_TIMEOUT"
+	EnvStageReadTimeout  = "DATAMESH_STAGE_READ_TIMEOUT"
+	EnvDownloadTimeout   = "DATAMESH_DOWNLOAD_TIMEOUT"
+	EnvChunkWriteTimeout = "DATAMESH_CHUNK_WRITE_TIMEOUT"
 )
+
+// NoTimeout, as a Config timeout, means no limit (the environment's "None",
+// as in the Python client): the request is then bounded by its caller's
+// context only. Any negative duration means the same.
+const NoTimeout time.Duration = -1
 
 // ErrNoToken means no Datamesh token was configured.
 var ErrNoToken = errors.New("no Datamesh token: set " + EnvToken + " or pass a token file")
@@ -57,13 +72,25 @@ type Config struct {
 	Token            string `json:"-"` // never printed
 	Service, Gateway string // base URLs without trailing slash; Gateway "" = Service
 
-	ConnectTimeout   time.Duration // TCP connect (and TLS handshake)
-	ReadTimeout      time.Duration // whole request for API calls and metadata keys
-	ChunkReadTimeout time.Duration // whole request for chunk keys
+	// Timeouts; zero takes the default, NoTimeout (negative) is no limit.
+	// A read timeout bounds the wait for an answer's headers and then each
+	// gap between bytes of its body, never the whole transfer (the Python
+	// client's, i.e. requests', semantics): a large chunk on a slow link that
+	// keeps arriving is not an error.
+	ConnectTimeout    time.Duration // TCP connect (and TLS handshake)
+	ReadTimeout       time.Duration // API calls: catalog, datasource, session
+	ChunkReadTimeout  time.Duration // every zarr key (.zmetadata included) and listing
+	StageReadTimeout  time.Duration // staging a query
+	DownloadTimeout   time.Duration // downloading a table or query result
+	ChunkWriteTimeout time.Duration // writing a zarr key
 
-	MaxRetries      int             // retries after the first try; default 8, negative = none
-	RetryBase       time.Duration   // first backoff, doubled each retry; default 100ms
-	RetryMaxElapsed time.Duration   // no retry starts after this long; default 60s
+	// MaxRetries bounds the retries of timeouts, 429 and transport errors;
+	// default 8, negative = none. A restarting gateway (502, 503, 504, or a
+	// refused connection after the first answer) is waited out for up to
+	// RetryMaxElapsed whatever the count.
+	MaxRetries      int
+	RetryBase       time.Duration   // first backoff, doubled each retry up to 30s; default 100ms
+	RetryMaxElapsed time.Duration   // no retry starts after this long; default 5m
 	CloseBackoff    []time.Duration // waits between session close tries; default 1s,2s,4s
 
 	// MaxObjectSize bounds the body of one zarr value read by Store.Get: a
@@ -96,6 +123,9 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		{EnvConnectTimeout, &cfg.ConnectTimeout},
 		{EnvReadTimeout, &cfg.ReadTimeout},
 		{EnvChunkReadTimeout, &cfg.ChunkReadTimeout},
+		{EnvStageReadTimeout, &cfg.StageReadTimeout},
+		{EnvDownloadTimeout, &cfg.DownloadTimeout},
+		{EnvChunkWriteTimeout, &cfg.ChunkWriteTimeout},
 	} {
 		raw := strings.TrimSpace(getenv(v.name))
 		if raw == "" {
@@ -111,10 +141,14 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	return cfg, nil
 }
 
+// parseSeconds reads seconds as a float, or "None" (any case) for no limit.
 func parseSeconds(s string) (time.Duration, error) {
+	if strings.EqualFold(s, "none") {
+		return NoTimeout, nil
+	}
 	f, err := strconv.ParseFloat(s, 64)
 	if err != nil {
-		return 0, errors.New("want a number of seconds, like 10 or 3.05")
+		return 0, errors.New("want a number of seconds, like 10 or 3.05, or None")
 	}
 	if f <= 0 || f > 24*3600 {
 		return 0, errors.New("want seconds greater than 0 and at most 86400")
@@ -170,14 +204,23 @@ func (c *Config) fillDefaults() {
 	if c.Gateway == "" {
 		c.Gateway = c.Service
 	}
-	if c.ConnectTimeout <= 0 {
-		c.ConnectTimeout = DefaultConnectTimeout
-	}
-	if c.ReadTimeout <= 0 {
-		c.ReadTimeout = DefaultReadTimeout
-	}
-	if c.ChunkReadTimeout <= 0 {
-		c.ChunkReadTimeout = DefaultChunkReadTimeout
+	for _, t := range []struct {
+		dst *time.Duration
+		def time.Duration
+	}{
+		{&c.ConnectTimeout, DefaultConnectTimeout},
+		{&c.ReadTimeout, DefaultReadTimeout},
+		{&c.ChunkReadTimeout, DefaultChunkReadTimeout},
+		{&c.StageReadTimeout, DefaultStageReadTimeout},
+		{&c.DownloadTimeout, DefaultDownloadTimeout},
+		{&c.ChunkWriteTimeout, DefaultChunkWriteTimeout},
+	} {
+		switch {
+		case *t.dst == 0:
+			*t.dst = t.def
+		case *t.dst < 0:
+			*t.dst = NoTimeout
+		}
 	}
 	switch {
 	case c.MaxRetries == 0:
@@ -229,9 +272,18 @@ func (c Config) tokenMark() string {
 
 // String describes c with the token redacted.
 func (c Config) String() string {
-	return fmt.Sprintf("session.Config{Token:%s Service:%s Gateway:%s ConnectTimeout:%s ReadTimeout:%s ChunkReadTimeout:%s MaxRetries:%d RetryBase:%s RetryMaxElapsed:%s CloseBackoff:%v MaxObjectSize:%d}",
-		c.tokenMark(), redactURL(c.Service), redactURL(c.Gateway), c.ConnectTimeout, c.ReadTimeout,
-		c.ChunkReadTimeout, c.MaxRetries, c.RetryBase, c.RetryMaxElapsed, c.CloseBackoff, c.MaxObjectSize)
+	return fmt.Sprintf("session.Config{Token:%s Service:%s Gateway:%s ConnectTimeout:%s ReadTimeout:%s ChunkReadTimeout:%s StageReadTimeout:%s DownloadTimeout:%s ChunkWriteTimeout:%s MaxRetries:%d RetryBase:%s RetryMaxElapsed:%s CloseBackoff:%v MaxObjectSize:%d}",
+		c.tokenMark(), redactURL(c.Service), redactURL(c.Gateway), fmtTimeout(c.ConnectTimeout), fmtTimeout(c.ReadTimeout),
+		fmtTimeout(c.ChunkReadTimeout), fmtTimeout(c.StageReadTimeout), fmtTimeout(c.DownloadTimeout), fmtTimeout(c.ChunkWriteTimeout),
+		c.MaxRetries, c.RetryBase, c.RetryMaxElapsed, c.CloseBackoff, c.MaxObjectSize)
+}
+
+// fmtTimeout prints a timeout, NoTimeout as "None" (the environment's word).
+func fmtTimeout(d time.Duration) string {
+	if d < 0 {
+		return "None"
+	}
+	return d.String()
 }
 
 // GoString is String: %#v must not print the token either.
@@ -246,9 +298,12 @@ func (c Config) LogValue() slog.Value {
 		slog.String("token", c.tokenMark()),
 		slog.String("service", redactURL(c.Service)),
 		slog.String("gateway", redactURL(c.Gateway)),
-		slog.Duration("connect_timeout", c.ConnectTimeout),
-		slog.Duration("read_timeout", c.ReadTimeout),
-		slog.Duration("chunk_read_timeout", c.ChunkReadTimeout),
+		slog.String("connect_timeout", fmtTimeout(c.ConnectTimeout)),
+		slog.String("read_timeout", fmtTimeout(c.ReadTimeout)),
+		slog.String("chunk_read_timeout", fmtTimeout(c.ChunkReadTimeout)),
+		slog.String("stage_read_timeout", fmtTimeout(c.StageReadTimeout)),
+		slog.String("download_timeout", fmtTimeout(c.DownloadTimeout)),
+		slog.String("chunk_write_timeout", fmtTimeout(c.ChunkWriteTimeout)),
 		slog.Int64("max_object_size", c.MaxObjectSize),
 	)
 }

@@ -26,18 +26,32 @@ func TestConfigFromEnv(t *testing.T) {
 			name: "defaults",
 			env:  map[string]string{},
 			want: Config{Service: DefaultService, Gateway: DefaultService, ConnectTimeout: 3050 * time.Millisecond,
-				ReadTimeout: 10 * time.Second, ChunkReadTimeout: 60 * time.Second},
+				ReadTimeout: 10 * time.Second, ChunkReadTimeout: 60 * time.Second, StageReadTimeout: 900 * time.Second,
+				DownloadTimeout: 900 * time.Second, ChunkWriteTimeout: 600 * time.Second},
+		},
+		{
+			name: "None, any case, is no limit",
+			env: map[string]string{EnvConnectTimeout: "None", EnvReadTimeout: "none", EnvChunkReadTimeout: " NONE ",
+				EnvStageReadTimeout: "None", EnvDownloadTimeout: "None", EnvChunkWriteTimeout: "None"},
+			want: Config{Service: DefaultService, Gateway: DefaultService, ConnectTimeout: NoTimeout,
+				ReadTimeout: NoTimeout, ChunkReadTimeout: NoTimeout, StageReadTimeout: NoTimeout,
+				DownloadTimeout: NoTimeout, ChunkWriteTimeout: NoTimeout},
 		},
 		{
 			name: "all set, float seconds, trailing slashes trimmed",
 			env: map[string]string{EnvToken: " abc \n", EnvService: "http://svc:1/", EnvGateway: "http://gw:2/x/",
-				EnvConnectTimeout: "1.5", EnvReadTimeout: "2", EnvChunkReadTimeout: "0.25"},
+				EnvConnectTimeout: "1.5", EnvReadTimeout: "2", EnvChunkReadTimeout: "0.25",
+				EnvStageReadTimeout: "30", EnvDownloadTimeout: "40.5", EnvChunkWriteTimeout: "50"},
 			want: Config{Token: "abc", Service: "http://svc:1", Gateway: "http://gw:2/x", ConnectTimeout: 1500 * time.Millisecond,
-				ReadTimeout: 2 * time.Second, ChunkReadTimeout: 250 * time.Millisecond},
+				ReadTimeout: 2 * time.Second, ChunkReadTimeout: 250 * time.Millisecond, StageReadTimeout: 30 * time.Second,
+				DownloadTimeout: 40500 * time.Millisecond, ChunkWriteTimeout: 50 * time.Second},
 		},
 		{name: "not a number", env: map[string]string{EnvReadTimeout: "ten"}, wantErr: EnvReadTimeout},
 		{name: "zero", env: map[string]string{EnvChunkReadTimeout: "0"}, wantErr: EnvChunkReadTimeout},
 		{name: "negative", env: map[string]string{EnvConnectTimeout: "-1"}, wantErr: EnvConnectTimeout},
+		{name: "bad stage", env: map[string]string{EnvStageReadTimeout: "Nonesuch"}, wantErr: EnvStageReadTimeout},
+		{name: "bad download", env: map[string]string{EnvDownloadTimeout: "0"}, wantErr: EnvDownloadTimeout},
+		{name: "bad write", env: map[string]string{EnvChunkWriteTimeout: "x"}, wantErr: EnvChunkWriteTimeout},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -54,7 +68,11 @@ func TestConfigFromEnv(t *testing.T) {
 			assert.Equal(t, tt.want.ConnectTimeout, cfg.ConnectTimeout)
 			assert.Equal(t, tt.want.ReadTimeout, cfg.ReadTimeout)
 			assert.Equal(t, tt.want.ChunkReadTimeout, cfg.ChunkReadTimeout)
+			assert.Equal(t, tt.want.StageReadTimeout, cfg.StageReadTimeout)
+			assert.Equal(t, tt.want.DownloadTimeout, cfg.DownloadTimeout)
+			assert.Equal(t, tt.want.ChunkWriteTimeout, cfg.ChunkWriteTimeout)
 			assert.Equal(t, DefaultMaxRetries, cfg.MaxRetries)
+			assert.Equal(t, 5*time.Minute, cfg.RetryMaxElapsed)
 			assert.Equal(t, DefaultRetryBase, cfg.RetryBase)
 			assert.Equal(t, DefaultCloseBackoff, cfg.CloseBackoff)
 			assert.Equal(t, DefaultMaxObjectSize, cfg.MaxObjectSize)
@@ -160,7 +178,7 @@ func TestErrorIsMapping(t *testing.T) {
 		gone             bool
 	}{
 		{status: 404, notExist: true},
-		{status: 410, notExist: true, gone: true},
+		{status: 410, gone: true}, // EIO, not ENOENT: never a silent fill value
 		{status: 401, denied: true},
 		{status: 403, denied: true},
 		{status: 500},

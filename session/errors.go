@@ -28,9 +28,10 @@ var (
 
 // Error is every failure of a Datamesh request.
 //
-// errors.Is(err, fs.ErrNotExist) is true for 404 and 410,
+// errors.Is(err, fs.ErrNotExist) is true for 404,
 // errors.Is(err, fs.ErrPermission) for 401 and 403 (after the session renewal
-// retry), errors.Is(err, ErrGone) for 410. Timeouts, 5xx and transport errors
+// retry), errors.Is(err, ErrGone) for 410 only: a deleted datasource must
+// fail reads (EIO), not read as missing keys (a silent fill value). Timeouts, 5xx and transport errors
 // match none of them; their cause is in Err (context.DeadlineExceeded,
 // context.Canceled, a net error, ...).
 type Error struct {
@@ -79,7 +80,7 @@ func (e *Error) Unwrap() error { return e.Err }
 func (e *Error) Is(target error) bool {
 	switch target {
 	case fs.ErrNotExist:
-		return e.Status == http.StatusNotFound || e.Status == http.StatusGone
+		return e.Status == http.StatusNotFound
 	case fs.ErrPermission:
 		return e.Status == http.StatusUnauthorized || e.Status == http.StatusForbidden
 	case ErrGone:

@@ -335,7 +335,10 @@ func dialers(tr func() *tls.Config, d *net.Dialer, handshakeTimeout time.Duratio
 		}
 		cfg.NextProtos = []string{"http/1.1"}
 		tc := tls.Client(raw, cfg)
-		hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+		hctx, cancel := ctx, context.CancelFunc(func() {})
+		if handshakeTimeout > 0 { // 0: no limit but ctx (connect timeout None)
+			hctx, cancel = context.WithTimeout(ctx, handshakeTimeout)
+		}
 		defer cancel()
 		if err := tc.HandshakeContext(hctx); err != nil {
 			_ = raw.Close()

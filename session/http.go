@@ -70,10 +70,12 @@ type request struct {
 	url       string
 	sessionID string      // sent as X-DATAMESH-SESSIONID when set
 	header    http.Header // extra headers
-	timeout   time.Duration
-	readBody  bool  // read the whole body of a 2xx answer
-	maxBody   int64 // bound on that body
-	noRetry   bool  // one try only (the caller has its own schedule)
+	// timeout bounds the wait for the answer's headers, then each gap
+	// between bytes of its body; negative: none (the caller's ctx only).
+	timeout  time.Duration
+	readBody bool  // read the whole body of a 2xx answer
+	maxBody  int64 // bound on that body
+	noRetry  bool  // one try only (the caller has its own schedule)
 }
 
 // response is the last answer do received.
@@ -87,10 +89,16 @@ type response struct {
 // newTransport is the client's transport; onSurplus is told when a
 // connection dropped bytes sent past the end of an answer.
 func newTransport(connectTimeout time.Duration, onSurplus func(int)) *http.Transport {
+	// NoTimeout: 0 is no limit for both (the request's own deadline and
+	// context still apply).
+	handshake := connectTimeout + 10*time.Second
+	if connectTimeout < 0 {
+		connectTimeout, handshake = 0, 0
+	}
 	dialer := &net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second}
 	tr := &http.Transport{
 		Proxy:                  http.ProxyFromEnvironment,
-		TLSHandshakeTimeout:    connectTimeout + 10*time.Second,
+		TLSHandshakeTimeout:    handshake,
 		MaxIdleConns:           2 * poolSize,
 		MaxIdleConnsPerHost:    poolSize,
 		MaxConnsPerHost:        poolSize,
@@ -119,15 +127,16 @@ func (c *Client) setAuth(h http.Header) {
 }
 
 // do sends r, retrying transport errors, timeouts, 429 and 502-504 with
-// exponential backoff and jitter, bounded in count and elapsed time. It
-// returns the last answer whatever its status, or an *Error when there was
-// no usable answer. A cancelled ctx stops it at once.
+// exponential backoff (capped at 30 s) and jitter. Retries are bounded by
+// RetryMaxElapsed, and by MaxRetries except for a restarting gateway (502,
+// 503, 504, a refused connection after the first answer), which is waited
+// out for the whole budget as the Python client does. It returns the last
+// answer whatever its status, or an *Error when there was no usable answer.
+// A cancelled ctx stops it at once.
 func (c *Client) do(ctx context.Context, r request) (*response, error) {
-	start := time.Now()
+	start := c.retryClock.Now()
 	retries := c.cfg.MaxRetries
-	if r.noRetry {
-		retries = 0
-	}
+	counted := 0 // retries of errors that are not a restart
 	for attempt := 0; ; attempt++ {
 		resp, err := c.attempt(ctx, r, attempt)
 		if ctx.Err() != nil {
@@ -142,7 +151,11 @@ func (c *Client) do(ctx context.Context, r request) (*response, error) {
 		if !retryable {
 			return resp, nil
 		}
-		if attempt >= retries || (attempt >= firstContactRetries && !c.answered.Load() && isConnectError(err)) {
+		restart := c.restarting(resp, err)
+		if !restart {
+			counted++
+		}
+		if r.noRetry || counted > retries || (attempt >= firstContactRetries && !c.answered.Load() && isConnectError(err)) {
 			if err != nil {
 				return nil, c.errorFor(r, 0, "", err)
 			}
@@ -155,7 +168,7 @@ func (c *Client) do(ctx context.Context, r request) (*response, error) {
 			}
 		}
 		delay = min(delay, maxRetryDelay)
-		if time.Since(start)+delay > c.cfg.RetryMaxElapsed {
+		if c.retryClock.Now().Sub(start)+delay > c.cfg.RetryMaxElapsed {
 			if err != nil {
 				return nil, c.errorFor(r, 0, "", err)
 			}
@@ -163,14 +176,28 @@ func (c *Client) do(ctx context.Context, r request) (*response, error) {
 		}
 		c.log.Debug("datamesh retry", "op", r.op, "method", r.method, "path", pathOf(r.url),
 			"attempt", attempt+1, "delay", delay, "cause", retryCause(resp, err))
-		t := time.NewTimer(delay)
+		fire, stop := c.retryClock.NewTimer(delay)
 		select {
 		case <-ctx.Done():
-			t.Stop()
+			stop()
 			return nil, c.errorFor(r, 0, "", context.Cause(ctx))
-		case <-t.C:
+		case <-fire:
 		}
 	}
+}
+
+// restarting reports whether an answer or error says the gateway is
+// restarting (or behind a proxy that says so): worth waiting minutes for.
+// A refused connection counts only once the address has answered before.
+func (c *Client) restarting(resp *response, err error) bool {
+	if err != nil {
+		return c.answered.Load() && isConnectError(err)
+	}
+	switch resp.status {
+	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return true
+	}
+	return false
 }
 
 func retryCause(resp *response, err error) string {
@@ -195,7 +222,11 @@ func (c *Client) backoff(attempt int) time.Duration {
 	for i := 0; i < attempt && d < maxRetryDelay; i++ {
 		d *= 2
 	}
-	d = min(d, maxRetryDelay)
+	return c.jitter(min(d, maxRetryDelay))
+}
+
+// halfJitter is a wait in [d/2, d].
+func halfJitter(d time.Duration) time.Duration {
 	half := d / 2
 	return half + rand.N(half+1)
 }
@@ -213,12 +244,55 @@ func retryAfter(h http.Header) (time.Duration, bool) {
 	return min(time.Duration(secs*float64(time.Second)), maxRetryDelay), true
 }
 
-// attempt sends r once under its own deadline and reads the body under the
-// same deadline. A nil error means an answer with a complete body.
+// errIdle is the cause of an attempt cancelled by its read timeout. It
+// matches context.DeadlineExceeded, as a whole-request deadline did.
+type errIdle struct{ d time.Duration }
+
+func (e errIdle) Error() string {
+	return fmt.Sprintf("read timeout: no answer or no bytes for %s", e.d)
+}
+func (errIdle) Unwrap() error   { return context.DeadlineExceeded }
+func (errIdle) Timeout() bool   { return true }
+func (errIdle) Temporary() bool { return true }
+
+// idleBody pushes the attempt's read deadline forward each time bytes
+// arrive, so that the timeout bounds the gaps between bytes and never the
+// whole transfer.
+type idleBody struct {
+	io.ReadCloser
+	timer *time.Timer
+	d     time.Duration
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.timer.Reset(b.d)
+	}
+	return n, err
+}
+
+// attempt sends r once and reads the body. r.timeout bounds the wait for the
+// answer's headers and then each gap between bytes of the body (a timer
+// reset as bytes arrive cancels the attempt when it fires). A nil error
+// means an answer with a complete body.
 func (c *Client) attempt(ctx context.Context, r request, n int) (*response, error) {
 	start := time.Now()
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var idle *time.Timer
+	if r.timeout >= 0 {
+		idle = time.AfterFunc(r.timeout, func() { cancel(errIdle{r.timeout}) })
+		defer idle.Stop()
+	}
+	// The timer's cancellation surfaces as context.Canceled from net/http;
+	// its cause says it was the timeout.
+	timedOut := func(err error) error {
+		if cause := context.Cause(ctx); errors.As(cause, new(errIdle)) {
+			return cause
+		}
+		return err
+	}
 	req, err := http.NewRequestWithContext(ctx, r.method, r.url, nil)
 	if err != nil {
 		return nil, permanentError{fmt.Errorf("build request: %w", unwrapURLError(err))}
@@ -237,7 +311,7 @@ func (c *Client) attempt(ctx context.Context, r request, n int) (*response, erro
 	}
 	res, err := c.http.Do(req)
 	if err != nil {
-		err = classify(unwrapURLError(err))
+		err = timedOut(classify(unwrapURLError(err)))
 		if c.log.Enabled(ctx, slog.LevelDebug) {
 			c.log.Debug("datamesh request", "method", r.method, "path", pathOf(r.url), "attempt", n,
 				"error", err.Error(), "duration", time.Since(start))
@@ -248,12 +322,20 @@ func (c *Client) attempt(ctx context.Context, r request, n int) (*response, erro
 	// draining it: an answer refused for its size is never read.
 	defer res.Body.Close()
 	c.answered.Store(true)
+	var body io.Reader = res.Body
+	if idle != nil {
+		idle.Reset(r.timeout) // headers arrived: now the first gap
+		body = &idleBody{ReadCloser: res.Body, timer: idle, d: r.timeout}
+	}
 	resp := &response{status: res.StatusCode, header: res.Header, size: res.ContentLength}
 	switch {
 	case res.StatusCode/100 == 2 && r.readBody:
-		resp.body, err = readBody(res.Body, res.ContentLength, r.maxBody)
+		resp.body, err = readBody(body, res.ContentLength, r.maxBody)
+		if err != nil {
+			err = timedOut(err)
+		}
 	case res.StatusCode/100 != 2:
-		resp.body, _ = io.ReadAll(io.LimitReader(res.Body, maxErrorBody))
+		resp.body, _ = io.ReadAll(io.LimitReader(body, maxErrorBody))
 	}
 	if c.log.Enabled(ctx, slog.LevelDebug) {
 		attrs := []any{"method", r.method, "path", pathOf(r.url), "attempt", n,

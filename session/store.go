@@ -23,8 +23,8 @@ type Store struct {
 	goneLogged sync.Once
 }
 
-// Store returns the key reader of datasource id. An invalid id makes every
-// call fail.
+// Store returns the key reader of datasource id. An id that ValidID refuses
+// makes every call fail.
 func (c *Client) Store(id string) *Store { return &Store{c: c, id: id} }
 
 // Get returns the whole value of key: at most Config.MaxObjectSize bytes, or
@@ -69,11 +69,12 @@ func (s *Store) List(ctx context.Context, prefix string) ([]string, error) {
 }
 
 // noteGone logs, once, that the gateway says the datasource no longer
-// exists: callers see "not found" for each key, this says why.
+// exists: callers see a failed read (ErrGone, not "not found") for each
+// key, this says why.
 func (s *Store) noteGone(err error) {
 	if errors.Is(err, ErrGone) {
 		s.goneLogged.Do(func() {
-			s.c.log.Warn("datamesh datasource is gone (410); its keys read as missing", "datasource", s.id, "error", err.Error())
+			s.c.log.Warn("datamesh datasource is gone (410); reads of its keys fail", "datasource", s.id, "error", err.Error())
 		})
 	}
 }
@@ -100,11 +101,10 @@ func ctxLimit(ctx context.Context) (int64, bool) { return zarr.SizeLimit(ctx) }
 // same session refused) and the request is retried once.
 func (s *Store) request(ctx context.Context, op, method, key string, maxBody int64) (*response, error) {
 	list := op == "list"
+	// Every zarr request, .zmetadata and listings included, gets the chunk
+	// read timeout, as in the Python client: metadata can be large too.
 	r := request{op: op, method: method, url: s.keyURL(key, list), readBody: maxBody >= 0,
 		maxBody: maxBody, timeout: s.c.cfg.ChunkReadTimeout}
-	if list || isMetadataKey(key) {
-		r.timeout = s.c.cfg.ReadTimeout
-	}
 	if err := checkID(s.id); err != nil {
 		return nil, s.c.errorFor(r, 0, "", err)
 	}
@@ -138,12 +138,6 @@ func (s *Store) request(ctx context.Context, op, method, key string, maxBody int
 		}
 		return nil, s.c.statusError(r, resp)
 	}
-}
-
-// isMetadataKey tells metadata keys (short reads) from chunk keys.
-func isMetadataKey(key string) bool {
-	last := key[strings.LastIndexByte(key, '/')+1:]
-	return strings.HasPrefix(last, ".") || last == "zarr.json"
 }
 
 // checkKey rejects keys that would address something outside the store.

@@ -124,7 +124,10 @@ func TestStoreRejectsBadInput(t *testing.T) {
 		name, id, key, want string
 	}{
 		{"bad id", "Bad/ID", "a/0", "datasource id"},
-		{"short id", "ab", "a/0", "datasource id"},
+		{"parent id", "..", "a/0", "datasource id"},
+		{"dot id", ".", "a/0", "datasource id"},
+		{"NUL in id", "a\x00b", "a/0", "datasource id"},
+		{"256-byte id", strings.Repeat("a", 256), "a/0", "datasource id"},
 		{"empty key", "ds_1", "", "empty key"},
 		{"parent segment", "ds_1", "../other/.zmetadata", `".." segment`},
 		{"dot segment", "ds_1", "a/./0", `"." segment`},
@@ -163,13 +166,16 @@ func TestStoreErrorStatuses(t *testing.T) {
 		wantTries      int32
 	}{
 		{status: 404, detail: "Key not found", notExist: true, wantTries: 1},
-		{status: 410, detail: "Datasource removed", notExist: true, gone: true, wantTries: 1},
+		{status: 410, detail: "Datasource removed", gone: true, wantTries: 1},
 		{status: 403, detail: "Not yours", denied: true, wantTries: 1},
 		{status: 400, detail: "bad key", wantTries: 1},
 		{status: 500, detail: "oops", wantTries: 1},
-		{status: 503, detail: "busy", wantTries: 4},
-		{status: 502, wantTries: 4},
-		{status: 504, wantTries: 4},
+		// A restart is waited out for RetryMaxElapsed (5s), whatever
+		// MaxRetries (3): waits of 1, 2, 4, ... 2048 ms, then 4096 would
+		// pass the budget.
+		{status: 503, detail: "busy", wantTries: 13},
+		{status: 502, wantTries: 13},
+		{status: 504, wantTries: 13},
 		{status: 429, detail: "slow down", wantTries: 4},
 	}
 	for _, tt := range tests {
@@ -180,6 +186,7 @@ func TestStoreErrorStatuses(t *testing.T) {
 			}
 			var logs logBuffer
 			c := acquired(t, testConfig(g.srv.URL, &logs))
+			instantRetries(c)
 			_, err := c.Store("ds_1").Get(t.Context(), "u10/0.0")
 			require.Error(t, err)
 			var e *Error
@@ -320,38 +327,6 @@ func TestCancelDuringRequest(t *testing.T) {
 	assert.Equal(t, int32(1), g.zarrReqs.Load())
 }
 
-func TestTimeoutsByKeyKind(t *testing.T) {
-	g := newFakeGateway(t)
-	g.zarr = func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-time.After(300 * time.Millisecond):
-		case <-r.Context().Done():
-			return
-		}
-		_, _ = w.Write([]byte("late"))
-	}
-	cfg := testConfig(g.srv.URL, nil)
-	cfg.ReadTimeout = 100 * time.Millisecond
-	cfg.ChunkReadTimeout = 3 * time.Second
-	cfg.MaxRetries = 1
-	c := acquired(t, cfg)
-	st := c.Store("ds_1")
-
-	for _, key := range []string{"u10/0.0", "c/0/1", "zarr.json.bak"} {
-		b, err := st.Get(t.Context(), key)
-		require.NoError(t, err, key)
-		assert.Equal(t, "late", string(b))
-	}
-	for _, key := range []string{".zmetadata", "u10/.zarray", "u10/zarr.json"} {
-		before := g.zarrReqs.Load()
-		_, err := st.Get(t.Context(), key)
-		require.Error(t, err, key)
-		assert.ErrorIs(t, err, context.DeadlineExceeded, key)
-		assert.False(t, errors.Is(err, fs.ErrNotExist), key)
-		assert.Equal(t, before+2, g.zarrReqs.Load(), "timeouts are retried")
-	}
-}
-
 // rawServer answers every request with the raw HTTP response resp.
 func rawServer(t *testing.T, resp func(path string) string) string {
 	return newHandlerServer(t, func(w http.ResponseWriter, r *http.Request) {
@@ -437,15 +412,6 @@ func TestParseListing(t *testing.T) {
 	}
 }
 
-func TestIsMetadataKey(t *testing.T) {
-	for key, want := range map[string]bool{
-		".zmetadata": true, "u10/.zarray": true, "a/b/.zattrs": true, "zarr.json": true, "u10/zarr.json": true,
-		"u10/0.0": false, "c/0/0": false, "0": false, "u10/zarr.json.x": false,
-	} {
-		assert.Equal(t, want, isMetadataKey(key), key)
-	}
-}
-
 // Get reads into a buffer sized from Content-Length: one allocation of the
 // body's size, whatever the size.
 func BenchmarkGet(b *testing.B) {
@@ -497,7 +463,7 @@ func TestGoneDatasourceIsLoggedOnce(t *testing.T) {
 	st := c.Store("old_ds")
 	for _, key := range []string{"a/0", "a/1", "b/0"} {
 		_, err := st.Get(context.Background(), key)
-		assert.ErrorIs(t, err, fs.ErrNotExist)
+		assert.NotErrorIs(t, err, fs.ErrNotExist, "a read error (EIO), never a fill value")
 		assert.ErrorIs(t, err, ErrGone)
 	}
 	_, err = st.Head(context.Background(), "a/2")
@@ -523,14 +489,16 @@ func TestRefusedConnectRetriesDependOnFirstContact(t *testing.T) {
 	assert.Equal(t, firstContactRetries, retries(logs))
 
 	// Once the gateway has answered, a refused connection is a restart:
-	// the full retry budget applies.
+	// waited out for RetryMaxElapsed (5s) whatever MaxRetries: waits of 1,
+	// 2, 4, ... 2048 ms.
 	g := newFakeGateway(t)
 	logs = &logBuffer{}
 	cfg = testConfig(g.srv.URL, logs)
 	cfg.MaxRetries = 6
 	c = acquired(t, cfg)
+	instantRetries(c)
 	g.srv.Close()
 	_, err = c.Catalog(t.Context(), Query{})
 	require.ErrorIs(t, err, syscall.ECONNREFUSED)
-	assert.Equal(t, 6, retries(logs))
+	assert.Equal(t, 12, retries(logs))
 }
