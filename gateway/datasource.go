@@ -8,13 +8,36 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
+	"time"
+	"unicode/utf8"
 )
 
-// idPattern is what a Datamesh datasource id looks like.
-var idPattern = regexp.MustCompile(`^[a-z0-9_-]{3,80}$`)
+// maxIDBytes is the longest id served: a path component's limit.
+const maxIDBytes = 255
+
+// checkID tells why a folder name cannot be a datasource id. Every safe
+// single path component is one (DESIGN §3): Datamesh's ^[a-z0-9_-]{3,80}$
+// governs new ids only, and existing ones outside it (dots, capitals) are
+// served. Ids must be UTF-8 because the catalog is JSON.
+func checkID(id string) error {
+	switch {
+	case id == "" || id == "." || id == "..":
+		return errors.New("not a path component")
+	case strings.ContainsAny(id, "/\x00"):
+		return errors.New("contains / or NUL")
+	case len(id) > maxIDBytes:
+		return fmt.Errorf("longer than %d bytes", maxIDBytes)
+	case !utf8.ValidString(id):
+		return errors.New("not UTF-8")
+	}
+	return nil
+}
+
+// rootMetadata are the store-level metadata files whose newest mtime is the
+// datasource's "modified".
+var rootMetadata = []string{".zmetadata", ".zgroup", ".zattrs", ".zarray", "zarr.json"}
 
 // listEntry is one immediate child of a store folder.
 type listEntry struct {
@@ -36,7 +59,11 @@ type datasource struct {
 	links map[string]string
 
 	name, description string
-	feature           []byte // the catalog Feature, JSON
+	// The catalog Feature, JSON, is featureHead + modified + featureTail.
+	featureHead, featureTail []byte
+	// loadModified is modified() at startup, for when no metadata file can
+	// be read any more.
+	loadModified time.Time
 }
 
 // isZarrStore tells whether dir's top level holds Zarr metadata.
@@ -77,8 +104,9 @@ func loadDatasources(dir string, log *slog.Logger) ([]*datasource, error) {
 		case !isZarrStore(path):
 			log.Info("skipping folder that is not a Zarr store", "folder", path)
 			continue
-		case !idPattern.MatchString(e.Name()):
-			log.Warn("skipping Zarr store whose name is not a datasource id (want ^[a-z0-9_-]{3,80}$)", "folder", path)
+		}
+		if err := checkID(e.Name()); err != nil {
+			log.Warn("skipping Zarr store whose name cannot be a datasource id", "folder", path, "reason", err)
 			continue
 		}
 		ds, err := loadDatasource(e.Name(), path)
@@ -114,11 +142,37 @@ func loadDatasource(id, dir string) (*datasource, error) {
 		return nil, fmt.Errorf("metadata: %w", err)
 	}
 	ds.name, ds.description = meta.title(id), meta.description()
-	ds.feature, err = meta.feature(ds)
+	ds.featureHead, ds.featureTail, err = meta.feature(ds)
 	if err != nil {
 		return nil, fmt.Errorf("catalog entry: %w", err)
 	}
+	ds.loadModified = ds.modified()
 	return ds, nil
+}
+
+// modified is the newest mtime of the store's root metadata files, read
+// at each call: stable across restarts and remounts (clients use it as
+// mtime, so that rsync -a copies nothing twice), and moving when the
+// metadata is rewritten.
+func (ds *datasource) modified() time.Time {
+	var newest time.Time
+	for _, name := range rootMetadata {
+		if fi, err := ds.root.Stat(name); err == nil && fi.Mode().IsRegular() && fi.ModTime().After(newest) {
+			newest = fi.ModTime()
+		}
+	}
+	if newest.IsZero() {
+		return ds.loadModified
+	}
+	return newest
+}
+
+// featureJSON is the catalog Feature with its current "modified".
+func (ds *datasource) featureJSON() []byte {
+	out := make([]byte, 0, len(ds.featureHead)+len(timeLayout)+len(ds.featureTail))
+	out = append(out, ds.featureHead...)
+	out = ds.modified().UTC().AppendFormat(out, timeLayout)
+	return append(out, ds.featureTail...)
 }
 
 // index walks the store once; requests never walk it again.

@@ -1,7 +1,8 @@
 // Package gateway is a local Datamesh gateway: it speaks the Datamesh HTTP
 // protocol (sessions, catalog, zarr keys and listings) over a folder of Zarr
-// stores, and can misbehave on purpose (latency, injected 503s, short
-// sessions, a session limit) so that clients can be tested against it.
+// stores, and can misbehave on purpose (latency, injected 5xx and 429
+// answers, short or idle-ended sessions, a session limit, HEAD answers
+// without a length) so that clients can be tested against it.
 //
 // It shares no code with the dmfs client packages, so that it can catch their
 // mistakes.
@@ -17,6 +18,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -33,12 +35,25 @@ type Config struct {
 	Token string
 	// Latency is added to every protocol request before it is answered.
 	Latency time.Duration
-	// FailRate is the fraction of /zarr/ requests answered 503.
+	// FailRate is the fraction of /zarr/ requests answered with an
+	// injected failure.
 	FailRate float64
+	// FailCodes are the statuses injected failures answer, each drawn from
+	// the list (nil: DefaultFailCodes). Only 429 and 5xx.
+	FailCodes []int
+	// RetryAfter is the Retry-After, in whole seconds, of injected 429 and
+	// 503 answers (0: DefaultRetryAfter; negative: "0").
+	RetryAfter time.Duration
 	// Seed seeds the deterministic sequence of injected failures.
 	Seed int64
 	// SessionTTL caps the lifetime of every session (0: no cap).
 	SessionTTL time.Duration
+	// SessionIdle ends a session that no request used for this long, before
+	// its end_time, as the real gateway does (0: never).
+	SessionIdle time.Duration
+	// HeadWithoutLength leaves Content-Length out of HEAD answers on zarr
+	// keys, as some gateways and proxies do.
+	HeadWithoutLength bool
 	// MaxSessions limits the number of open sessions (0: no limit).
 	MaxSessions int
 	// Logger receives one line per request (nil: discard). Paths and other
@@ -70,6 +85,12 @@ const (
 	DefaultMaxHeaderBytes    = 64 << 10
 )
 
+// DefaultFailCodes is what injected failures answer unless told otherwise.
+var DefaultFailCodes = []int{http.StatusServiceUnavailable}
+
+// DefaultRetryAfter is the Retry-After of injected 429 and 503 answers.
+const DefaultRetryAfter = time.Second
+
 // LogValueBytes caps a client-chosen value (path, session id, method) in
 // a log line.
 const LogValueBytes = 200
@@ -80,9 +101,11 @@ const writeStep = 256 << 10
 
 // String describes cfg without its token.
 func (c Config) String() string {
-	return fmt.Sprintf("gateway.Config{Dir:%q Token:%s Latency:%s FailRate:%g Seed:%d SessionTTL:%s MaxSessions:%d "+
+	return fmt.Sprintf("gateway.Config{Dir:%q Token:%s Latency:%s FailRate:%g FailCodes:%v RetryAfter:%s Seed:%d "+
+		"SessionTTL:%s SessionIdle:%s HeadWithoutLength:%t MaxSessions:%d "+
 		"MaxCounterKeys:%d ReadHeaderTimeout:%s ReadTimeout:%s WriteTimeout:%s IdleTimeout:%s MaxHeaderBytes:%d}",
-		c.Dir, redacted(c.Token), c.Latency, c.FailRate, c.Seed, c.SessionTTL, c.MaxSessions,
+		c.Dir, redacted(c.Token), c.Latency, c.FailRate, c.FailCodes, c.RetryAfter, c.Seed,
+		c.SessionTTL, c.SessionIdle, c.HeadWithoutLength, c.MaxSessions,
 		c.MaxCounterKeys, c.ReadHeaderTimeout, c.ReadTimeout, c.WriteTimeout, c.IdleTimeout, c.MaxHeaderBytes)
 }
 
@@ -103,6 +126,10 @@ func (c Config) withDefaults() Config {
 	if c.MaxCounterKeys == 0 {
 		c.MaxCounterKeys = DefaultMaxCounterKeys
 	}
+	if len(c.FailCodes) == 0 {
+		c.FailCodes = DefaultFailCodes
+	}
+	def(&c.RetryAfter, DefaultRetryAfter)
 	return c
 }
 
@@ -132,6 +159,9 @@ type Server struct {
 
 	failMu  sync.Mutex
 	failRng *rand.Rand
+	// codeRng draws which code a failure answers; apart from failRng so
+	// that a seed fails the same requests whatever the codes.
+	codeRng *rand.Rand
 }
 
 // String describes s without its token.
@@ -151,8 +181,16 @@ func New(cfg Config) (*Server, error) {
 	if cfg.FailRate < 0 || cfg.FailRate > 1 {
 		return nil, fmt.Errorf("gateway: fail rate %g is outside [0, 1]", cfg.FailRate)
 	}
-	if cfg.Latency < 0 || cfg.SessionTTL < 0 || cfg.MaxSessions < 0 || cfg.MaxCounterKeys < 0 {
-		return nil, errors.New("gateway: latency, session TTL, max sessions and max counter keys must not be negative")
+	if cfg.Latency < 0 || cfg.SessionTTL < 0 || cfg.SessionIdle < 0 || cfg.MaxSessions < 0 || cfg.MaxCounterKeys < 0 {
+		return nil, errors.New("gateway: latency, session TTL, session idle, max sessions and max counter keys must not be negative")
+	}
+	for _, c := range cfg.FailCodes {
+		if c != http.StatusTooManyRequests && (c < 500 || c > 599) {
+			return nil, fmt.Errorf("gateway: fail code %d is not 429 or 5xx", c)
+		}
+	}
+	if cfg.RetryAfter > 0 && cfg.RetryAfter%time.Second != 0 {
+		return nil, fmt.Errorf("gateway: Retry-After %s is not whole seconds", cfg.RetryAfter)
 	}
 	if cfg.ReadHeaderTimeout < 0 || cfg.ReadTimeout < 0 || cfg.WriteTimeout < 0 || cfg.IdleTimeout < 0 || cfg.MaxHeaderBytes < 0 {
 		return nil, errors.New("gateway: server timeouts and max header bytes must not be negative")
@@ -165,9 +203,10 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg:      cfg,
 		log:      logger,
-		sessions: newSessionStore(cfg.SessionTTL, cfg.MaxSessions),
+		sessions: newSessionStore(cfg.SessionTTL, cfg.SessionIdle, cfg.MaxSessions),
 		counters: newCounterSet(cfg.MaxCounterKeys),
 		failRng:  rand.New(rand.NewPCG(uint64(cfg.Seed), 0x646d6673)),
+		codeRng:  rand.New(rand.NewPCG(uint64(cfg.Seed), 0x636f6465)),
 	}
 	dss, err := loadDatasources(cfg.Dir, logger)
 	if err != nil {
@@ -424,22 +463,20 @@ func methodNotAllowed(route string) *request {
 	}}
 }
 
-// authorise checks the token headers. Every token presented must match.
+// authorise checks the token headers as the service does: X-DATAMESH-TOKEN,
+// when sent, decides alone, because a proxy may set it and leave the
+// client's "Authorization: Token proxy" behind; otherwise Authorization
+// ("Token T" or "Bearer T") decides.
 func (s *Server) authorise(r *http.Request) (detail string, ok bool) {
-	var presented []string
-	if t := r.Header.Get("X-DATAMESH-TOKEN"); t != "" {
-		presented = append(presented, t)
+	presented := r.Header.Get("X-DATAMESH-TOKEN")
+	if presented == "" {
+		presented = r.Header.Get("Authorization")
 	}
-	if a := r.Header.Get("Authorization"); a != "" {
-		presented = append(presented, a)
-	}
-	if len(presented) == 0 {
+	if presented == "" {
 		return "Authentication credentials were not provided.", false
 	}
-	for _, p := range presented {
-		if !s.tokenMatches(p) {
-			return "Invalid token.", false
-		}
+	if !s.tokenMatches(presented) {
+		return "Invalid token.", false
 	}
 	return "", true
 }
@@ -468,14 +505,28 @@ func (s *Server) tokenMatches(v string) bool {
 	return false
 }
 
-// injectFailure draws the next number of the seeded failure sequence.
-func (s *Server) injectFailure() bool {
+// injectFailure draws the next number of the seeded failure sequence, and
+// for a failure its status from FailCodes (0: no failure).
+func (s *Server) injectFailure() int {
 	if s.cfg.FailRate <= 0 {
-		return false
+		return 0
 	}
 	s.failMu.Lock()
 	defer s.failMu.Unlock()
-	return s.failRng.Float64() < s.cfg.FailRate
+	if s.failRng.Float64() >= s.cfg.FailRate {
+		return 0
+	}
+	return s.cfg.FailCodes[s.codeRng.IntN(len(s.cfg.FailCodes))]
+}
+
+// writeInjectedFailure answers an injected failure; 429 and 503 say when
+// to come back, as real services and proxies do.
+func (s *Server) writeInjectedFailure(w http.ResponseWriter, code int) {
+	if code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable {
+		secs := int64(max(s.cfg.RetryAfter, 0) / time.Second)
+		w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+	}
+	writeDetail(w, code, "injected failure")
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -70,7 +70,7 @@ func (s *Server) serveCatalog(w http.ResponseWriter, r *http.Request, _ *request
 		if ds.gone() {
 			continue
 		}
-		if search != "" && !strings.Contains(ds.id, search) &&
+		if search != "" && !strings.Contains(strings.ToLower(ds.id), search) &&
 			!strings.Contains(strings.ToLower(ds.name), search) &&
 			!strings.Contains(strings.ToLower(ds.description), search) {
 			continue
@@ -78,7 +78,7 @@ func (s *Server) serveCatalog(w http.ResponseWriter, r *http.Request, _ *request
 		if n > 0 {
 			buf.WriteByte(',')
 		}
-		buf.Write(ds.feature)
+		buf.Write(ds.featureJSON())
 		n++
 	}
 	buf.WriteString("]}")
@@ -105,7 +105,7 @@ func (s *Server) serveDatasource(w http.ResponseWriter, _ *http.Request, q *requ
 	if ds == nil {
 		return
 	}
-	writeRawJSON(w, http.StatusOK, ds.feature)
+	writeRawJSON(w, http.StatusOK, ds.featureJSON())
 }
 
 // serveQuery answers /zarr/query/...: staged OceanQL queries are not
@@ -121,8 +121,8 @@ func (s *Server) serveZarr(w http.ResponseWriter, r *http.Request, q *request) {
 	if !s.checkZarrSession(w, q) {
 		return
 	}
-	if s.injectFailure() {
-		writeDetail(w, http.StatusServiceUnavailable, "injected failure")
+	if code := s.injectFailure(); code != 0 {
+		s.writeInjectedFailure(w, code)
 		return
 	}
 	if errors.Is(q.keyErr, errNoKey) {
@@ -173,7 +173,27 @@ func (s *Server) serveZarr(w http.ResponseWriter, r *http.Request, q *request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
+	if r.Method == http.MethodHead && s.cfg.HeadWithoutLength {
+		w = noLengthWriter{w}
+	}
+	// ServeContent sends Last-Modified (GET and HEAD), which clients use as
+	// the key's stable mtime.
 	http.ServeContent(w, r, "", fi.ModTime(), f)
+}
+
+// noLengthWriter drops Content-Length from an answer's headers, as gateways
+// and proxies that stream do on HEAD, so that a client must not take a HEAD
+// without one for a size. net/http adds none to a bodiless HEAD answer.
+type noLengthWriter struct{ http.ResponseWriter }
+
+func (w noLengthWriter) WriteHeader(code int) {
+	w.Header().Del("Content-Length")
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w noLengthWriter) Write(p []byte) (int, error) {
+	w.Header().Del("Content-Length") // headers go out with the first write
+	return w.ResponseWriter.Write(p)
 }
 
 // serveListing writes the HTML index of one folder, in the shape that

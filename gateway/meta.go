@@ -366,9 +366,10 @@ func (sm *storeMeta) array(names ...string) *arrayMeta {
 	return nil
 }
 
-// feature builds the store's catalog entry. The bounding box and the time
-// range are read from small 1-D coordinates when they decode cheaply.
-func (sm *storeMeta) feature(ds *datasource) ([]byte, error) {
+// feature builds the store's catalog entry, in two parts that its
+// "modified" time joins. The bounding box and the time range are read from
+// small 1-D coordinates when they decode cheaply.
+func (sm *storeMeta) feature(ds *datasource) (head, tail []byte, err error) {
 	var geometry any
 	lat, lon := sm.array("lat", "latitude"), sm.array("lon", "longitude")
 	if lat != nil && lon != nil {
@@ -386,21 +387,32 @@ func (sm *storeMeta) feature(ds *datasource) ([]byte, error) {
 			}
 		}
 	}
-	f := map[string]any{
-		"type":     "Feature",
-		"id":       ds.id,
-		"geometry": geometry,
-		"properties": map[string]any{
-			"name":        sm.title(ds.id),
-			"description": sm.description(),
-			"driver":      "zarr",
-			"tstart":      tstart,
-			"tend":        tend,
-			"schema":      sm.schema(),
-			"tags":        []string{},
-		},
+	props, err := json.Marshal(map[string]any{
+		"name":        sm.title(ds.id),
+		"description": sm.description(),
+		"driver":      "zarr",
+		"tstart":      tstart,
+		"tend":        tend,
+		"schema":      sm.schema(),
+		"tags":        []string{},
+	})
+	if err != nil {
+		return nil, nil, err
 	}
-	return json.Marshal(f)
+	id, err := json.Marshal(ds.id)
+	if err != nil {
+		return nil, nil, err
+	}
+	geom, err := json.Marshal(geometry)
+	if err != nil {
+		return nil, nil, err
+	}
+	// "modified" goes between head and tail at each answer, so that it
+	// follows the store's metadata without rebuilding the rest.
+	head = fmt.Appendf(nil, `{"type":"Feature","id":%s,"geometry":%s,"properties":{"modified":"`, id, geom)
+	tail = append([]byte(`",`), props[1:]...) // props is a non-empty object
+	tail = append(tail, '}')
+	return head, tail, nil
 }
 
 func bboxPolygon(lat, lon []float64) any {

@@ -24,8 +24,11 @@ const timeLayout = "2006-01-02T15:04:05.000000Z07:00"
 type session struct {
 	id           string
 	created, end time.Time
-	allowMulti   bool
-	closed       bool
+	// used is when a request last carried the session (its creation
+	// first); with an idle limit the session ends idle after it.
+	used       time.Time
+	allowMulti bool
+	closed     bool
 	// index is the session's place in sessionStore.open, -1 once it left it
 	// (closed or seen expired).
 	index int
@@ -68,14 +71,16 @@ const (
 // rather than a scan of all sessions per request.
 type sessionStore struct {
 	ttl        time.Duration
+	idle       time.Duration // 0: sessions never end idle
 	max        int
 	maxRetired int
 	now        func() time.Time
 
 	mu       sync.Mutex
 	sessions map[string]*session
-	// open holds exactly the sessions not closed and not yet seen expired;
-	// after expire(now) its length is the exact open count.
+	// open holds exactly the sessions not closed and not yet seen expired
+	// (end_time or idle), ordered on expiry(); after expire(now) its length
+	// is the exact open count.
 	open openHeap
 	// retired lists the sessions that left open, in the order they left,
 	// to forget them sessionForget later.
@@ -87,19 +92,68 @@ type retiredSession struct {
 	at time.Time
 }
 
-func newSessionStore(ttl time.Duration, max int) *sessionStore {
-	return &sessionStore{ttl: ttl, max: max, maxRetired: maxRetired, now: time.Now, sessions: map[string]*session{}}
+func newSessionStore(ttl, idle time.Duration, max int) *sessionStore {
+	return &sessionStore{ttl: ttl, idle: idle, max: max, maxRetired: maxRetired, now: time.Now,
+		sessions: map[string]*session{}, open: openHeap{idle: idle}}
+}
+
+// expiry is when s stops being live: its end_time, or earlier when it is
+// left idle for st.idle, as the real gateway ends idle sessions.
+func (st *sessionStore) expiry(s *session) time.Time { return sessionExpiry(s, st.idle) }
+
+func sessionExpiry(s *session, idle time.Duration) time.Time {
+	if idle > 0 {
+		if t := s.used.Add(idle); t.Before(s.end) {
+			return t
+		}
+	}
+	return s.end
 }
 
 func (st *sessionStore) live(s *session, now time.Time) bool {
-	return !s.closed && now.Before(s.end)
+	return !s.closed && now.Before(st.expiry(s))
+}
+
+// sessionState is what a request carrying a session id finds.
+type sessionState int
+
+const (
+	sessionLive sessionState = iota
+	sessionUnknown
+	sessionClosed
+	sessionExpired // past its end_time
+	sessionIdle    // ended by the gateway after st.idle without use
+)
+
+// use checks the session a request carries and, when it is live, marks it
+// used now, in one step so that no request slips between check and touch.
+func (st *sessionStore) use(id string) sessionState {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	p, ok := st.sessions[id]
+	now := st.now()
+	switch {
+	case !ok:
+		return sessionUnknown
+	case p.closed:
+		return sessionClosed
+	case !now.Before(p.end):
+		return sessionExpired
+	case !st.live(p, now):
+		return sessionIdle
+	}
+	p.used = now
+	if st.idle > 0 && p.index >= 0 {
+		heap.Fix(&st.open, p.index) // its expiry moved later
+	}
+	return sessionLive
 }
 
 // expire moves the sessions whose end has passed out of the open heap, and
 // forgets the retired sessions past sessionForget or maxRetired. Callers
 // hold mu.
 func (st *sessionStore) expire(now time.Time) {
-	for len(st.open) > 0 && !now.Before(st.open[0].end) {
+	for st.open.Len() > 0 && !now.Before(st.expiry(st.open.s[0])) {
 		s := heap.Pop(&st.open).(*session)
 		st.retired = append(st.retired, retiredSession{s.id, now})
 	}
@@ -122,7 +176,7 @@ func (st *sessionStore) openCount() int64 {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	st.expire(st.now())
-	return int64(len(st.open))
+	return int64(st.open.Len())
 }
 
 var errTooManySessions = fmt.Errorf("too many open sessions")
@@ -132,13 +186,13 @@ func (st *sessionStore) acquire(d time.Duration, allowMulti bool) (*session, err
 	defer st.mu.Unlock()
 	now := st.now()
 	st.expire(now)
-	if st.max > 0 && len(st.open) >= st.max {
+	if st.max > 0 && st.open.Len() >= st.max {
 		return nil, errTooManySessions
 	}
 	if st.ttl > 0 && d > st.ttl {
 		d = st.ttl
 	}
-	s := &session{id: newSessionID(), created: now, end: now.Add(d), allowMulti: allowMulti}
+	s := &session{id: newSessionID(), created: now, end: now.Add(d), used: now, allowMulti: allowMulti}
 	st.sessions[s.id] = s
 	heap.Push(&st.open, s)
 	cp := *s
@@ -174,28 +228,34 @@ func (st *sessionStore) close(id string) bool {
 	return true
 }
 
-// openHeap is a container/heap of sessions, earliest end first.
-type openHeap []*session
+// openHeap is a container/heap of sessions, earliest expiry first. idle is
+// the store's idle limit, which expiry depends on.
+type openHeap struct {
+	s    []*session
+	idle time.Duration
+}
 
-func (h openHeap) Len() int           { return len(h) }
-func (h openHeap) Less(i, j int) bool { return h[i].end.Before(h[j].end) }
-func (h openHeap) Swap(i, j int) {
-	h[i], h[j] = h[j], h[i]
-	h[i].index, h[j].index = i, j
+func (h *openHeap) Len() int { return len(h.s) }
+func (h *openHeap) Less(i, j int) bool {
+	return sessionExpiry(h.s[i], h.idle).Before(sessionExpiry(h.s[j], h.idle))
+}
+func (h *openHeap) Swap(i, j int) {
+	h.s[i], h.s[j] = h.s[j], h.s[i]
+	h.s[i].index, h.s[j].index = i, j
 }
 
 func (h *openHeap) Push(x any) {
 	s := x.(*session)
-	s.index = len(*h)
-	*h = append(*h, s)
+	s.index = len(h.s)
+	h.s = append(h.s, s)
 }
 
 func (h *openHeap) Pop() any {
-	old := *h
+	old := h.s
 	s := old[len(old)-1]
 	old[len(old)-1] = nil
 	s.index = -1
-	*h = old[:len(old)-1]
+	h.s = old[:len(old)-1]
 	return s
 }
 
@@ -303,23 +363,26 @@ func (s *Server) serveSessionDelete(w http.ResponseWriter, r *http.Request, q *r
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// checkZarrSession answers 401 unless the request carries a live session.
+// checkZarrSession answers 401 unless the request carries a live session,
+// which it then marks used.
 func (s *Server) checkZarrSession(w http.ResponseWriter, q *request) bool {
 	if q.sessionID == "" {
 		s.counters.zarrWithoutSession()
 		writeDetail(w, http.StatusUnauthorized, "Session ID required")
 		return false
 	}
-	sess, found, live := s.sessions.get(q.sessionID)
-	switch {
-	case !found:
+	switch s.sessions.use(q.sessionID) {
+	case sessionUnknown:
 		writeDetail(w, http.StatusUnauthorized, "Session not found")
 		return false
-	case sess.closed:
+	case sessionClosed:
 		writeDetail(w, http.StatusUnauthorized, "Session closed")
 		return false
-	case !live:
+	case sessionExpired:
 		writeDetail(w, http.StatusUnauthorized, "Session expired")
+		return false
+	case sessionIdle:
+		writeDetail(w, http.StatusUnauthorized, "Session expired: ended after being idle")
 		return false
 	}
 	return true

@@ -81,7 +81,7 @@ func TestSessionStoreOpenCount(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			st := newSessionStore(tc.ttl, tc.max)
+			st := newSessionStore(tc.ttl, 0, tc.max)
 			if tc.maxRetired > 0 {
 				st.maxRetired = tc.maxRetired
 			}
@@ -103,7 +103,7 @@ func TestSessionStoreOpenCount(t *testing.T) {
 				now = now.Add(s.advance)
 				assert.Equal(t, s.wantOpen, st.openCount(), "step %d: open", i+1)
 				st.mu.Lock()
-				kept, indexed := len(st.sessions), len(st.open)
+				kept, indexed := len(st.sessions), st.open.Len()
 				st.mu.Unlock()
 				assert.Equal(t, s.wantKept, kept, "step %d: known", i+1)
 				assert.Equal(t, s.wantOpen, int64(indexed), "step %d: index", i+1)
@@ -117,7 +117,7 @@ func TestSessionStoreOpenCount(t *testing.T) {
 // of all sessions per acquisition took 13 minutes of CPU for 100k.
 func TestSessionStoreScales(t *testing.T) {
 	const n = 100_000
-	st := newSessionStore(0, n)
+	st := newSessionStore(0, 0, n)
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	st.now = func() time.Time { return now }
 	start := time.Now()

@@ -33,8 +33,12 @@ type serveOptions struct {
 	demoSize    string
 	latency     time.Duration
 	failRate    float64
+	failCodes   []int
+	retryAfter  time.Duration
 	seed        int64
 	sessionTTL  time.Duration
+	sessionIdle time.Duration
+	headNoLen   bool
 	maxSessions int
 	logLevel    string
 }
@@ -47,9 +51,13 @@ func (o *serveOptions) addFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.demo, "demo", false, "write sample datasources into DIR (default $XDG_CACHE_HOME/dmfs/demo) and serve them")
 	fs.StringVar(&o.demoSize, "demo-size", "0", "with --demo, rough uncompressed size of demo_grid, e.g. 1GiB (0: a few MB)")
 	fs.DurationVar(&o.latency, "latency", 0, "delay added to every request before it is answered, e.g. 20ms")
-	fs.Float64Var(&o.failRate, "fail-rate", 0, "fraction of /zarr/ requests answered 503 (0 to 1)")
+	fs.Float64Var(&o.failRate, "fail-rate", 0, "fraction of /zarr/ requests answered with an injected failure (0 to 1)")
+	fs.IntSliceVar(&o.failCodes, "fail-codes", []int{503}, "statuses injected failures answer, each drawn from the list (429 and 5xx), e.g. 502,503,504,429")
+	fs.DurationVar(&o.retryAfter, "fail-retry-after", gateway.DefaultRetryAfter, "Retry-After of injected 429 and 503 answers, in whole seconds")
 	fs.Int64Var(&o.seed, "seed", 1, "seed of the injected failure sequence")
 	fs.DurationVar(&o.sessionTTL, "session-ttl", 0, "cap on every session's lifetime, e.g. 10s (0: as the client asks)")
+	fs.DurationVar(&o.sessionIdle, "session-idle", 0, "end a session no request used for this long, before its end_time, e.g. 30s (0: never)")
+	fs.BoolVar(&o.headNoLen, "head-without-length", false, "leave Content-Length out of HEAD answers on zarr keys")
 	fs.IntVar(&o.maxSessions, "max-sessions", 0, "answer 429 to a session request while this many are open (0: no limit)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 }
@@ -102,8 +110,19 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if opts.failRate < 0 || opts.failRate > 1 || math.IsNaN(opts.failRate) {
 		return serveUsageError(stderr, fmt.Errorf("--fail-rate %g is outside [0, 1]", opts.failRate))
 	}
-	if opts.latency < 0 || opts.sessionTTL < 0 || opts.maxSessions < 0 {
-		return serveUsageError(stderr, errors.New("--latency, --session-ttl and --max-sessions must not be negative"))
+	if opts.latency < 0 || opts.sessionTTL < 0 || opts.sessionIdle < 0 || opts.maxSessions < 0 {
+		return serveUsageError(stderr, errors.New("--latency, --session-ttl, --session-idle and --max-sessions must not be negative"))
+	}
+	if len(opts.failCodes) == 0 {
+		return serveUsageError(stderr, errors.New("--fail-codes needs at least one status"))
+	}
+	for _, c := range opts.failCodes {
+		if c != 429 && (c < 500 || c > 599) {
+			return serveUsageError(stderr, fmt.Errorf("--fail-codes: %d is not 429 or 5xx", c))
+		}
+	}
+	if opts.retryAfter < 0 || opts.retryAfter%time.Second != 0 {
+		return serveUsageError(stderr, fmt.Errorf("--fail-retry-after %s is not a whole, non-negative number of seconds", opts.retryAfter))
 	}
 	token, err := serveToken(&opts)
 	if err != nil {
@@ -119,10 +138,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		}
 		logger.Info("demo datasources ready", "dir", dir, "duration", time.Since(start))
 	}
-	srv, err := gateway.New(gateway.Config{
-		Dir: dir, Token: token, Latency: opts.latency, FailRate: opts.failRate, Seed: opts.seed,
-		SessionTTL: opts.sessionTTL, MaxSessions: opts.maxSessions, Logger: logger,
-	})
+	srv, err := gateway.New(opts.config(dir, token, logger))
 	if err != nil {
 		fmt.Fprintf(stderr, "dmfs serve: %v\n", err)
 		return exitFailure
@@ -165,6 +181,20 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	logger.Info("stopped")
 	return exitOK
+}
+
+// config maps the flags onto the gateway's Config.
+func (o *serveOptions) config(dir, token string, logger *slog.Logger) gateway.Config {
+	retryAfter := o.retryAfter
+	if retryAfter == 0 {
+		retryAfter = -time.Second // the Config's "0 seconds": its zero means the default
+	}
+	return gateway.Config{
+		Dir: dir, Token: token, Latency: o.latency, FailRate: o.failRate, FailCodes: o.failCodes,
+		RetryAfter: retryAfter, Seed: o.seed,
+		SessionTTL: o.sessionTTL, SessionIdle: o.sessionIdle, HeadWithoutLength: o.headNoLen,
+		MaxSessions: o.maxSessions, Logger: logger,
+	}
 }
 
 func serveUsageError(stderr io.Writer, err error) int {

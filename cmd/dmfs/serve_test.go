@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -11,8 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/pflag"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/oceanum-dmfs/dmfs/gateway"
 )
 
 // serveLockedBuffer is a bytes.Buffer safe for the server goroutine and the
@@ -40,6 +45,7 @@ func TestServeHelp(t *testing.T) {
 	assert.Equal(t, exitOK, code)
 	for _, want := range []string{"--addr", "127.0.0.1:8765", "--addr-file", "--token ", "--token-file", "--demo ",
 		"--demo-size", "--latency", "--fail-rate", "--seed", "(default 1)", "--session-ttl", "--max-sessions",
+		"--fail-codes", "(default [503])", "--fail-retry-after", "(default 1s)", "--session-idle", "--head-without-length",
 		"--log-level", `(default "info")`, "any non-empty token", "/_dmfs/counters included"} {
 		assert.Contains(t, stderr.String(), want)
 	}
@@ -62,6 +68,12 @@ func TestServeUsageErrors(t *testing.T) {
 		{"log level", []string{"--log-level", "loud", dir}, exitUsage, "--log-level"},
 		{"negative latency", []string{"--latency", "-1s", dir}, exitUsage, "negative"},
 		{"bad duration", []string{"--session-ttl", "soon", dir}, exitUsage, "session-ttl"},
+		{"negative session idle", []string{"--session-idle", "-1s", dir}, exitUsage, "--session-idle"},
+		{"fail code not a failure", []string{"--fail-codes", "502,404", dir}, exitUsage, "404 is not 429 or 5xx"},
+		{"fail code not a number", []string{"--fail-codes", "bad", dir}, exitUsage, "fail-codes"},
+		{"no fail code", []string{"--fail-codes", "", dir}, exitUsage, "--fail-codes"},
+		{"retry after fraction", []string{"--fail-retry-after", "1500ms", dir}, exitUsage, "--fail-retry-after"},
+		{"retry after negative", []string{"--fail-retry-after", "-1s", dir}, exitUsage, "--fail-retry-after"},
 		{"missing folder", []string{"--addr", "127.0.0.1:0", filepath.Join(dir, "nope")}, exitFailure, "nope"},
 		{"token and token file", []string{"--token", "a", "--token-file", filepath.Join(dir, "t"), dir}, exitFailure, "not both"},
 		{"missing token file", []string{"--token-file", filepath.Join(dir, "t"), dir}, exitFailure, "--token-file"},
@@ -197,4 +209,62 @@ func TestServeEnvTokenAndAnyToken(t *testing.T) {
 	assert.Equal(t, exitOK, stop())
 	assert.Contains(t, stderr.String(), "any non-empty token is accepted")
 	assert.False(t, strings.Contains(stderr.String(), "route="), "info lines hidden at --log-level warn")
+}
+
+func TestServeFidelityFlags(t *testing.T) {
+	parse := func(args ...string) gateway.Config {
+		var opts serveOptions
+		flags := pflag.NewFlagSet("test", pflag.ContinueOnError)
+		opts.addFlags(flags)
+		require.NoError(t, flags.Parse(args))
+		return opts.config("/d", "tok", nil)
+	}
+	def := parse()
+	assert.Equal(t, []int{503}, def.FailCodes)
+	assert.Equal(t, time.Second, def.RetryAfter)
+	assert.Zero(t, def.SessionIdle)
+	assert.False(t, def.HeadWithoutLength)
+
+	cfg := parse("--fail-rate", "0.2", "--fail-codes", "502,503,504,429", "--fail-retry-after", "3s",
+		"--session-idle", "45s", "--head-without-length")
+	assert.Equal(t, 0.2, cfg.FailRate)
+	assert.Equal(t, []int{502, 503, 504, 429}, cfg.FailCodes)
+	assert.Equal(t, 3*time.Second, cfg.RetryAfter)
+	assert.Equal(t, 45*time.Second, cfg.SessionIdle)
+	assert.True(t, cfg.HeadWithoutLength)
+	assert.Negative(t, parse("--fail-retry-after", "0s").RetryAfter, "0s means Retry-After: 0, not the default")
+
+	// Through a running gateway: every chunk request fails with 429 and
+	// says when to come back.
+	dir := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "tiny.store"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "tiny.store", ".zgroup"), []byte(`{"zarr_format":2}`), 0o644))
+	t.Setenv("DATAMESH_TOKEN", "tok")
+	addr, _, _, stop := startServe(t, "--fail-rate", "1", "--fail-codes", "429", "--fail-retry-after", "2s", dir)
+	base := "http://" + addr
+	get := func(path string, hdr ...string) (*http.Response, []byte) {
+		req, err := http.NewRequest(http.MethodGet, base+path, nil)
+		require.NoError(t, err)
+		req.Header.Set("X-DATAMESH-TOKEN", "tok")
+		req.Header.Set("Authorization", "Token proxy") // X-DATAMESH-TOKEN wins
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp, b
+	}
+	resp, b := get("/session/")
+	require.Equal(t, 200, resp.StatusCode)
+	var sess struct{ ID string }
+	require.NoError(t, json.Unmarshal(b, &sess))
+	resp, _ = get("/datasource/tiny.store")
+	assert.Equal(t, 200, resp.StatusCode, "a dotted id is served")
+	chunk, _ := get("/zarr/tiny.store/.zgroup", "X-DATAMESH-SESSIONID", sess.ID)
+	assert.Equal(t, 429, chunk.StatusCode)
+	assert.Equal(t, "2", chunk.Header.Get("Retry-After"))
+	assert.Equal(t, exitOK, stop())
 }
