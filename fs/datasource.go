@@ -7,6 +7,7 @@ import (
 	"fmt"
 	iofs "io/fs"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -59,6 +60,20 @@ type datasource struct {
 	loadedAt time.Time // when cur.h was loaded or last confirmed
 	usedAt   time.Time // last use, for releaseIfIdle
 	arrays   map[string]*arrayState
+	listings map[string]*chunkListing // by chunk folder path, for the current version
+}
+
+// chunkListing is the gateway's listing of one chunk folder: the grid
+// indices of the names it holds, ascending. Trusted for the metadata TTL.
+type chunkListing struct {
+	idx []int64
+	at  time.Time
+}
+
+// has reports whether the listing holds the chunk name of grid index i.
+func (l *chunkListing) has(i int64) bool {
+	_, ok := slices.BinarySearch(l.idx, i)
+	return ok
 }
 
 // version is one state of the store as the mount serves it.
@@ -76,9 +91,14 @@ type arrayState struct {
 	lastRead string    // key (relative to the array) of the last chunk opened
 }
 
-func newDatasource(id string, store zarr.Store, opt *Options) *datasource {
-	return &datasource{id: id, store: store, opt: opt, arrays: map[string]*arrayState{},
-		cur: version{modTime: opt.started}}
+// newDatasource makes a datasource whose files have mtime modified (the
+// mount's start when zero).
+func newDatasource(id string, store zarr.Store, opt *Options, modified time.Time) *datasource {
+	if modified.IsZero() {
+		modified = opt.started
+	}
+	return &datasource{id: id, store: store, opt: opt, arrays: map[string]*arrayState{}, listings: map[string]*chunkListing{},
+		cur: version{modTime: modified.Truncate(time.Second)}}
 }
 
 // hierarchy returns the store's tree, loading it on first use and again after
@@ -163,6 +183,7 @@ func (d *datasource) changed(seen time.Time, why string) {
 // bumpLocked starts a new version of the store (see datasource).
 func (d *datasource) bumpLocked() {
 	d.cur.gen++
+	d.listings = map[string]*chunkListing{}
 	// A new mtime, strictly later than the last one, so that tools
 	// comparing times (make, rsync) see the change even within a second.
 	mt := d.opt.now().Truncate(time.Second)
@@ -202,6 +223,7 @@ func (d *datasource) releaseIfIdle(now time.Time, idle time.Duration) {
 	if d.cur.h != nil && now.Sub(d.usedAt) >= idle {
 		d.cur.h = nil
 		d.arrays = map[string]*arrayState{}
+		d.listings = map[string]*chunkListing{}
 		d.opt.Logger.Debug("metadata released (unused)", "datasource", d.id)
 	}
 }
@@ -282,6 +304,56 @@ func (d *datasource) listerActive(arrayPath string) bool {
 		st.listedAt = now
 	}
 	return active
+}
+
+// chunkNames returns the listing of the chunk folder at path (relative to
+// the store root) from the gateway, where it offers listings: what a
+// folder holds, so that a sparse array never lists a name that then fails
+// to stat. It costs one request per folder per TTL; nil when the store
+// cannot list (the caller then computes names from the grid).
+func (d *datasource) chunkNames(ctx context.Context, path string, cf zarr.ChunkFolder) *chunkListing {
+	lister, ok := d.store.(zarr.Lister)
+	if !ok {
+		return nil
+	}
+	now := d.opt.now()
+	d.mu.Lock()
+	l := d.listings[path]
+	d.mu.Unlock()
+	if l != nil && now.Sub(l.at) < d.opt.MetadataTTL {
+		return l
+	}
+	entries, err := lister.List(ctx, path)
+	if err != nil {
+		d.opt.Logger.Debug("no listing from the gateway; chunk names computed from the grid",
+			"datasource", d.id, "path", path, "err", err)
+		return nil
+	}
+	l = &chunkListing{at: now}
+	for _, e := range entries {
+		name, isDir := strings.CutSuffix(e, "/")
+		if isDir != cf.Dirs() {
+			continue
+		}
+		if i, ok := cf.Index(name); ok {
+			l.idx = append(l.idx, i)
+		}
+	}
+	slices.Sort(l.idx)
+	l.idx = slices.Compact(l.idx)
+	d.mu.Lock()
+	d.listings[path] = l
+	d.mu.Unlock()
+	return l
+}
+
+// listedAbsent reports whether a fresh listing of the chunk folder at path
+// says it does not hold grid index i: such a lookup needs no request.
+func (d *datasource) listedAbsent(path string, i int64) bool {
+	d.mu.Lock()
+	l := d.listings[path]
+	d.mu.Unlock()
+	return l != nil && d.opt.now().Sub(l.at) < d.opt.MetadataTTL && !l.has(i)
 }
 
 // cacheKey names a chunk in the shared cache.

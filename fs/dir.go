@@ -10,6 +10,7 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
+	"github.com/oceanum-dmfs/dmfs/cache"
 	"github.com/oceanum-dmfs/dmfs/zarr"
 )
 
@@ -129,7 +130,7 @@ func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 		return nil, syscall.ENOENT
 	}
 	idx, ok := l.chunks.Index(name)
-	if !ok {
+	if !ok || n.ds.listedAbsent(n.chunkPath(l), idx) {
 		return nil, syscall.ENOENT
 	}
 	ino := l.inoBase + uint64(l.nfixed+idx)
@@ -158,15 +159,22 @@ func (n *dirNode) newDir(ctx context.Context, child *dirNode, ino uint64, mtime 
 	return n.NewInode(ctx, child, gofs.StableAttr{Mode: fuse.S_IFDIR, Ino: ino})
 }
 
-// Readdir lists metadata files, child folders, then chunk names computed
-// from the grid, lazily: an array of millions of chunks is never built as a
-// list, and listing costs no request.
+// chunkPath is the store path of the chunk folder this listing shows.
+func (n *dirNode) chunkPath(l *listing) string { return joinKey(l.arr.Path, n.chunkRel) }
+
+// Readdir lists `.` and `..`, metadata files, child folders, then the
+// chunks: those the gateway's folder listing holds (one request per chunk
+// folder per TTL), or, where it offers no listing, the names computed from
+// the grid lazily (an array of millions of chunks is never built as a
+// list), less those known missing. Entries keep their grid inode numbers
+// either way, so tools that sort by inode read chunks in key order.
 func (n *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	l, errno := n.resolve(ctx)
 	if errno != 0 {
 		return nil, errno
 	}
-	s := &dirStream{l: l}
+	s := &dirStream{l: l, ds: n.ds}
+	s.fixed = dotEntries(n.EmbeddedInode())
 	if f := l.folder; f != nil {
 		// Entry i keeps inode number inoBase+i even when a name too long
 		// to serve is left out.
@@ -186,6 +194,11 @@ func (n *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	}
 	if l.hasChunks {
 		s.nchunks = l.chunks.Len()
+		if listed := n.ds.chunkNames(ctx, n.chunkPath(l), l.chunks); listed != nil {
+			s.listed, s.nchunks = listed.idx, int64(len(listed.idx))
+		} else if !l.chunks.Dirs() {
+			s.skipMissing = joinKey(l.arr.Path, n.chunkRel)
+		}
 		s.chunkMode = fuse.S_IFREG
 		if l.chunks.Dirs() {
 			s.chunkMode = fuse.S_IFDIR
@@ -196,13 +209,31 @@ func (n *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	return s, 0
 }
 
-// dirStream yields fixed entries, then chunk names by index.
+// dotEntries are the `.` and `..` entries of dir.
+func dotEntries(dir *gofs.Inode) []fuse.DirEntry {
+	parent := dir.StableAttr().Ino
+	if _, p := dir.Parent(); p != nil {
+		parent = p.StableAttr().Ino
+	}
+	return []fuse.DirEntry{
+		{Name: ".", Mode: fuse.S_IFDIR, Ino: dir.StableAttr().Ino},
+		{Name: "..", Mode: fuse.S_IFDIR, Ino: parent},
+	}
+}
+
+// dirStream yields fixed entries, then chunks: the listed grid indices, or
+// every index of the grid.
 type dirStream struct {
 	l         *listing
+	ds        *datasource
 	fixed     []fuse.DirEntry
+	listed    []int64 // grid indices from the gateway's listing; nil: all
 	nchunks   int64
 	chunkMode uint32
-	pos       int64 // next entry: fixed first, then chunks
+	// skipMissing, when set, is the chunk folder's store path: names the
+	// cache knows missing are left out of a computed listing.
+	skipMissing string
+	pos         int64 // next entry: fixed first, then chunks
 }
 
 var (
@@ -211,15 +242,27 @@ var (
 	_ gofs.FileSeekdirer    = (*dirStream)(nil)
 )
 
-func (s *dirStream) HasNext() bool { return s.pos < int64(len(s.fixed))+s.nchunks }
+func (s *dirStream) HasNext() bool {
+	for s.skipMissing != "" && s.pos >= int64(len(s.fixed)) && s.pos < int64(len(s.fixed))+s.nchunks {
+		name := s.l.chunks.Name(s.pos - int64(len(s.fixed)))
+		if _, st := s.ds.opt.Cache.Stat(s.ds.cacheKey(joinKey(s.skipMissing, name))); st != cache.StatMissing {
+			break
+		}
+		s.pos++
+	}
+	return s.pos < int64(len(s.fixed))+s.nchunks
+}
 
 func (s *dirStream) Next() (fuse.DirEntry, syscall.Errno) {
 	var e fuse.DirEntry
 	if s.pos < int64(len(s.fixed)) {
 		e = s.fixed[s.pos]
 	} else {
-		e = fuse.DirEntry{Name: s.l.chunks.Name(s.pos - int64(len(s.fixed))), Mode: s.chunkMode,
-			Ino: s.l.inoBase + uint64(s.l.nfixed+s.pos-int64(len(s.fixed)))}
+		i := s.pos - int64(len(s.fixed))
+		if s.listed != nil {
+			i = s.listed[i]
+		}
+		e = fuse.DirEntry{Name: s.l.chunks.Name(i), Mode: s.chunkMode, Ino: s.l.inoBase + uint64(s.l.nfixed+i)}
 	}
 	s.pos++
 	e.Off = uint64(s.pos)

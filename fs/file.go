@@ -174,6 +174,7 @@ var (
 	_ gofs.NodeRemovexattrer = (*readOnly)(nil)
 	_ gofs.NodeWriter        = (*readOnly)(nil)
 	_ gofs.NodeFlusher       = (*readOnly)(nil)
+	_ gofs.NodeFsyncer       = (*readOnly)(nil)
 )
 
 func (readOnly) Setattr(context.Context, gofs.FileHandle, *fuse.SetAttrIn, *fuse.AttrOut) syscall.Errno {
@@ -215,6 +216,10 @@ func (readOnly) Removexattr(context.Context, string) syscall.Errno { return sysc
 func (readOnly) Write(context.Context, gofs.FileHandle, []byte, int64) (uint32, syscall.Errno) {
 	return 0, syscall.EROFS
 }
+
+// Fsync succeeds: nothing of a read-only file is waiting to be written
+// (tools fsync what they opened, and an error would fail them).
+func (readOnly) Fsync(context.Context, gofs.FileHandle, uint32) syscall.Errno { return 0 }
 
 // Flush answers ENOSYS: a read-only file has nothing to flush, and on
 // ENOSYS the kernel stops sending FLUSH for the whole mount; otherwise every

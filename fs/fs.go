@@ -22,13 +22,22 @@ import (
 // Catalog is what the filesystem needs to know about datasources. The
 // command wires it to the Datamesh client.
 type Catalog interface {
-	// Datasources lists the ids the mount shows at its root.
-	Datasources(ctx context.Context) ([]string, error)
+	// Datasources lists the datasources the mount shows at its root.
+	Datasources(ctx context.Context) ([]Entry, error)
 	// Datasource checks that id exists (an error matching fs.ErrNotExist if
 	// not), for ids looked up by path but not listed.
-	Datasource(ctx context.Context, id string) error
+	Datasource(ctx context.Context, id string) (Entry, error)
 	// Store gives read access to one datasource's Zarr keys.
 	Store(id string) zarr.Store
+}
+
+// Entry is one datasource of the catalog.
+type Entry struct {
+	ID string
+	// Modified is when the datasource last changed (the catalog's
+	// "modified"), the mtime of its files; zero when the catalog does not
+	// say, and the mount's start is used.
+	Modified time.Time
 }
 
 // Options configure the tree.

@@ -87,31 +87,36 @@ func (s *memStore) counts() (gets, heads int) {
 
 // memCatalog serves memStores.
 type memCatalog struct {
-	listed  []string
-	hidden  []string // reachable by id, not listed
-	stores  map[string]zarr.Store
-	lookups int
-	err     error // returned by every catalog call when set (an outage)
+	listed   []string
+	hidden   []string // reachable by id, not listed
+	stores   map[string]zarr.Store
+	lookups  int
+	err      error     // returned by every catalog call when set (an outage)
+	modified time.Time // every datasource's modified time
 }
 
-func (c *memCatalog) Datasources(ctx context.Context) ([]string, error) {
+func (c *memCatalog) Datasources(ctx context.Context) ([]Entry, error) {
 	if c.err != nil {
 		return nil, c.err
 	}
-	return c.listed, nil
+	var out []Entry
+	for _, id := range c.listed {
+		out = append(out, Entry{ID: id, Modified: c.modified})
+	}
+	return out, nil
 }
 
-func (c *memCatalog) Datasource(ctx context.Context, id string) error {
+func (c *memCatalog) Datasource(ctx context.Context, id string) (Entry, error) {
 	c.lookups++
 	if c.err != nil {
-		return c.err
+		return Entry{}, c.err
 	}
 	for _, h := range append(append([]string{}, c.listed...), c.hidden...) {
 		if h == id {
-			return nil
+			return Entry{ID: id, Modified: c.modified}, nil
 		}
 	}
-	return fmt.Errorf("datasource %s: %w", id, iofs.ErrNotExist)
+	return Entry{}, fmt.Errorf("datasource %s: %w", id, iofs.ErrNotExist)
 }
 
 func (c *memCatalog) Store(id string) zarr.Store { return c.stores[id] }
@@ -178,7 +183,9 @@ func names(t *testing.T, s gofs.DirStream) []string {
 	for s.HasNext() {
 		e, errno := s.Next()
 		require.Zero(t, errno)
-		out = append(out, e.Name)
+		if e.Name != "." && e.Name != ".." { // as ls shows them
+			out = append(out, e.Name)
+		}
 	}
 	return out
 }
@@ -194,7 +201,9 @@ func (f *fixture) listEntries(t *testing.T, path string) []fuse.DirEntry {
 	for s.HasNext() {
 		e, errno := s.Next()
 		require.Zero(t, errno)
-		out = append(out, e)
+		if e.Name != "." && e.Name != ".." { // as ls shows them
+			out = append(out, e)
+		}
 	}
 	return out
 }
@@ -244,10 +253,83 @@ func TestRootListsCatalogAndLooksUpHiddenIDs(t *testing.T) {
 		_, _, errno = f.lookup(t, f.root, bad)
 		assert.Equal(t, syscall.ENOENT, errno, bad)
 	}
-	assert.Equal(t, 2, f.cat.lookups, "only the valid unknown id asks; the miss is remembered")
+	assert.Equal(t, 5, f.cat.lookups, "every id that can be a file name is asked for, except ..; a miss is remembered")
 	_, _, errno = f.lookup(t, f.root, "nope")
 	assert.Equal(t, syscall.ENOENT, errno)
-	assert.Equal(t, 2, f.cat.lookups)
+	assert.Equal(t, 5, f.cat.lookups)
+}
+
+func TestEveryIDThatIsAFileNameIsMounted(t *testing.T) {
+	f := newFixture(t)
+	f.cat.listed = []string{"alpha", "era5.wind_v1.2", "UPPER", "a b", "../x", "", strings.Repeat("x", 256)}
+	for _, id := range []string{"era5.wind_v1.2", "UPPER", "a b"} {
+		f.cat.stores[id] = testStore()
+	}
+	s, errno := f.root.Readdir(context.Background())
+	require.Zero(t, errno)
+	assert.Equal(t, []string{"UPPER", "a b", "alpha", "era5.wind_v1.2"}, names(t, s))
+	node, _, errno := f.lookup(t, f.root, "era5.wind_v1.2/grid/0.0")
+	require.Zero(t, errno)
+	assert.Equal(t, "aaaaaa", readAll(t, node))
+}
+
+func TestListingsHaveDotEntriesAndFsyncSucceeds(t *testing.T) {
+	f := newFixture(t)
+	dir, _, errno := f.lookup(t, f.root, "alpha/grid")
+	require.Zero(t, errno)
+	s, errno := dir.Operations().(*dirNode).Readdir(context.Background())
+	require.Zero(t, errno)
+	var got []fuse.DirEntry
+	for s.HasNext() {
+		e, _ := s.Next()
+		got = append(got, e)
+	}
+	require.GreaterOrEqual(t, len(got), 2)
+	assert.Equal(t, ".", got[0].Name)
+	assert.Equal(t, dir.StableAttr().Ino, got[0].Ino)
+	assert.Equal(t, "..", got[1].Name) // its inode: the parent's once mounted
+
+	chunk, _, errno := f.lookup(t, f.root, "alpha/grid/0.0")
+	require.Zero(t, errno)
+	assert.Zero(t, chunk.Operations().(gofs.NodeFsyncer).Fsync(context.Background(), nil, 0))
+	meta, _, errno := f.lookup(t, f.root, "alpha/.zgroup")
+	require.Zero(t, errno)
+	assert.Zero(t, meta.Operations().(gofs.NodeFsyncer).Fsync(context.Background(), nil, 0))
+}
+
+func TestFilesCarryTheCatalogsModifiedTime(t *testing.T) {
+	f := newFixture(t)
+	f.cat.modified = time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)
+	_, errno := f.root.Readdir(context.Background())
+	require.Zero(t, errno)
+	_, out, errno := f.lookup(t, f.root, "alpha/grid/0.0")
+	require.Zero(t, errno)
+	assert.Equal(t, uint64(f.cat.modified.Unix()), out.Attr.Mtime)
+	_, out, errno = f.lookup(t, f.root, "alpha/.zmetadata")
+	require.Zero(t, errno)
+	assert.Equal(t, uint64(f.cat.modified.Unix()), out.Attr.Mtime)
+}
+
+func TestSparseArrayListsOnlyChunksThatExist(t *testing.T) {
+	t.Run("from the gateway's listing", func(t *testing.T) {
+		f := newFixture(t)
+		f.cat.stores["alpha"] = &listingStore{f.store}
+		assert.Equal(t, []string{".zarray", ".zattrs", "0.0", "0.1", "1.0"}, f.list(t, "alpha/grid"),
+			"grid/0.2, 1.1, 1.2 do not exist")
+		gets, heads := f.store.counts()
+		_, _, errno := f.lookup(t, f.root, "alpha/grid/1.1")
+		assert.Equal(t, syscall.ENOENT, errno)
+		g2, h2 := f.store.counts()
+		assert.Equal(t, gets+heads, g2+h2, "a name the listing does not hold costs no request")
+		// Nested "/" keys: every level listed.
+		assert.Equal(t, []string{".zarray", ".zattrs", "0", "1", "2"}, f.list(t, "alpha/line"))
+	})
+	t.Run("computed, less what is known missing", func(t *testing.T) {
+		f := newFixture(t)
+		_, _, errno := f.lookup(t, f.root, "alpha/grid/1.1")
+		require.Equal(t, syscall.ENOENT, errno)
+		assert.NotContains(t, f.list(t, "alpha/grid"), "1.1")
+	})
 }
 
 func TestListingCostsOneMetadataRequest(t *testing.T) {

@@ -3,8 +3,8 @@ package fs
 import (
 	"context"
 	"errors"
+	"fmt"
 	iofs "io/fs"
-	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -30,7 +30,8 @@ type Root struct {
 	known    map[string]time.Time
 	missing  map[string]time.Time
 	sources  map[string]*datasource
-	load     singleflight.Group // one catalog request at a time
+	modified map[string]time.Time // the catalog's modified, by id
+	load     singleflight.Group   // one catalog request at a time
 
 	mounted atomic.Bool // kernel notifications only reach a mounted tree
 }
@@ -46,17 +47,23 @@ var (
 // what statfs reports): longer names are ENAMETOOLONG, never served.
 const maxNameLen = 255
 
-// datasourceID is the Datamesh id rule; anything else is not looked up.
-var datasourceID = regexp.MustCompile(`^[a-z0-9_-]{3,80}$`)
+// safeName reports whether a catalog id can be one file name: the mount
+// shows every such id (Datamesh's `^[a-z0-9_-]{3,80}$` is its rule for
+// creating ids, not for what it serves).
+func safeName(id string) bool {
+	return id != "" && id != "." && id != ".." && len(id) <= maxNameLen &&
+		!strings.ContainsAny(id, "/\x00")
+}
 
 // NewRoot builds the root of a mount.
 func NewRoot(opt Options) *Root {
 	opt.fill()
 	return &Root{
-		opt:     opt,
-		known:   map[string]time.Time{},
-		missing: map[string]time.Time{},
-		sources: map[string]*datasource{},
+		opt:      opt,
+		known:    map[string]time.Time{},
+		missing:  map[string]time.Time{},
+		sources:  map[string]*datasource{},
+		modified: map[string]time.Time{},
 	}
 }
 
@@ -86,17 +93,18 @@ func (r *Root) catalog(ctx context.Context) ([]string, error) {
 	}
 	r.mu.Unlock()
 	ids, err := shared(ctx, &r.load, func(lctx context.Context) ([]string, error) {
-		ids, err := r.opt.Catalog.Datasources(lctx)
+		entries, err := r.opt.Catalog.Datasources(lctx)
 		if err != nil {
 			return nil, err
 		}
-		valid := make([]string, 0, len(ids))
-		for _, id := range ids {
-			if datasourceID.MatchString(id) {
-				valid = append(valid, id)
-			} else {
-				r.opt.Logger.Warn("catalog: skipping invalid datasource id", "id", id)
+		valid := make([]string, 0, len(entries))
+		for _, e := range entries {
+			if !safeName(e.ID) {
+				r.opt.Logger.Warn("catalog: skipping a datasource id that cannot be a file name", "id", fmt.Sprintf("%.80q", e.ID))
+				continue
 			}
+			valid = append(valid, e.ID)
+			r.noteModified(e)
 		}
 		// A catalog that repeats an id must not list it twice.
 		sort.Strings(valid)
@@ -128,6 +136,17 @@ func (r *Root) catalog(ctx context.Context) ([]string, error) {
 	return r.listed, nil
 }
 
+// noteModified remembers the catalog's modified time of a datasource: its
+// files' mtime, the same across remounts (rsync -a copies nothing twice).
+func (r *Root) noteModified(e Entry) {
+	if e.Modified.IsZero() {
+		return
+	}
+	r.mu.Lock()
+	r.modified[e.ID] = e.Modified
+	r.mu.Unlock()
+}
+
 // releaseIdle drops the metadata of datasources nobody used for a while, so
 // a mount that touched many datasources once does not hold all their
 // metadata for ever; it is loaded again (one request) at the next use.
@@ -153,9 +172,9 @@ func (r *Root) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	if err != nil {
 		return nil, errnoOf(ctx, r.opt.Logger, "readdir", "/", err)
 	}
-	entries := make([]fuse.DirEntry, len(ids))
-	for i, id := range ids {
-		entries[i] = fuse.DirEntry{Name: id, Mode: fuse.S_IFDIR, Ino: r.inoOf(id)}
+	entries := dotEntries(r.EmbeddedInode())
+	for _, id := range ids {
+		entries = append(entries, fuse.DirEntry{Name: id, Mode: fuse.S_IFDIR, Ino: r.inoOf(id)})
 	}
 	return gofs.NewListDirStream(entries), 0
 }
@@ -163,7 +182,7 @@ func (r *Root) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 // exists answers whether id is a datasource: from the catalog listing, or,
 // for ids the listing does not show, by asking for that datasource.
 func (r *Root) exists(ctx context.Context, id string) (bool, error) {
-	if !datasourceID.MatchString(id) {
+	if !safeName(id) {
 		return false, nil
 	}
 	now := r.opt.now()
@@ -177,7 +196,10 @@ func (r *Root) exists(ctx context.Context, id string) (bool, error) {
 		return false, nil
 	}
 	r.mu.Unlock()
-	err := r.opt.Catalog.Datasource(ctx, id)
+	e, err := r.opt.Catalog.Datasource(ctx, id)
+	if err == nil {
+		r.noteModified(e)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	switch {
@@ -214,14 +236,14 @@ func (r *Root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	r.mu.Lock()
 	ds := r.sources[name]
 	if ds == nil {
-		ds = newDatasource(name, r.opt.Catalog.Store(name), &r.opt)
+		ds = newDatasource(name, r.opt.Catalog.Store(name), &r.opt, r.modified[name])
 		ds.forget = func() { r.forgetEntries(name) }
 		ds.dropPages = func(key string) { r.dropPages(name, key) }
 		r.sources[name] = ds
 	}
 	r.mu.Unlock()
 	node := &dirNode{ds: ds}
-	r.opt.dirAttr(&out.Attr, r.opt.started)
+	r.opt.dirAttr(&out.Attr, ds.modTime())
 	ino := r.inoOf(name)
 	out.Attr.Ino = ino
 	return r.NewInode(ctx, node, gofs.StableAttr{Mode: fuse.S_IFDIR, Ino: ino}), 0

@@ -57,6 +57,17 @@ func assertSameFile(t *testing.T, rel string, want, got []byte) {
 	assert.True(t, string(want) == string(got), "%s differs: %d bytes in the source, %d through the mount", rel, len(want), len(got))
 }
 
+// arrayCount counts the arrays among files (their .zarray).
+func arrayCount(files []string) int {
+	n := 0
+	for _, f := range files {
+		if filepath.Base(f) == ".zarray" {
+			n++
+		}
+	}
+	return n
+}
+
 func chunkCount(files []string) int {
 	n := 0
 	for _, f := range files {
@@ -87,9 +98,14 @@ func TestListingCostsOnlyConsolidatedMetadata(t *testing.T) {
 	runCmd(t, "ls", "-R", ds)
 	found := strings.Split(strings.TrimSpace(runCmd(t, "find", ds, "-type", "f")), "\n")
 	c := g.counters(t)
+	src := sourceFiles(t, filepath.Join(demoDir, "demo_grid"))
 	assert.Equal(t, int64(1), c.ByRoute["zarr_get"], "ls -R and find: one .zmetadata request")
 	assert.Equal(t, int64(1), c.ZarrKeys["demo_grid/.zmetadata GET"])
 	assert.Zero(t, c.ByRoute["zarr_head"], "names only: no HEAD")
+	// One listing per chunk folder, so that a sparse array lists only the
+	// chunks that exist (demo_grid's arrays are flat: one folder each).
+	assert.LessOrEqual(t, c.ByRoute["zarr_list"], int64(arrayCount(src)))
+	assert.Positive(t, c.ByRoute["zarr_list"])
 
 	// find sees every key of the source (all demo_grid chunks exist).
 	var rels []string
@@ -98,7 +114,6 @@ func TestListingCostsOnlyConsolidatedMetadata(t *testing.T) {
 		rels = append(rels, rel)
 	}
 	sort.Strings(rels)
-	src := sourceFiles(t, filepath.Join(demoDir, "demo_grid"))
 	assert.Equal(t, src, rels)
 
 	// ls -lR: at most one HEAD per chunk, never a body.
@@ -122,7 +137,7 @@ func TestListingCostsOnlyConsolidatedMetadata(t *testing.T) {
 	}
 	g.resetCounters(t)
 	runCmd(t, "ls", "-laR", ds)
-	assert.Zero(t, sumRoutes(g.counters(t), "zarr_get", "zarr_head"), "a second ls -lR costs nothing")
+	assert.Zero(t, sumRoutes(g.counters(t), "zarr_get", "zarr_head", "zarr_list"), "a second ls -lR costs nothing")
 }
 
 func TestCopyIsByteExactAndCheap(t *testing.T) {
@@ -217,21 +232,30 @@ func TestSparseArrayMissingChunksAreENOENT(t *testing.T) {
 	for _, rel := range sourceFiles(t, filepath.Join(demoDir, "demo_sparse")) {
 		src[rel] = true
 	}
-	listed := 0
-	missing := 0
+	// The listing shows exactly the keys that exist, and each stats.
+	var listed []string
 	for _, p := range strings.Split(strings.TrimSpace(runCmd(t, "find", ds, "-type", "f")), "\n") {
 		rel, _ := filepath.Rel(ds, p)
-		listed++
+		listed = append(listed, rel)
 		_, err := os.Stat(p)
-		if src[rel] {
-			assert.NoError(t, err, rel)
-		} else {
+		assert.NoError(t, err, rel)
+	}
+	sort.Strings(listed)
+	assert.Equal(t, sourceFiles(t, filepath.Join(demoDir, "demo_sparse")), listed)
+	// Absent chunks of the grid (field is 4x4 chunks, "/" keys) are ENOENT.
+	missing := 0
+	for i := range 4 {
+		for j := range 4 {
+			rel := fmt.Sprintf("field/%d/%d", i, j)
+			if src[rel] {
+				continue
+			}
 			missing++
+			_, err := os.Stat(filepath.Join(ds, rel))
 			assert.True(t, errors.Is(err, syscall.ENOENT), "%s: want ENOENT, got %v", rel, err)
 		}
 	}
 	assert.Positive(t, missing, "demo_sparse has absent chunks")
-	assert.Greater(t, listed, missing)
 }
 
 func TestChunkWrittenLaterAppearsAfterTheTTL(t *testing.T) {
@@ -249,22 +273,28 @@ func TestChunkWrittenLaterAppearsAfterTheTTL(t *testing.T) {
 	for _, rel := range sourceFiles(t, src) {
 		present[rel] = true
 	}
+	// demo_sparse's field is a 4x4 grid of chunks with "/" keys; listings
+	// show only those that exist, so the absent one is found from the grid.
 	var absent, sibling string
-	for _, p := range strings.Split(strings.TrimSpace(runCmd(t, "find", ds, "-type", "f")), "\n") {
-		rel, _ := filepath.Rel(ds, p)
-		if present[rel] || isMetadata(rel) {
-			continue
-		}
-		for other := range present {
-			if !isMetadata(other) && filepath.Dir(other) == filepath.Dir(rel) {
-				absent, sibling = rel, other
+	for i := 0; i < 4 && absent == ""; i++ {
+		for j := 0; j < 4; j++ {
+			rel := fmt.Sprintf("field/%d/%d", i, j)
+			if present[rel] {
+				continue
+			}
+			for other := range present {
+				if !isMetadata(other) && filepath.Dir(other) == filepath.Dir(rel) {
+					absent, sibling = rel, other
+					break
+				}
+			}
+			if absent != "" {
 				break
 			}
 		}
-		if absent != "" {
-			break
-		}
 	}
+	listed := strings.Fields(runCmd(t, "ls", filepath.Join(ds, filepath.Dir(absent))))
+	require.NotContains(t, listed, filepath.Base(absent), "a listing shows only chunks that exist")
 	require.NotEmpty(t, absent, "demo_sparse has an absent chunk beside a present one")
 
 	_, err := os.Stat(filepath.Join(ds, absent))
@@ -561,7 +591,9 @@ func running(pid int) bool {
 // promptly on SIGTERM even though its session cannot be closed.
 func TestGatewayGoneGivesEIOAndCleanExit(t *testing.T) {
 	g := startGateway(t, "")
-	m := mountForeground(t, g)
+	// A gateway down is waited out for --retry-budget (5 min by default,
+	// as the Python client waits out restarts); shortened here.
+	m := mountForeground(t, g, "--retry-budget", "15s")
 	ds := filepath.Join(m.Dir, "demo_grid")
 	runCmd(t, "ls", ds) // metadata loaded while the gateway lives
 	chunk := filepath.Join(ds, "u10", "0.0.0")

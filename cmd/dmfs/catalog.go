@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/oceanum-dmfs/dmfs/fs"
 	"github.com/oceanum-dmfs/dmfs/session"
 	"github.com/oceanum-dmfs/dmfs/zarr"
 )
@@ -17,8 +18,9 @@ type datameshCatalog struct {
 	client *session.Client
 	only   []string
 
-	mu      sync.Mutex
-	checked []string // the listing check read, served once to the first ls
+	mu          sync.Mutex
+	checked     []fs.Entry // the listing check read, served once to the first ls
+	onlyEntries []fs.Entry // the --datasource ids as the check found them
 }
 
 // check runs before the mount becomes visible: the catalog answers, and
@@ -34,17 +36,32 @@ func (c *datameshCatalog) check(ctx context.Context) error {
 		c.mu.Unlock()
 		return nil
 	}
-	for _, id := range c.only {
-		if _, err := c.client.Datasource(ctx, id); err != nil {
+	entries := make([]fs.Entry, len(c.only))
+	for i, id := range c.only {
+		ds, err := c.client.Datasource(ctx, id)
+		if err != nil {
 			return fmt.Errorf("--datasource %s: %w", id, err)
 		}
+		entries[i] = fs.Entry{ID: id, Modified: ds.Modified}
 	}
+	c.mu.Lock()
+	c.onlyEntries = entries
+	c.mu.Unlock()
 	return nil
 }
 
-func (c *datameshCatalog) Datasources(ctx context.Context) ([]string, error) {
+func (c *datameshCatalog) Datasources(ctx context.Context) ([]fs.Entry, error) {
 	if len(c.only) > 0 {
-		return slices.Clone(c.only), nil
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.onlyEntries != nil {
+			return slices.Clone(c.onlyEntries), nil
+		}
+		out := make([]fs.Entry, len(c.only))
+		for i, id := range c.only {
+			out[i] = fs.Entry{ID: id}
+		}
+		return out, nil
 	}
 	c.mu.Lock()
 	ids := c.checked
@@ -56,24 +73,24 @@ func (c *datameshCatalog) Datasources(ctx context.Context) ([]string, error) {
 	return c.list(ctx)
 }
 
-func (c *datameshCatalog) list(ctx context.Context) ([]string, error) {
+func (c *datameshCatalog) list(ctx context.Context) ([]fs.Entry, error) {
 	list, err := c.client.Catalog(ctx, session.Query{})
 	if err != nil {
 		return nil, err
 	}
-	ids := make([]string, len(list))
+	out := make([]fs.Entry, len(list))
 	for i, ds := range list {
-		ids[i] = ds.ID
+		out[i] = fs.Entry{ID: ds.ID, Modified: ds.Modified}
 	}
-	return ids, nil
+	return out, nil
 }
 
-func (c *datameshCatalog) Datasource(ctx context.Context, id string) error {
+func (c *datameshCatalog) Datasource(ctx context.Context, id string) (fs.Entry, error) {
 	if len(c.only) > 0 && !slices.Contains(c.only, id) {
-		return fmt.Errorf("datasource %s is not mounted: %w", id, iofs.ErrNotExist)
+		return fs.Entry{}, fmt.Errorf("datasource %s is not mounted: %w", id, iofs.ErrNotExist)
 	}
-	_, err := c.client.Datasource(ctx, id)
-	return err
+	ds, err := c.client.Datasource(ctx, id)
+	return fs.Entry{ID: id, Modified: ds.Modified}, err
 }
 
 func (c *datameshCatalog) Store(id string) zarr.Store { return c.client.Store(id) }

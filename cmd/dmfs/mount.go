@@ -383,6 +383,9 @@ func serveMount(ctx context.Context, o *mountOptions, token func() (string, erro
 	// larger than itself), and no larger: a server cannot drive memory past
 	// what --cache-size allows.
 	cfg.MaxObjectSize = max(int64(o.CacheSize), minMaxObjectSize)
+	if o.RetryBudget > 0 {
+		cfg.RetryMaxElapsed = o.RetryBudget
+	}
 	gateway := cfg.Gateway
 	cfg.OnSession = func(info session.Info) {
 		rec := sessionRecord{Gateway: gateway, ID: info.ID, EndTime: info.EndTime, PID: os.Getpid()}
@@ -425,8 +428,11 @@ func serveMount(ctx context.Context, o *mountOptions, token func() (string, erro
 	// Keep the heap near the cache budget so peak RSS stays bounded.
 	debug.SetMemoryLimit(int64(o.CacheSize) + 32<<20)
 	chunks := cache.New(cache.Options{
-		MaxBytes:     int64(o.CacheSize),
-		FetchTimeout: cfg.ChunkReadTimeout + time.Minute,
+		MaxBytes: int64(o.CacheSize),
+		// A backstop only: the session bounds every request itself (the
+		// read timeout between bytes, the retry budget), and a chunk that
+		// keeps arriving slowly is not an error.
+		FetchTimeout: cfg.RetryMaxElapsed + time.Hour,
 		MissingTTL:   o.MetadataTTL,
 		Logger:       log,
 	})

@@ -26,6 +26,7 @@ type mountOptions struct {
 	CacheSize       byteSize
 	Readahead       int
 	MetadataTTL     time.Duration
+	RetryBudget     time.Duration
 	AllowOther      bool
 	LogLevel        string
 	LogFile         string
@@ -52,6 +53,8 @@ func (o *mountOptions) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 		"chunks fetched ahead of a reader that reads an array in key order (0 disables)")
 	fs.DurationVar(&o.MetadataTTL, "metadata-ttl", 5*time.Minute,
 		"how long the catalog, store metadata and chunk existence are trusted before being fetched again")
+	fs.DurationVar(&o.RetryBudget, "retry-budget", session.DefaultRetryMaxElapsed,
+		"how long a request waits out a gateway that is down or restarting (502/503/504, refused connections) before it fails with EIO")
 	fs.BoolVar(&o.AllowOther, "allow-other", false,
 		"let other users read the mount (needs user_allow_other in /etc/fuse.conf when not root)")
 	fs.StringVar(&o.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
