@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/singleflight"
@@ -54,6 +55,9 @@ type datasource struct {
 	forget func()
 	// dropPages drops the kernel's cached pages of the file at key.
 	dropPages func(key string)
+	// noHead is set once a HEAD answered without a size: sizes then cost
+	// a GET.
+	noHead atomic.Bool
 
 	mu       sync.Mutex
 	cur      version   // h is nil until loaded, and after release
@@ -394,7 +398,7 @@ func (d *datasource) chunkSize(ctx context.Context, arr *zarr.Array, rel string,
 	case state == cache.StatPresent && !stale, state == cache.StatSized && !stale:
 		return size, false, nil
 	}
-	lister := d.listerActive(arr.Path)
+	lister := !d.noHead.Load() && d.listerActive(arr.Path)
 	if lister && state == cache.StatPresent {
 		// A lister reads nothing: the bytes held are checked when a
 		// reader comes.
@@ -412,7 +416,14 @@ func (d *datasource) chunkSize(ctx context.Context, arr *zarr.Array, rel string,
 	if lister {
 		d.headAhead(arr, rel)
 		n, err = d.opt.Cache.SizeOrHead(ctx, ck, d.header(key))
-	} else {
+		if errors.Is(err, zarr.ErrSizeUnknown) {
+			// The gateway's HEAD says nothing: the size costs the body,
+			// from now on without asking HEAD first.
+			d.noHead.Store(true)
+			lister = false
+		}
+	}
+	if !lister {
 		fresh, err = d.opt.Cache.GetOrFetch(ctx, ck, d.fetcher(key))
 		n = int64(len(fresh))
 	}

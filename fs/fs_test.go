@@ -29,6 +29,8 @@ type memStore struct {
 	gets  map[string]int
 	heads map[string]int
 	err   error // returned for every chunk request when set
+	// headless makes HEAD answer without a size (no Content-Length).
+	headless bool
 }
 
 func newMemStore(keys map[string]string) *memStore {
@@ -59,6 +61,9 @@ func (s *memStore) Head(ctx context.Context, key string) (int64, error) {
 	s.heads[key]++
 	if s.err != nil {
 		return 0, s.err
+	}
+	if s.headless {
+		return 0, fmt.Errorf("key %s: %w", key, zarr.ErrSizeUnknown)
 	}
 	b, ok := s.keys[key]
 	if !ok {
@@ -949,4 +954,29 @@ func TestUnchangedChunkKeepsItsInodeAfterTTL(t *testing.T) {
 	_, o2, errno := f.lookup(t, f.root, "alpha/grid/0.0")
 	require.Zero(t, errno)
 	assert.Equal(t, o1.Attr.Ino, o2.Attr.Ino, "the store kept its version")
+}
+
+func TestListerGetsSizesByGetWhenHeadSaysNothing(t *testing.T) {
+	f := newFixture(t)
+	f.store.headless = true
+	f.list(t, "alpha/grid")
+	_, out, errno := f.lookup(t, f.root, "alpha/grid/0.0")
+	require.Zero(t, errno)
+	assert.Equal(t, uint64(6), out.Attr.Size)
+	_, out, errno = f.lookup(t, f.root, "alpha/grid/0.1")
+	require.Zero(t, errno)
+	assert.Equal(t, uint64(6), out.Attr.Size)
+	_, _, errno = f.lookup(t, f.root, "alpha/grid/1.1")
+	assert.Equal(t, syscall.ENOENT, errno)
+	// Background HEADs ahead may have been sent before the first answer;
+	// after it, sizes cost one GET each and no HEAD.
+	require.Eventually(t, func() bool { return len(f.root.opt.heads) == 0 }, 5*time.Second, time.Millisecond,
+		"background HEADs finished")
+	_, heads := f.store.counts()
+	f.list(t, "alpha/grid")
+	_, _, errno = f.lookup(t, f.root, "alpha/grid/1.0")
+	require.Zero(t, errno)
+	_, heads2 := f.store.counts()
+	assert.Equal(t, heads, heads2, "no HEAD once the gateway showed it gives no size")
+	assert.Equal(t, 1, f.store.getCount("grid/1.0"))
 }

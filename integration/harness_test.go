@@ -339,8 +339,19 @@ func trackedMountPoint(t *testing.T) string {
 // mountForegroundAt is mountForeground on a given mount point.
 func mountForegroundAt(t *testing.T, g *gatewayProc, mp string, extra ...string) *mount {
 	t.Helper()
+	return mountForegroundAtEnv(t, g, mp, nil, extra...)
+}
+
+// mountForegroundEnv is mountForeground with extra environment variables.
+func mountForegroundEnv(t *testing.T, g *gatewayProc, env []string, extra ...string) *mount {
+	t.Helper()
+	return mountForegroundAtEnv(t, g, newMountPoint(t), env, extra...)
+}
+
+func mountForegroundAtEnv(t *testing.T, g *gatewayProc, mp string, moreEnv []string, extra ...string) *mount {
+	t.Helper()
 	requireFUSE(t)
-	env := []string{"DATAMESH_TOKEN=" + testToken}
+	env := append([]string{"DATAMESH_TOKEN=" + testToken}, moreEnv...)
 	args := append([]string{"mount", "--foreground", "--service", g.URL, "--log-level", "debug"}, extra...)
 	trackMount(mp, true)
 	p := start(t, env, append(args, mp)...)

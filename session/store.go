@@ -52,7 +52,7 @@ func (s *Store) Head(ctx context.Context, key string) (int64, error) {
 	}
 	if resp.size < 0 {
 		return 0, &Error{Op: "head", Method: http.MethodHead, URL: redactURL(s.keyURL(key, false)),
-			Status: resp.status, Err: errors.New("answer has no Content-Length")}
+			Status: resp.status, Err: fmt.Errorf("answer has no Content-Length: %w", zarr.ErrSizeUnknown)}
 	}
 	return resp.size, nil
 }

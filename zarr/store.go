@@ -48,6 +48,11 @@ const MaxTotalMetadataSize = 64 << 20
 // or a hierarchy's metadata as a whole, is over its limit.
 var ErrMetadataTooLarge = errors.New("metadata too large")
 
+// ErrSizeUnknown is the cause of a Head error when the store answered but
+// cannot tell the size without the value (a HEAD without Content-Length):
+// the caller must Get it.
+var ErrSizeUnknown = errors.New("size unknown without reading the value")
+
 type sizeLimitKey struct{}
 
 // WithSizeLimit returns a context that asks the Store not to return a value
