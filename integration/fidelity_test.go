@@ -118,7 +118,7 @@ func TestGoneDatasourceReadsFailWithEIO(t *testing.T) {
 	})
 	_, err = os.ReadFile(filepath.Join(ds, "u10", "0.0.0"))
 	require.True(t, errors.Is(err, syscall.EIO), "a 410 must fail the read (never a fill value): got %v", err)
-	assert.Contains(t, m.proc.out.String(), "gone (410)")
+	m.waitLog(t, "gone (410)")
 }
 
 func TestSlowGatewayDrippingAChunkIsReadWhole(t *testing.T) {

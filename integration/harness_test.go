@@ -361,6 +361,22 @@ func mountForegroundAtEnv(t *testing.T, g *gatewayProc, mp string, moreEnv []str
 	return m
 }
 
+// waitLog waits until the mount's log holds one of the strings: the log
+// reaches the test through a pipe, a moment after what caused it.
+func (m *mount) waitLog(t *testing.T, anyOf ...string) {
+	t.Helper()
+	found := func() bool {
+		out := m.proc.out.String()
+		for _, w := range anyOf {
+			if strings.Contains(out, w) {
+				return true
+			}
+		}
+		return false
+	}
+	require.Eventually(t, found, 10*time.Second, 20*time.Millisecond, "the log never said any of %q", anyOf)
+}
+
 // waitMounted waits until mp is a dmfs mount in the mount table.
 func waitMounted(t *testing.T, mp string, p *process) {
 	t.Helper()
