@@ -432,7 +432,7 @@ func TestListerPaysAtMostOneHeadAndNoBody(t *testing.T) {
 
 	// Reading a chunk whose size a HEAD gave costs its one GET.
 	node, _, _ := f.lookup(t, f.root, "alpha/grid/0.0")
-	assert.Equal(t, "aaaaaa", readAllOf(t, node))
+	assert.Equal(t, "aaaaaa", readAll(t, node))
 	assert.Equal(t, 1, f.store.getCount("grid/0.0"))
 }
 
@@ -452,7 +452,7 @@ func TestSequentialReadsTriggerReadahead(t *testing.T) {
 	open := func(name string) {
 		node, _, errno := f.lookup(t, f.root, "alpha/grid/"+name)
 		require.Zero(t, errno, name)
-		readAllOf(t, node)
+		readAll(t, node)
 	}
 	open("0.0")
 	open("0.1") // sequential: prefetch 0.2 (absent) and 1.0
@@ -564,17 +564,6 @@ func TestCopyOpensArrayMetadataThenGetsChunksWithoutHead(t *testing.T) {
 		_, st := f.cache.Stat("alpha/grid/0.1")
 		return st == cache.StatPresent
 	}, 5*time.Second, 5*time.Millisecond)
-}
-
-// readAllOf reads a chunk file whole, as cat does (the kernel opens it
-// without asking: see openFile).
-func readAllOf(t *testing.T, node *gofs.Inode) string {
-	t.Helper()
-	cf := node.Operations().(*chunkFile)
-	res, errno := cf.Read(context.Background(), nil, make([]byte, 1<<16), 0)
-	require.Zero(t, errno)
-	b, _ := res.Bytes(nil)
-	return string(b)
 }
 
 func TestOpenFetchesNothingUntilRead(t *testing.T) {
