@@ -30,6 +30,12 @@ const (
 	maxRenewBackoff = 5 * time.Minute
 	// maxSessionID bounds the length of a session id.
 	maxSessionID = 128
+	// finaliseBudget bounds a checkpoint's finalise, which Close waits for
+	// and which must outlive the client's cancellation (a finalise cut
+	// short would lose the writes it was making final).
+	finaliseBudget = 2 * time.Minute
+	// reasonUnauthorized is the renewal of a session the gateway refused.
+	reasonUnauthorized = "renewed after 401"
 )
 
 // Info is a Datamesh session as the gateway describes it.
@@ -62,6 +68,7 @@ type Client struct {
 	jitter     func(time.Duration) time.Duration
 
 	onSession func(Info) // Config.OnSession
+	writes    *writes    // what was written, per session; gates writes at checkpoints
 
 	// answered is set once any HTTP answer arrives: from then on a refused
 	// connection is a restart worth waiting out, not a wrong address.
@@ -125,6 +132,7 @@ func New(cfg Config) (*Client, error) {
 		swapped:    make(chan struct{}, 1),
 		loopDone:   make(chan struct{}),
 		closeDone:  make(chan struct{}),
+		writes:     newWrites(),
 	}
 	c.cfg.Token = "" // kept only as c.token
 	c.cfg.Logger = nil
@@ -227,6 +235,21 @@ func (c *Client) renewLocked(ctx context.Context, reason string) (Info, error) {
 	stop := context.AfterFunc(c.life, cancel)
 	defer stop()
 
+	// A planned renewal of a write session is a checkpoint: uploads are
+	// held and those in flight finish first, so the old session's writes
+	// are settled when it is finalised and none starts in the new one
+	// while the old still holds the datasource.
+	checkpoint := c.cfg.Write && reason != reasonUnauthorized && c.Info().ID != ""
+	if checkpoint {
+		defer c.writes.release()
+		if err := c.writes.holdAndDrain(ctx); err != nil {
+			if c.isClosed() {
+				err = ErrClosed
+			}
+			return Info{}, &Error{Op: "renew session", Err: err}
+		}
+	}
+
 	c.mu.Lock()
 	c.lastAsk = c.clock.Now()
 	c.mu.Unlock()
@@ -253,13 +276,25 @@ func (c *Client) renewLocked(ctx context.Context, reason string) (Info, error) {
 	}
 	attrs := []any{"session", info.ID, "end_time", info.EndTime}
 	if old != nil {
-		attrs = append(attrs, "previous", old.info.ID)
-		// Added under renewMu before Close can take it, so Close's Wait sees it.
-		c.background.Add(1)
-		go func() {
-			defer c.background.Done()
-			c.closeBestEffort(old.info.ID)
-		}()
+		oldID := old.info.ID
+		attrs = append(attrs, "previous", oldID)
+		if reason == reasonUnauthorized {
+			// Whoever saw the 401, what the old session staged is lost.
+			if n := c.writes.lose(oldID); n > 0 {
+				c.log.Error("datamesh session lost with writes staged in it; they fail", "session", oldID, "keys", n)
+			}
+		}
+		if checkpoint && c.writes.hasStaged(oldID) {
+			// Synchronous, writes held: they resume once it is final.
+			c.checkpoint(oldID, info.ID)
+		} else {
+			// Added under renewMu before Close can take it, so Close's Wait sees it.
+			c.background.Add(1)
+			go func() {
+				defer c.background.Done()
+				c.closeBestEffort(oldID)
+			}()
+		}
 	}
 	c.log.Info("datamesh session "+reason, attrs...)
 	if c.onSession != nil {
@@ -272,9 +307,10 @@ func (c *Client) renewLocked(ctx context.Context, reason string) (Info, error) {
 func (c *Client) acquire(ctx context.Context, duration time.Duration) (Info, error) {
 	secs := int64(math.Ceil(duration.Seconds()))
 	r := request{
-		op:       "acquire session",
-		method:   http.MethodGet,
-		url:      c.gateway + "/session/?duration=" + strconv.FormatInt(secs, 10) + "&allow_multiwrite=false",
+		op:     "acquire session",
+		method: http.MethodGet,
+		url: c.gateway + "/session/?duration=" + strconv.FormatInt(secs, 10) +
+			"&allow_multiwrite=" + strconv.FormatBool(c.cfg.AllowMultiwrite),
 		header:   http.Header{"Cache-Control": {"no-store"}},
 		timeout:  c.cfg.ReadTimeout,
 		readBody: true,
@@ -536,7 +572,7 @@ func (c *Client) recoverUnauthorized(ctx context.Context, rejected string) error
 			return nil, err
 		}
 		c.log.Info("datamesh session refused by the gateway; renewing", "session", rejected)
-		_, err = c.renewLocked(c.life, "renewed after 401")
+		_, err = c.renewLocked(c.life, reasonUnauthorized)
 		return nil, err
 	})
 	select {
@@ -575,10 +611,19 @@ func (c *Client) waitSpacing(id string) error {
 // The DELETE follows ctx: on shutdown pass a fresh bounded context (not the
 // one a signal just cancelled), or the session is left to expire at its
 // end_time.
-func (c *Client) Close(ctx context.Context) error {
+func (c *Client) Close(ctx context.Context) error { return c.CloseFinal(ctx, false) }
+
+// CloseFinal is Close, with finalise_write=finalise: true makes the writes
+// staged in the session final, false discards them. It first waits (within
+// ctx) for writes in flight; new ones fail with ErrClosed. A finalise that
+// fails, or finds the session already gone while it had writes staged
+// (ErrNotFinalised), is an error, and those keys are reported failed by
+// WriteReport. Only the first call's finalise counts: later calls get its
+// result. The caller decides: finalise only when WriteReport().OK().
+func (c *Client) CloseFinal(ctx context.Context, finalise bool) error {
 	c.closeOnce.Do(func() {
 		go func() {
-			c.closeErr = c.close(ctx)
+			c.closeErr = c.close(ctx, finalise)
 			close(c.closeDone)
 		}()
 	})
@@ -592,7 +637,7 @@ func (c *Client) Close(ctx context.Context) error {
 
 // close does the work of Close; the DELETE tries follow the first caller's
 // ctx.
-func (c *Client) close(ctx context.Context) error {
+func (c *Client) close(ctx context.Context, finalise bool) error {
 	c.mu.Lock()
 	c.closed = true
 	c.mu.Unlock()
@@ -610,12 +655,43 @@ func (c *Client) close(ctx context.Context) error {
 	}
 
 	var err error
-	if cur != nil {
-		err = c.closeSession(ctx, cur.info.ID)
-		if err != nil {
-			c.log.Warn("datamesh session close failed", "session", cur.info.ID, "error", err.Error())
-		} else {
-			c.log.Info("datamesh session closed", "session", cur.info.ID)
+	// Writes in flight belong to the session: let them land before it
+	// closes. The hold is never released: the client is closed.
+	if derr := c.writes.holdAndDrain(ctx); derr != nil {
+		err = &Error{Op: "close session", Err: fmt.Errorf("writes still in flight: %w", derr)}
+		if cur != nil {
+			// Not closed, so not final: the gateway expires it. Its writes
+			// must still show in WriteReport.
+			if finalise {
+				c.writes.settle(cur.info.ID, false, err)
+			} else {
+				c.writes.settle(cur.info.ID, false, nil)
+			}
+		}
+	}
+	if cur != nil && err == nil {
+		id := cur.info.ID
+		staged := c.writes.hasStaged(id)
+		err = c.closeSession(ctx, id, finalise, finalise && staged)
+		switch {
+		case err != nil:
+			c.log.Warn("datamesh session close failed", "session", id, "finalise_write", finalise, "error", err.Error())
+			if finalise {
+				keys, _ := c.writes.settle(id, false, err)
+				if keys > 0 {
+					c.log.Error("datamesh writes not finalised", "session", id, "keys", keys)
+				}
+			}
+		case finalise:
+			keys, deletes := c.writes.settle(id, true, nil)
+			c.log.Info("datamesh session closed, writes finalised", "session", id, "keys", keys, "deletes", deletes)
+		default:
+			keys, _ := c.writes.settle(id, false, nil)
+			if keys > 0 {
+				c.log.Warn("datamesh session closed without finalising; its writes are discarded", "session", id, "keys", keys)
+			} else {
+				c.log.Info("datamesh session closed", "session", id)
+			}
 		}
 	}
 	waited := make(chan struct{})
@@ -643,15 +719,27 @@ func (c *Client) CloseSession(ctx context.Context, id string) error {
 	if err := checkSessionID(id); err != nil {
 		return &Error{Op: "close session", Err: err}
 	}
-	return c.closeSession(ctx, id)
+	return c.closeSession(ctx, id, false, false)
 }
 
 // closeSession deletes session id, retrying failures on the CloseBackoff
-// schedule.
-func (c *Client) closeSession(ctx context.Context, id string) error {
+// schedule. 404 and 410 mean already closed; but when mustFinalise (writes
+// are staged) they mean the writes were not made final, unless an earlier
+// try went unanswered: that try may have finalised it.
+func (c *Client) closeSession(ctx context.Context, id string, finalise, mustFinalise bool) error {
 	var err error
+	unanswered := false
 	for i := 0; ; i++ {
-		err = c.deleteSession(ctx, id)
+		var status int
+		status, err = c.deleteSession(ctx, id, finalise)
+		if err == nil && mustFinalise && !unanswered && (status == http.StatusNotFound || status == http.StatusGone) {
+			return &Error{Op: "finalise session", Method: http.MethodDelete, URL: redactURL(c.gateway + "/session/" + pathEscape(id)),
+				Status: status, Err: ErrNotFinalised}
+		}
+		var e *Error
+		if err != nil && errors.As(err, &e) && e.Status == 0 {
+			unanswered = true
+		}
 		if err == nil || isPermanent(err) || ctx.Err() != nil || i >= len(c.cfg.CloseBackoff) {
 			return err
 		}
@@ -675,30 +763,51 @@ func (c *Client) closeBestEffort(id string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
-	if err := c.deleteSession(ctx, id); err != nil {
+	if _, err := c.deleteSession(ctx, id, false); err != nil {
 		c.log.Warn("datamesh previous session not closed; it will expire", "session", id, "error", err.Error())
 		return
 	}
 	c.log.Info("datamesh previous session closed", "session", id)
 }
 
-// deleteSession sends one DELETE for session id.
-func (c *Client) deleteSession(ctx context.Context, id string) error {
+// deleteSession sends one DELETE for session id and returns the status;
+// the error is nil for 204, 200, 404 and 410.
+func (c *Client) deleteSession(ctx context.Context, id string, finalise bool) (int, error) {
 	r := request{
 		op:        "close session",
 		method:    http.MethodDelete,
-		url:       c.gateway + "/session/" + pathEscape(id) + "?finalise_write=false",
+		url:       c.gateway + "/session/" + pathEscape(id) + "?finalise_write=" + strconv.FormatBool(finalise),
 		sessionID: id,
 		timeout:   c.cfg.ReadTimeout,
 		noRetry:   true,
 	}
+	if finalise {
+		r.op = "finalise session"
+	}
 	resp, err := c.do(ctx, r)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	switch resp.status {
 	case http.StatusNoContent, http.StatusOK, http.StatusNotFound, http.StatusGone:
-		return nil
+		return resp.status, nil
 	}
-	return c.statusError(r, resp)
+	return resp.status, c.statusError(r, resp)
+}
+
+// checkpoint finalises old, the session just replaced at a planned renewal,
+// with writes held. Its own deadline, not the client's life: Close waits
+// for it rather than cut a finalise short.
+func (c *Client) checkpoint(old, next string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.life), finaliseBudget)
+	defer cancel()
+	if err := c.closeSession(ctx, old, true, true); err != nil {
+		keys, _ := c.writes.settle(old, false, err)
+		c.log.Error("datamesh write checkpoint failed: writes of the previous session not finalised",
+			"session", old, "next", next, "keys", keys, "error", err.Error())
+		return
+	}
+	keys, deletes := c.writes.settle(old, true, nil)
+	c.log.Info("datamesh write checkpoint: previous session finalised", "session", old, "next", next,
+		"keys", keys, "deletes", deletes)
 }

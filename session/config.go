@@ -1,6 +1,7 @@
 // Package session is the Datamesh HTTP client: configuration, auth headers,
 // retries, the datasource catalog, the session lifecycle (acquire, renew,
-// close) and read access to the Zarr keys of a datasource.
+// close, finalise) and read and write access to the Zarr keys of a
+// datasource.
 //
 // It knows nothing of Zarr trees or FUSE. Errors are *Error values that match
 // io/fs sentinels through errors.Is, so callers map them without string
@@ -28,8 +29,8 @@ const (
 	DefaultChunkReadTimeout = 60 * time.Second
 	DefaultStageReadTimeout = 900 * time.Second
 	DefaultDownloadTimeout  = 900 * time.Second
-	// DefaultChunkWriteTimeout bounds the wait between bytes of a zarr
-	// write's answer (no writes yet: read from the environment for them).
+	// DefaultChunkWriteTimeout bounds each stall of a zarr write: while
+	// its body is sent, then between bytes of its answer.
 	DefaultChunkWriteTimeout = 600 * time.Second
 	DefaultMaxRetries        = 8
 	DefaultRetryBase         = 100 * time.Millisecond
@@ -97,6 +98,15 @@ type Config struct {
 	// larger one is refused (ErrTooLarge) before it is read, or as soon as it
 	// passes the bound when its length is not announced. Default 1 GiB.
 	MaxObjectSize int64
+
+	// Write enables Store.Put, Delete and Clear, and makes a planned
+	// session renewal a checkpoint that finalises the writes of the old
+	// session (DESIGN §4).
+	Write bool
+	// AllowMultiwrite is sent when acquiring a session: whether other
+	// sessions may write to a datasource this one writes to (both must
+	// allow it).
+	AllowMultiwrite bool
 
 	Logger *slog.Logger // nil = discard
 
@@ -272,10 +282,10 @@ func (c Config) tokenMark() string {
 
 // String describes c with the token redacted.
 func (c Config) String() string {
-	return fmt.Sprintf("session.Config{Token:%s Service:%s Gateway:%s ConnectTimeout:%s ReadTimeout:%s ChunkReadTimeout:%s StageReadTimeout:%s DownloadTimeout:%s ChunkWriteTimeout:%s MaxRetries:%d RetryBase:%s RetryMaxElapsed:%s CloseBackoff:%v MaxObjectSize:%d}",
+	return fmt.Sprintf("session.Config{Token:%s Service:%s Gateway:%s ConnectTimeout:%s ReadTimeout:%s ChunkReadTimeout:%s StageReadTimeout:%s DownloadTimeout:%s ChunkWriteTimeout:%s MaxRetries:%d RetryBase:%s RetryMaxElapsed:%s CloseBackoff:%v MaxObjectSize:%d Write:%t AllowMultiwrite:%t}",
 		c.tokenMark(), redactURL(c.Service), redactURL(c.Gateway), fmtTimeout(c.ConnectTimeout), fmtTimeout(c.ReadTimeout),
 		fmtTimeout(c.ChunkReadTimeout), fmtTimeout(c.StageReadTimeout), fmtTimeout(c.DownloadTimeout), fmtTimeout(c.ChunkWriteTimeout),
-		c.MaxRetries, c.RetryBase, c.RetryMaxElapsed, c.CloseBackoff, c.MaxObjectSize)
+		c.MaxRetries, c.RetryBase, c.RetryMaxElapsed, c.CloseBackoff, c.MaxObjectSize, c.Write, c.AllowMultiwrite)
 }
 
 // fmtTimeout prints a timeout, NoTimeout as "None" (the environment's word).
@@ -305,6 +315,8 @@ func (c Config) LogValue() slog.Value {
 		slog.String("download_timeout", fmtTimeout(c.DownloadTimeout)),
 		slog.String("chunk_write_timeout", fmtTimeout(c.ChunkWriteTimeout)),
 		slog.Int64("max_object_size", c.MaxObjectSize),
+		slog.Bool("write", c.Write),
+		slog.Bool("allow_multiwrite", c.AllowMultiwrite),
 	)
 }
 

@@ -24,11 +24,24 @@ var (
 	// another origin, one that changes the method, or too many. It is not
 	// retried.
 	ErrRedirect = errors.New("datamesh redirect refused")
+	// ErrLocked matches a 409 answer to a write: another session holds the
+	// datasource for writing (unless both allow multiwrite). The *Error
+	// carries the gateway's detail.
+	ErrLocked = errors.New("datamesh datasource locked by another writing session")
+	// ErrReadOnly is the cause of a write through a Client without
+	// Config.Write.
+	ErrReadOnly = errors.New("datamesh client not configured for writing")
+	// ErrSessionLost is the cause of a write that can never be final: its
+	// session was dropped by the gateway (401) with writes staged in it.
+	ErrSessionLost = errors.New("datamesh session lost with writes staged in it; they cannot be finalised")
+	// ErrNotFinalised is the cause of a finalise that found the session
+	// already gone: its staged writes were discarded by the gateway.
+	ErrNotFinalised = errors.New("datamesh session already closed or expired; its writes were not finalised")
 )
 
 // Error is every failure of a Datamesh request.
 //
-// errors.Is(err, fs.ErrNotExist) is true for 404,
+// errors.Is(err, fs.ErrNotExist) is true for 404, ErrLocked for 409,
 // errors.Is(err, fs.ErrPermission) for 401 and 403 (after the session renewal
 // retry), errors.Is(err, ErrGone) for 410 only: a deleted datasource must
 // fail reads (EIO), not read as missing keys (a silent fill value). Timeouts, 5xx and transport errors
@@ -85,6 +98,8 @@ func (e *Error) Is(target error) bool {
 		return e.Status == http.StatusUnauthorized || e.Status == http.StatusForbidden
 	case ErrGone:
 		return e.Status == http.StatusGone
+	case ErrLocked:
+		return e.Status == http.StatusConflict
 	}
 	return false
 }

@@ -34,7 +34,9 @@ type fakeGateway struct {
 	// 0 lets the request through to zarr. Default: 401 unless sid is open.
 	zarrAuth func(sid string) int
 	zarr     http.HandlerFunc // serves authorised zarr requests
-	catalog  http.HandlerFunc // serves /datasource/...
+	// trace, when set, is called with each request once it is answered.
+	trace   func(r *http.Request)
+	catalog http.HandlerFunc // serves /datasource/...
 
 	acquires atomic.Int32
 	zarrReqs atomic.Int32
@@ -57,6 +59,9 @@ func (g *fakeGateway) serve(w http.ResponseWriter, r *http.Request) {
 	g.mu.Lock()
 	g.requests = append(g.requests, r.Clone(r.Context()))
 	g.mu.Unlock()
+	if g.trace != nil {
+		defer g.trace(r)
+	}
 	switch {
 	case r.URL.Path == "/session/" && r.Method == http.MethodGet:
 		n := g.acquires.Add(1)

@@ -76,6 +76,11 @@ type request struct {
 	readBody bool  // read the whole body of a 2xx answer
 	maxBody  int64 // bound on that body
 	noRetry  bool  // one try only (the caller has its own schedule)
+	// body, when set, is sent whole from offset 0 with each attempt
+	// (bodySize bytes, as Content-Length): a ReaderAt, so that retries
+	// re-send it without holding it in memory.
+	body     io.ReaderAt
+	bodySize int64
 }
 
 // response is the last answer do received.
@@ -296,6 +301,23 @@ func (c *Client) attempt(ctx context.Context, r request, n int) (*response, erro
 	req, err := http.NewRequestWithContext(ctx, r.method, r.url, nil)
 	if err != nil {
 		return nil, permanentError{fmt.Errorf("build request: %w", unwrapURLError(err))}
+	}
+	if r.body != nil || r.bodySize > 0 {
+		// Sending is progress too: the timeout bounds each stall, in
+		// either direction, never a large upload on a slow link.
+		progress := func() {
+			if idle != nil {
+				idle.Reset(r.timeout)
+			}
+		}
+		req.GetBody = func() (io.ReadCloser, error) {
+			if r.bodySize == 0 {
+				return http.NoBody, nil
+			}
+			return &progressBody{r: io.NewSectionReader(r.body, 0, r.bodySize), progress: progress}, nil
+		}
+		req.Body, _ = req.GetBody()
+		req.ContentLength = r.bodySize
 	}
 	c.setAuth(req.Header)
 	if r.sessionID != "" {

@@ -15,7 +15,8 @@ import (
 )
 
 // Store reads the Zarr keys of one datasource through the gateway, with the
-// client's current session. It satisfies zarr.Store and zarr.Lister.
+// client's current session, and writes them when Config.Write is set (see
+// Put). It satisfies zarr.Store and zarr.Lister.
 type Store struct {
 	c  *Client
 	id string
@@ -23,7 +24,7 @@ type Store struct {
 	goneLogged sync.Once
 }
 
-// Store returns the key reader of datasource id. An id that ValidID refuses
+// Store returns the key store of datasource id. An id that ValidID refuses
 // makes every call fail.
 func (c *Client) Store(id string) *Store { return &Store{c: c, id: id} }
 
