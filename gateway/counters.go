@@ -27,10 +27,12 @@ type Counters struct {
 	ByRoute       map[string]int64 `json:"by_route"`
 	ByStatus      map[string]int64 `json:"by_status"`
 	ByRouteStatus map[string]int64 `json:"by_route_status"`
-	// ZarrKeys counts GET and HEAD per key: "DSID/KEY GET". It holds at most
-	// ZarrKeysMax entries of at most MaxCounterKeyBytes bytes each.
+	// ZarrKeys counts GET, HEAD, POST, PUT and DELETE per key ("DSID/KEY
+	// GET"), whatever the answer, so that a client's request economy can be
+	// checked. It holds at most ZarrKeysMax entries of at most
+	// MaxCounterKeyBytes bytes each.
 	ZarrKeys map[string]int64 `json:"zarr_keys"`
-	// ZarrKeysOther counts the GET and HEAD requests left out of ZarrKeys:
+	// ZarrKeysOther counts the key requests left out of ZarrKeys:
 	// their key was too long, or ZarrKeys was full.
 	ZarrKeysOther int64 `json:"zarr_keys_other"`
 	// ZarrKeysMax is the cap on ZarrKeys entries.
@@ -43,7 +45,47 @@ type Counters struct {
 	// Unauthenticated counts requests refused for a missing or wrong token;
 	// they appear in no other counter.
 	Unauthenticated int64 `json:"unauthenticated"`
+	// Writes counts staged, committed and discarded writes.
+	Writes WriteCounters `json:"writes"`
 }
+
+// WriteCounters counts the write protocol. Every staged key ends committed
+// or discarded (a key staged again in the same session discards the
+// earlier version), so StagedKeys = CommittedKeys + DiscardedKeys + the
+// keys still staged; bytes likewise.
+type WriteCounters struct {
+	StagedKeys     int64 `json:"staged_keys"`
+	StagedBytes    int64 `json:"staged_bytes"`
+	CommittedKeys  int64 `json:"committed_keys"`
+	CommittedBytes int64 `json:"committed_bytes"`
+	DiscardedKeys  int64 `json:"discarded_keys"`
+	DiscardedBytes int64 `json:"discarded_bytes"`
+	// Deletions of keys and folders (DELETE /zarr/...), staged and then
+	// committed or discarded with their session.
+	DeletesStaged    int64 `json:"deletes_staged"`
+	DeletesCommitted int64 `json:"deletes_committed"`
+	DeletesDiscarded int64 `json:"deletes_discarded"`
+	// Conflicts counts 409 answers: the datasource was held by another
+	// session.
+	Conflicts int64 `json:"conflicts"`
+	// SessionsFinalised counts closes with finalise_write=true that
+	// committed; SessionsDiscarded sessions that sent writes and ended
+	// otherwise (closed without finalise_write, expired or ended idle).
+	SessionsFinalised int64 `json:"sessions_finalised"`
+	SessionsDiscarded int64 `json:"sessions_discarded"`
+	// Sessions gives each writing session's outcome: "open", "finalised"
+	// or "discarded" (at most ZarrKeysMax entries; others count in
+	// SessionsOther).
+	Sessions      map[string]string `json:"sessions"`
+	SessionsOther int64             `json:"sessions_other"`
+}
+
+// Outcomes of a writing session in WriteCounters.Sessions.
+const (
+	outcomeOpen      = "open"
+	outcomeFinalised = "finalised"
+	outcomeDiscarded = "discarded"
+)
 
 // SessionCounters counts sessions; Open is the live count, never reset.
 type SessionCounters struct {
@@ -77,6 +119,7 @@ func (cs *counterSet) reset() {
 		ByRouteStatus: map[string]int64{},
 		ZarrKeys:      map[string]int64{},
 		ZarrKeysMax:   cs.maxKeys,
+		Writes:        WriteCounters{Sessions: map[string]string{}},
 	}
 	for _, r := range allRoutes {
 		cs.c.ByRoute[r] = 0
@@ -143,6 +186,10 @@ func (cs *counterSet) snapshot(open int64) Counters {
 	out.ByRouteStatus = copyMap(cs.c.ByRouteStatus)
 	out.ZarrKeys = copyMap(cs.c.ZarrKeys)
 	out.Sessions.Open = open
+	out.Writes.Sessions = make(map[string]string, len(cs.c.Writes.Sessions))
+	for k, v := range cs.c.Writes.Sessions {
+		out.Writes.Sessions[k] = v
+	}
 	return out
 }
 
@@ -173,4 +220,83 @@ func (s *Server) serveCountersReset(w http.ResponseWriter, r *http.Request) {
 	}
 	s.counters.reset()
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// writeSession notes a session that sent a write request.
+func (cs *counterSet) writeSession(id string) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if _, ok := cs.c.Writes.Sessions[id]; ok {
+		return
+	}
+	if len(id) > MaxCounterKeyBytes || len(cs.c.Writes.Sessions) >= cs.maxKeys {
+		cs.c.Writes.SessionsOther++
+		return
+	}
+	cs.c.Writes.Sessions[id] = outcomeOpen
+}
+
+// sessionOutcome records how a session ended; force records it for a
+// session that sent no write (a finalise without writes).
+func (cs *counterSet) sessionOutcome(id, outcome string, force bool) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	_, known := cs.c.Writes.Sessions[id]
+	if !known && !force {
+		return
+	}
+	if outcome == outcomeFinalised {
+		cs.c.Writes.SessionsFinalised++
+	} else {
+		cs.c.Writes.SessionsDiscarded++
+	}
+	if known || (len(id) <= MaxCounterKeyBytes && len(cs.c.Writes.Sessions) < cs.maxKeys) {
+		cs.c.Writes.Sessions[id] = outcome
+	}
+}
+
+// writeStaged counts one staged key; replaced is the size of the version it
+// replaced in the same session (-1: none), which is discarded.
+func (cs *counterSet) writeStaged(bytes, replaced int64) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	cs.c.Writes.StagedKeys++
+	cs.c.Writes.StagedBytes += bytes
+	if replaced >= 0 {
+		cs.c.Writes.DiscardedKeys++
+		cs.c.Writes.DiscardedBytes += replaced
+	}
+}
+
+// deleteStaged counts one staged deletion and the staged keys it dropped.
+func (cs *counterSet) deleteStaged(droppedKeys, droppedBytes int64) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	cs.c.Writes.DeletesStaged++
+	cs.c.Writes.DiscardedKeys += droppedKeys
+	cs.c.Writes.DiscardedBytes += droppedBytes
+}
+
+func (cs *counterSet) writesCommitted(keys, bytes, deletes int64) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	cs.c.Writes.CommittedKeys += keys
+	cs.c.Writes.CommittedBytes += bytes
+	cs.c.Writes.DeletesCommitted += deletes
+}
+
+// writesDiscarded counts a session's stage thrown away, and its outcome.
+func (cs *counterSet) writesDiscarded(id string, keys, bytes, deletes int64) {
+	cs.mu.Lock()
+	cs.c.Writes.DiscardedKeys += keys
+	cs.c.Writes.DiscardedBytes += bytes
+	cs.c.Writes.DeletesDiscarded += deletes
+	cs.mu.Unlock()
+	cs.sessionOutcome(id, outcomeDiscarded, true)
+}
+
+func (cs *counterSet) writeConflict() {
+	cs.mu.Lock()
+	cs.c.Writes.Conflicts++
+	cs.mu.Unlock()
 }

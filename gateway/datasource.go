@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 )
@@ -64,6 +65,10 @@ type datasource struct {
 	// loadModified is modified() at startup, for when no metadata file can
 	// be read any more.
 	loadModified time.Time
+	// commitMu is held to write while a session's writes are renamed into
+	// the store, and to read while a request opens a key or lists a
+	// folder, so that no request sees half a commit.
+	commitMu sync.RWMutex
 }
 
 // isZarrStore tells whether dir's top level holds Zarr metadata.

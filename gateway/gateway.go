@@ -18,6 +18,9 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"os"
+	"path"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -62,6 +65,21 @@ type Config struct {
 	// MaxCounterKeys caps the per-key counters (0: DefaultMaxCounterKeys).
 	MaxCounterKeys int
 
+	// StagingDir holds the writes staged by sessions until they are
+	// finalised or discarded ("": a temporary folder next to Dir, on the
+	// same file system so that a commit only renames). Each Server makes
+	// its own folder inside it and removes it in Close.
+	StagingDir string
+	// MaxWriteBytes bounds the body of one key written (0:
+	// DefaultMaxWriteBytes); larger bodies get 413.
+	MaxWriteBytes int64
+	// WriteFailRate is the fraction of write requests (POST, PUT, DELETE of
+	// zarr keys) answered 503 with Retry-After, seeded by Seed.
+	WriteFailRate float64
+	// WriteFailKeys are globs (path.Match, on the key or on "ID/KEY"):
+	// writes of matching keys always fail with 500.
+	WriteFailKeys []string
+
 	// The limits of the http.Server that NewHTTPServer builds, so that
 	// clients that send slowly, never read or sit idle release their
 	// connection (0: the Default* value below).
@@ -103,10 +121,12 @@ const writeStep = 256 << 10
 func (c Config) String() string {
 	return fmt.Sprintf("gateway.Config{Dir:%q Token:%s Latency:%s FailRate:%g FailCodes:%v RetryAfter:%s Seed:%d "+
 		"SessionTTL:%s SessionIdle:%s HeadWithoutLength:%t MaxSessions:%d "+
-		"MaxCounterKeys:%d ReadHeaderTimeout:%s ReadTimeout:%s WriteTimeout:%s IdleTimeout:%s MaxHeaderBytes:%d}",
+		"MaxCounterKeys:%d StagingDir:%q MaxWriteBytes:%d WriteFailRate:%g WriteFailKeys:%q "+
+		"ReadHeaderTimeout:%s ReadTimeout:%s WriteTimeout:%s IdleTimeout:%s MaxHeaderBytes:%d}",
 		c.Dir, redacted(c.Token), c.Latency, c.FailRate, c.FailCodes, c.RetryAfter, c.Seed,
 		c.SessionTTL, c.SessionIdle, c.HeadWithoutLength, c.MaxSessions,
-		c.MaxCounterKeys, c.ReadHeaderTimeout, c.ReadTimeout, c.WriteTimeout, c.IdleTimeout, c.MaxHeaderBytes)
+		c.MaxCounterKeys, c.StagingDir, c.MaxWriteBytes, c.WriteFailRate, c.WriteFailKeys,
+		c.ReadHeaderTimeout, c.ReadTimeout, c.WriteTimeout, c.IdleTimeout, c.MaxHeaderBytes)
 }
 
 // withDefaults fills the zero limits.
@@ -125,6 +145,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxCounterKeys == 0 {
 		c.MaxCounterKeys = DefaultMaxCounterKeys
+	}
+	if c.MaxWriteBytes == 0 {
+		c.MaxWriteBytes = DefaultMaxWriteBytes
 	}
 	if len(c.FailCodes) == 0 {
 		c.FailCodes = DefaultFailCodes
@@ -162,6 +185,16 @@ type Server struct {
 	// codeRng draws which code a failure answers; apart from failRng so
 	// that a seed fails the same requests whatever the codes.
 	codeRng *rand.Rand
+	// writeRng draws the injected write failures (WriteFailRate).
+	writeRng *rand.Rand
+
+	// dir is Dir, absolute with symlinks resolved.
+	dir    string
+	writes *writeStore
+	// ended lists sessions with staged writes that ended without a close,
+	// for reapWrites to discard.
+	endedMu sync.Mutex
+	ended   []string
 }
 
 // String describes s without its token.
@@ -192,6 +225,17 @@ func New(cfg Config) (*Server, error) {
 	if cfg.RetryAfter > 0 && cfg.RetryAfter%time.Second != 0 {
 		return nil, fmt.Errorf("gateway: Retry-After %s is not whole seconds", cfg.RetryAfter)
 	}
+	if cfg.WriteFailRate < 0 || cfg.WriteFailRate > 1 || cfg.WriteFailRate != cfg.WriteFailRate {
+		return nil, fmt.Errorf("gateway: write fail rate %g is outside [0, 1]", cfg.WriteFailRate)
+	}
+	if cfg.MaxWriteBytes < 0 {
+		return nil, errors.New("gateway: max write bytes must not be negative")
+	}
+	for _, g := range cfg.WriteFailKeys {
+		if _, err := path.Match(g, ""); err != nil {
+			return nil, fmt.Errorf("gateway: write fail glob %q: %w", g, err)
+		}
+	}
 	if cfg.ReadHeaderTimeout < 0 || cfg.ReadTimeout < 0 || cfg.WriteTimeout < 0 || cfg.IdleTimeout < 0 || cfg.MaxHeaderBytes < 0 {
 		return nil, errors.New("gateway: server timeouts and max header bytes must not be negative")
 	}
@@ -207,10 +251,46 @@ func New(cfg Config) (*Server, error) {
 		counters: newCounterSet(cfg.MaxCounterKeys),
 		failRng:  rand.New(rand.NewPCG(uint64(cfg.Seed), 0x646d6673)),
 		codeRng:  rand.New(rand.NewPCG(uint64(cfg.Seed), 0x636f6465)),
+		writeRng: rand.New(rand.NewPCG(uint64(cfg.Seed), 0x77726974)),
 	}
 	dss, err := loadDatasources(cfg.Dir, logger)
 	if err != nil {
 		return nil, err
+	}
+	if s.dir, err = filepath.Abs(cfg.Dir); err == nil {
+		s.dir, err = filepath.EvalSymlinks(s.dir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("gateway: datasource folder %q: %w", cfg.Dir, err)
+	}
+	// Commit folders a crash left behind.
+	if old, _ := filepath.Glob(filepath.Join(s.dir, ".dmfs-commit-*")); len(old) > 0 {
+		for _, o := range old {
+			_ = os.RemoveAll(o)
+		}
+	}
+	var staging string
+	if cfg.StagingDir != "" {
+		staging, err = os.MkdirTemp(cfg.StagingDir, ".dmfs-staging-")
+	} else {
+		// Beside DIR, on the same file system, so that a commit only
+		// renames; a read-only parent (a served archive) falls back to the
+		// temporary folder, where commits copy.
+		staging, err = os.MkdirTemp(filepath.Dir(s.dir), ".dmfs-staging-")
+		if err != nil {
+			staging, err = os.MkdirTemp("", "dmfs-staging-")
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("gateway: staging folder: %w", err)
+	}
+	s.writes = newWriteStore(staging)
+	s.sessions.onEnd = func(id string) {
+		if s.writes.has(id) {
+			s.endedMu.Lock()
+			s.ended = append(s.ended, id)
+			s.endedMu.Unlock()
+		}
 	}
 	s.datasources = make(map[string]*datasource, len(dss))
 	for _, ds := range dss {
@@ -218,6 +298,11 @@ func New(cfg Config) (*Server, error) {
 		s.ids = append(s.ids, ds.id)
 	}
 	return s, nil
+}
+
+// Close discards every staged write and removes the staging folder.
+func (s *Server) Close() error {
+	return os.RemoveAll(s.writes.base)
 }
 
 // NewHTTPServer returns an http.Server for s with the limits of its Config.
@@ -259,12 +344,14 @@ const (
 	routeZarrGet        = "zarr_get"
 	routeZarrHead       = "zarr_head"
 	routeZarrList       = "zarr_list"
+	routeZarrWrite      = "zarr_write"
+	routeZarrDelete     = "zarr_delete"
 	routeQuery          = "query"
 	routeOther          = "other"
 )
 
 var allRoutes = []string{routeSessionAcquire, routeSessionGet, routeSessionDelete, routeCatalog,
-	routeDatasource, routeZarrGet, routeZarrHead, routeZarrList, routeQuery}
+	routeDatasource, routeZarrGet, routeZarrHead, routeZarrList, routeZarrWrite, routeZarrDelete, routeQuery}
 
 // request is what routing found out about one request.
 type request struct {
@@ -330,7 +417,13 @@ func (s *Server) count(r *http.Request, q *request, status int) {
 		return
 	}
 	zarrKey := ""
-	if (q.route == routeZarrGet || q.route == routeZarrHead) && q.keyErr == nil && q.arg != "" {
+	switch q.route {
+	case routeZarrGet, routeZarrHead, routeZarrWrite, routeZarrDelete:
+	default:
+		s.counters.record(q.route, status, "")
+		return
+	}
+	if q.keyErr == nil && q.arg != "" {
 		zarrKey = q.arg + "/" + q.key + " " + r.Method
 	}
 	s.counters.record(q.route, status, zarrKey)
@@ -428,8 +521,13 @@ func (s *Server) routeZarr(r *http.Request) *request {
 		return &request{route: routeQuery, handler: s.serveQuery}
 	}
 	q := &request{route: routeZarrGet, handler: s.serveZarr}
-	if r.Method == http.MethodHead {
+	switch r.Method {
+	case http.MethodHead:
 		q.route = routeZarrHead
+	case http.MethodPost, http.MethodPut:
+		q.route, q.handler = routeZarrWrite, s.serveZarrWrite
+	case http.MethodDelete:
+		q.route, q.handler = routeZarrDelete, s.serveZarrWrite
 	}
 	idEsc, keyEsc, hasSlash := strings.Cut(escaped, "/")
 	id, err := pathUnescape(idEsc)
@@ -448,10 +546,13 @@ func (s *Server) routeZarr(r *http.Request) *request {
 		return q
 	}
 	q.key = key
-	if key == "" || strings.HasSuffix(key, "/") {
-		q.route = routeZarrList
-	}
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead:
+		if key == "" || strings.HasSuffix(key, "/") {
+			q.route = routeZarrList
+		}
+	case http.MethodPost, http.MethodPut, http.MethodDelete:
+	default:
 		return methodNotAllowed(q.route)
 	}
 	return q

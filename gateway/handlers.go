@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"syscall"
@@ -137,6 +138,10 @@ func (s *Server) serveZarr(w http.ResponseWriter, r *http.Request, q *request) {
 		writeDetail(w, http.StatusBadRequest, fmt.Sprintf("refused key %q: %v", q.key, err))
 		return
 	}
+	if st, d := s.writes.stageFor(q.sessionID, q.arg); st != nil {
+		s.serveStagedOverlay(w, r, q, st, d) // unlocks st.mu
+		return
+	}
 	ds := s.liveDatasource(w, q.arg)
 	if ds == nil {
 		return
@@ -145,6 +150,11 @@ func (s *Server) serveZarr(w http.ResponseWriter, r *http.Request, q *request) {
 		s.serveListing(w, r, ds, strings.TrimSuffix(q.key, "/"))
 		return
 	}
+	s.serveCommittedKey(w, r, q, ds)
+}
+
+// serveCommittedKey answers a GET or HEAD of a key from the store on disk.
+func (s *Server) serveCommittedKey(w http.ResponseWriter, r *http.Request, q *request, ds *datasource) {
 	if ds.escaping[q.key] {
 		writeDetail(w, http.StatusBadRequest, fmt.Sprintf("refused key %q: it leads outside the datasource", q.key))
 		return
@@ -157,7 +167,9 @@ func (s *Server) serveZarr(w http.ResponseWriter, r *http.Request, q *request) {
 	if target, ok := ds.links[q.key]; ok {
 		path = target
 	}
+	ds.commitMu.RLock()
 	f, err := ds.root.Open(path)
+	ds.commitMu.RUnlock()
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) { // ENOTDIR: a key under a file
 			writeDetail(w, http.StatusNotFound, fmt.Sprintf("Key %q not found in %q", q.key, q.arg))
@@ -166,6 +178,11 @@ func (s *Server) serveZarr(w http.ResponseWriter, r *http.Request, q *request) {
 		writeDetail(w, http.StatusBadRequest, fmt.Sprintf("refused key %q", q.key))
 		return
 	}
+	s.serveFile(w, r, q, f)
+}
+
+// serveFile answers a GET or HEAD with f's bytes, and closes f.
+func (s *Server) serveFile(w http.ResponseWriter, r *http.Request, q *request, f *os.File) {
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil || !fi.Mode().IsRegular() {
@@ -199,13 +216,20 @@ func (w noLengthWriter) Write(p []byte) (int, error) {
 // serveListing writes the HTML index of one folder, in the shape that
 // rclone's http backend and fsspec's HTTP filesystem parse.
 func (s *Server) serveListing(w http.ResponseWriter, r *http.Request, ds *datasource, folder string) {
+	ds.commitMu.RLock()
 	entries, err := ds.listFolder(folder)
+	ds.commitMu.RUnlock()
 	if err != nil {
 		writeDetail(w, http.StatusNotFound, fmt.Sprintf("Folder %q not found in %q", folder+"/", ds.id))
 		return
 	}
+	writeListing(w, r, ds.id, folder, entries)
+}
+
+// writeListing writes the HTML index of one folder's entries.
+func writeListing(w http.ResponseWriter, r *http.Request, id, folder string, entries []listEntry) {
 	var b bytes.Buffer
-	title := html.EscapeString(ds.id + "/" + folder)
+	title := html.EscapeString(id + "/" + folder)
 	fmt.Fprintf(&b, "<!DOCTYPE html>\n<html><head><title>%s</title></head><body>\n<h1>%s</h1>\n<ul>\n", title, title)
 	for _, e := range entries {
 		href, text := url.PathEscape(e.name), html.EscapeString(e.name)

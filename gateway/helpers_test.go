@@ -95,6 +95,7 @@ func newServer(t testing.TB, cfg Config) *Server {
 	}
 	s, err := New(cfg)
 	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
 	return s
 }
 

@@ -75,6 +75,9 @@ type sessionStore struct {
 	max        int
 	maxRetired int
 	now        func() time.Time
+	// onEnd, when set, hears of each session that ended without a close
+	// (expired or idle), under mu: it must not call the store.
+	onEnd func(id string)
 
 	mu       sync.Mutex
 	sessions map[string]*session
@@ -156,6 +159,9 @@ func (st *sessionStore) expire(now time.Time) {
 	for st.open.Len() > 0 && !now.Before(st.expiry(st.open.s[0])) {
 		s := heap.Pop(&st.open).(*session)
 		st.retired = append(st.retired, retiredSession{s.id, now})
+		if st.onEnd != nil {
+			st.onEnd(s.id)
+		}
 	}
 	n := 0
 	for n < len(st.retired) && (now.Sub(st.retired[n].at) > sessionForget || len(st.retired)-n > st.maxRetired) {
@@ -334,11 +340,14 @@ func (s *Server) sessionAuthorises(r *http.Request, id string) bool {
 }
 
 func (s *Server) serveSessionDelete(w http.ResponseWriter, r *http.Request, q *request) {
+	finalise := false
 	if v := r.URL.Query().Get("finalise_write"); v != "" {
-		if _, err := parseBoolParam("finalise_write", v); err != nil {
+		b, err := parseBoolParam("finalise_write", v)
+		if err != nil {
 			writeDetail(w, http.StatusBadRequest, err.Error())
 			return
 		}
+		finalise = b
 	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<16))
 	if err != nil {
@@ -353,13 +362,50 @@ func (s *Server) serveSessionDelete(w http.ResponseWriter, r *http.Request, q *r
 			writeDetail(w, http.StatusBadRequest, "body must be JSON like {\"finalise_write\": false}")
 			return
 		}
+		if opts.FinaliseWrite != nil {
+			finalise = *opts.FinaliseWrite
+		}
+	}
+	st, _ := s.writes.get(q.arg, false, false) // before the reap, to tell an expired writer
+	s.reapWrites()
+	sess, found, live := s.sessions.get(q.arg)
+	if !found || sess.closed {
+		writeDetail(w, http.StatusNotFound, "Session not found")
+		return
+	}
+	if st != nil && finalise && live {
+		// Committed before the session closes: a failed commit leaves the
+		// session open, its rest still staged, so that the client's retry
+		// of the close goes on with it.
+		if err := s.finalise(st); err != nil {
+			s.log.Error("finalise failed", "session", q.arg, "err", err)
+			writeDetail(w, http.StatusInternalServerError, "Failed to finalise the session's writes: "+err.Error())
+			return
+		}
 	}
 	if !s.sessions.close(q.arg) {
 		writeDetail(w, http.StatusNotFound, "Session not found")
 		return
 	}
 	s.counters.sessionClosed()
-	s.log.Info("session closed", "session", q.arg)
+	switch {
+	case finalise && live:
+		if st != nil {
+			s.writes.remove(st)
+		}
+		s.counters.sessionOutcome(q.arg, outcomeFinalised, true)
+		s.log.Info("session closed, writes finalised", "session", q.arg)
+	case st != nil:
+		s.discardSession(st, "closed without finalise_write")
+	default:
+		s.counters.sessionOutcome(q.arg, outcomeDiscarded, false)
+		s.log.Info("session closed", "session", q.arg)
+	}
+	if finalise && !live && st != nil {
+		// An expired session's writes are gone: say so rather than 204.
+		writeDetail(w, http.StatusGone, "Session expired: its writes were discarded")
+		return
+	}
 	w.WriteHeader(http.StatusNoContent)
 }
 

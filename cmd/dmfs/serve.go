@@ -9,6 +9,7 @@ import (
 	"math"
 	"net"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"time"
@@ -41,6 +42,11 @@ type serveOptions struct {
 	headNoLen   bool
 	maxSessions int
 	logLevel    string
+
+	stagingDir    string
+	maxWriteSize  string
+	writeFailRate float64
+	writeFailKeys []string
 }
 
 func (o *serveOptions) addFlags(fs *pflag.FlagSet) {
@@ -60,6 +66,10 @@ func (o *serveOptions) addFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.headNoLen, "head-without-length", false, "leave Content-Length out of HEAD answers on zarr keys")
 	fs.IntVar(&o.maxSessions, "max-sessions", 0, "answer 429 to a session request while this many are open (0: no limit)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&o.stagingDir, "staging-dir", "", "folder for writes staged by sessions until finalised (default: a temporary folder next to DIR)")
+	fs.StringVar(&o.maxWriteSize, "max-write-size", "1GiB", "largest body of one key written (413 beyond)")
+	fs.Float64Var(&o.writeFailRate, "write-fail-rate", 0, "fraction of zarr write requests answered 503 with Retry-After, seeded by --seed (0 to 1)")
+	fs.StringArrayVar(&o.writeFailKeys, "write-fail-keys", nil, "writes of keys matching this glob (KEY or ID/KEY) always fail with 500 (repeatable)")
 }
 
 const serveUsage = `Usage: dmfs serve [flags] DIR
@@ -124,6 +134,18 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if opts.retryAfter < 0 || opts.retryAfter%time.Second != 0 {
 		return serveUsageError(stderr, fmt.Errorf("--fail-retry-after %s is not a whole, non-negative number of seconds", opts.retryAfter))
 	}
+	if opts.writeFailRate < 0 || opts.writeFailRate > 1 || math.IsNaN(opts.writeFailRate) {
+		return serveUsageError(stderr, fmt.Errorf("--write-fail-rate %g is outside [0, 1]", opts.writeFailRate))
+	}
+	maxWrite, err := bytesize.Parse(opts.maxWriteSize)
+	if err != nil || maxWrite <= 0 {
+		return serveUsageError(stderr, fmt.Errorf("--max-write-size %q is not a positive size", opts.maxWriteSize))
+	}
+	for _, g := range opts.writeFailKeys {
+		if _, err := path.Match(g, ""); err != nil {
+			return serveUsageError(stderr, fmt.Errorf("--write-fail-keys %q: %w", g, err))
+		}
+	}
 	token, err := serveToken(&opts)
 	if err != nil {
 		fmt.Fprintf(stderr, "dmfs serve: %v\n", err)
@@ -138,11 +160,28 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		}
 		logger.Info("demo datasources ready", "dir", dir, "duration", time.Since(start))
 	}
-	srv, err := gateway.New(opts.config(dir, token, logger))
+	cfg := opts.config(dir, token, logger)
+	cfg.MaxWriteBytes = int64(maxWrite)
+	srv, err := gateway.New(cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "dmfs serve: %v\n", err)
 		return exitFailure
 	}
+	defer srv.Close() // staged writes never finalised are discarded
+	// Expired sessions' staged writes are discarded at the next request;
+	// the ticker frees their space on an idle gateway too.
+	reap := time.NewTicker(10 * time.Second)
+	defer reap.Stop()
+	go func() {
+		for {
+			select {
+			case <-reap.C:
+				srv.ReapExpired()
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 
 	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", opts.addr)
 	if err != nil {
@@ -194,6 +233,7 @@ func (o *serveOptions) config(dir, token string, logger *slog.Logger) gateway.Co
 		RetryAfter: retryAfter, Seed: o.seed,
 		SessionTTL: o.sessionTTL, SessionIdle: o.sessionIdle, HeadWithoutLength: o.headNoLen,
 		MaxSessions: o.maxSessions, Logger: logger,
+		StagingDir: o.stagingDir, WriteFailRate: o.writeFailRate, WriteFailKeys: o.writeFailKeys,
 	}
 }
 

@@ -46,7 +46,8 @@ func TestServeHelp(t *testing.T) {
 	for _, want := range []string{"--addr", "127.0.0.1:8765", "--addr-file", "--token ", "--token-file", "--demo ",
 		"--demo-size", "--latency", "--fail-rate", "--seed", "(default 1)", "--session-ttl", "--max-sessions",
 		"--fail-codes", "(default [503])", "--fail-retry-after", "(default 1s)", "--session-idle", "--head-without-length",
-		"--log-level", `(default "info")`, "any non-empty token", "/_dmfs/counters included"} {
+		"--log-level", `(default "info")`, "any non-empty token", "/_dmfs/counters included",
+		"--staging-dir", "--max-write-size", `(default "1GiB")`, "--write-fail-rate", "--write-fail-keys"} {
 		assert.Contains(t, stderr.String(), want)
 	}
 }
@@ -78,6 +79,11 @@ func TestServeUsageErrors(t *testing.T) {
 		{"token and token file", []string{"--token", "a", "--token-file", filepath.Join(dir, "t"), dir}, exitFailure, "not both"},
 		{"missing token file", []string{"--token-file", filepath.Join(dir, "t"), dir}, exitFailure, "--token-file"},
 		{"bad address", []string{"--addr", "256.0.0.1:1", dir}, exitFailure, "listen"},
+		{"write fail rate", []string{"--write-fail-rate", "2", dir}, exitUsage, "--write-fail-rate"},
+		{"max write size", []string{"--max-write-size", "huge", dir}, exitUsage, "--max-write-size"},
+		{"max write size zero", []string{"--max-write-size", "0", dir}, exitUsage, "--max-write-size"},
+		{"write fail glob", []string{"--write-fail-keys", "[bad", dir}, exitUsage, "--write-fail-keys"},
+		{"missing staging dir", []string{"--staging-dir", filepath.Join(dir, "nope"), dir}, exitFailure, "staging"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -267,4 +273,65 @@ func TestServeFidelityFlags(t *testing.T) {
 	assert.Equal(t, 429, chunk.StatusCode)
 	assert.Equal(t, "2", chunk.Header.Get("Retry-After"))
 	assert.Equal(t, exitOK, stop())
+}
+
+func TestServeWriteFlags(t *testing.T) {
+	parse := func(args ...string) gateway.Config {
+		var opts serveOptions
+		flags := pflag.NewFlagSet("test", pflag.ContinueOnError)
+		opts.addFlags(flags)
+		require.NoError(t, flags.Parse(args))
+		return opts.config("/d", "tok", nil)
+	}
+	def := parse()
+	assert.Zero(t, def.WriteFailRate)
+	assert.Empty(t, def.WriteFailKeys)
+	assert.Empty(t, def.StagingDir)
+	cfg := parse("--write-fail-rate", "0.1", "--write-fail-keys", "u10/*", "--write-fail-keys", "a,b", "--staging-dir", "/s")
+	assert.Equal(t, 0.1, cfg.WriteFailRate)
+	assert.Equal(t, []string{"u10/*", "a,b"}, cfg.WriteFailKeys, "repeatable, never split on commas")
+	assert.Equal(t, "/s", cfg.StagingDir)
+
+	// Through a running gateway: a write staged, bounded, finalised, read
+	// back by a fresh session, and the staging folder gone at exit.
+	dir, staging := t.TempDir(), t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "base"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "base", ".zgroup"), []byte(`{"zarr_format":2}`), 0o644))
+	t.Setenv("DATAMESH_TOKEN", "tok")
+	addr, _, _, stop := startServe(t, "--staging-dir", staging, "--max-write-size", "4", dir)
+	do := func(method, path, body string, hdr ...string) (int, []byte) {
+		req, err := http.NewRequest(method, "http://"+addr+path, strings.NewReader(body))
+		require.NoError(t, err)
+		req.Header.Set("X-DATAMESH-TOKEN", "tok")
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp.StatusCode, b
+	}
+	session := func() string {
+		code, b := do(http.MethodGet, "/session/", "")
+		require.Equal(t, 200, code)
+		var sess struct{ ID string }
+		require.NoError(t, json.Unmarshal(b, &sess))
+		return sess.ID
+	}
+	a := session()
+	code, _ := do(http.MethodPost, "/zarr/new_run/.zgroup", "{}", "X-DATAMESH-SESSIONID", a)
+	assert.Equal(t, 200, code)
+	code, _ = do(http.MethodPost, "/zarr/new_run/big", "12345", "X-DATAMESH-SESSIONID", a)
+	assert.Equal(t, 413, code)
+	code, _ = do(http.MethodDelete, "/session/"+a+"?finalise_write=true", "", "X-DATAMESH-SESSIONID", a)
+	assert.Equal(t, 204, code)
+	code, b := do(http.MethodGet, "/zarr/new_run/.zgroup", "", "X-DATAMESH-SESSIONID", session())
+	assert.Equal(t, 200, code)
+	assert.Equal(t, "{}", string(b))
+	assert.Equal(t, exitOK, stop())
+	left, err := os.ReadDir(staging)
+	require.NoError(t, err)
+	assert.Empty(t, left, "the server's staging folder is removed at exit")
 }
