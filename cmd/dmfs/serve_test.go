@@ -217,14 +217,18 @@ func TestServeEnvTokenAndAnyToken(t *testing.T) {
 	assert.False(t, strings.Contains(stderr.String(), "route="), "info lines hidden at --log-level warn")
 }
 
+// parseServeConfig parses serve flags into the gateway's Config.
+func parseServeConfig(t *testing.T, args ...string) gateway.Config {
+	t.Helper()
+	var opts serveOptions
+	flags := pflag.NewFlagSet("test", pflag.ContinueOnError)
+	opts.addFlags(flags)
+	require.NoError(t, flags.Parse(args))
+	return opts.config("/d", "tok", nil)
+}
+
 func TestServeFidelityFlags(t *testing.T) {
-	parse := func(args ...string) gateway.Config {
-		var opts serveOptions
-		flags := pflag.NewFlagSet("test", pflag.ContinueOnError)
-		opts.addFlags(flags)
-		require.NoError(t, flags.Parse(args))
-		return opts.config("/d", "tok", nil)
-	}
+	parse := func(args ...string) gateway.Config { return parseServeConfig(t, args...) }
 	def := parse()
 	assert.Equal(t, []int{503}, def.FailCodes)
 	assert.Equal(t, time.Second, def.RetryAfter)
@@ -276,13 +280,7 @@ func TestServeFidelityFlags(t *testing.T) {
 }
 
 func TestServeWriteFlags(t *testing.T) {
-	parse := func(args ...string) gateway.Config {
-		var opts serveOptions
-		flags := pflag.NewFlagSet("test", pflag.ContinueOnError)
-		opts.addFlags(flags)
-		require.NoError(t, flags.Parse(args))
-		return opts.config("/d", "tok", nil)
-	}
+	parse := func(args ...string) gateway.Config { return parseServeConfig(t, args...) }
 	def := parse()
 	assert.Zero(t, def.WriteFailRate)
 	assert.Empty(t, def.WriteFailKeys)
