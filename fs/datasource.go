@@ -49,7 +49,8 @@ type datasource struct {
 	id    string
 	store zarr.Store
 	opt   *Options
-	load  singleflight.Group
+	load  singleflight.Group // one metadata load at a time
+	lists singleflight.Group // one listing per chunk folder at a time
 	// forget drops the kernel's entries under this datasource; set by the
 	// root once its directory inode exists.
 	forget func()
@@ -122,7 +123,7 @@ func (d *datasource) version(ctx context.Context) (version, error) {
 	if fresh {
 		return v, nil
 	}
-	nv, err := shared(ctx, &d.load, func(lctx context.Context) (version, error) {
+	nv, err := shared(ctx, &d.load, "", func(lctx context.Context) (version, error) {
 		start := d.opt.now()
 		nh, err := zarr.Open(lctx, d.id, d.store)
 		if err != nil {
@@ -327,27 +328,35 @@ func (d *datasource) chunkNames(ctx context.Context, path string, cf zarr.ChunkF
 	if l != nil && now.Sub(l.at) < d.opt.MetadataTTL {
 		return l
 	}
-	entries, err := lister.List(ctx, path)
+	// One request for all who list this folder at once (ls and find in
+	// parallel, dask workers).
+	l, err := shared(ctx, &d.lists, path, func(lctx context.Context) (*chunkListing, error) {
+		entries, err := lister.List(lctx, path)
+		if err != nil {
+			return nil, err
+		}
+		l := &chunkListing{at: now}
+		for _, e := range entries {
+			name, isDir := strings.CutSuffix(e, "/")
+			if isDir != cf.Dirs() {
+				continue
+			}
+			if i, ok := cf.Index(name); ok {
+				l.idx = append(l.idx, i)
+			}
+		}
+		slices.Sort(l.idx)
+		l.idx = slices.Compact(l.idx)
+		d.mu.Lock()
+		d.listings[path] = l
+		d.mu.Unlock()
+		return l, nil
+	})
 	if err != nil {
 		d.opt.Logger.Debug("no listing from the gateway; chunk names computed from the grid",
 			"datasource", d.id, "path", path, "err", err)
 		return nil
 	}
-	l = &chunkListing{at: now}
-	for _, e := range entries {
-		name, isDir := strings.CutSuffix(e, "/")
-		if isDir != cf.Dirs() {
-			continue
-		}
-		if i, ok := cf.Index(name); ok {
-			l.idx = append(l.idx, i)
-		}
-	}
-	slices.Sort(l.idx)
-	l.idx = slices.Compact(l.idx)
-	d.mu.Lock()
-	d.listings[path] = l
-	d.mu.Unlock()
 	return l
 }
 

@@ -170,11 +170,11 @@ func (a *inodeNumbers) forget(prefix string) {
 // loadTimeout bounds one shared load (the catalog, a store's hierarchy).
 const loadTimeout = 2 * time.Minute
 
-// shared runs load once for all concurrent callers of g. It runs detached
+// shared runs load once for all concurrent callers of g with the same key. It runs detached
 // from any one caller, so an interrupted `ls` does not fail the others
 // waiting on it; each caller waits only as long as its own ctx allows.
-func shared[T any](ctx context.Context, g *singleflight.Group, load func(context.Context) (T, error)) (T, error) {
-	ch := g.DoChan("", func() (any, error) {
+func shared[T any](ctx context.Context, g *singleflight.Group, key string, load func(context.Context) (T, error)) (T, error) {
+	ch := g.DoChan(key, func() (any, error) {
 		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), loadTimeout)
 		defer cancel()
 		return load(lctx)

@@ -92,7 +92,7 @@ func (r *Root) catalog(ctx context.Context) ([]string, error) {
 		return ids, nil
 	}
 	r.mu.Unlock()
-	ids, err := shared(ctx, &r.load, func(lctx context.Context) ([]string, error) {
+	ids, err := shared(ctx, &r.load, "", func(lctx context.Context) ([]string, error) {
 		entries, err := r.opt.Catalog.Datasources(lctx)
 		if err != nil {
 			return nil, err
