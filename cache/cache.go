@@ -668,6 +668,27 @@ func callHead(ctx context.Context, head func(ctx context.Context) (int64, error)
 	return head(ctx)
 }
 
+// Put stores val as the bytes of key, as a fetch would, replacing what was
+// known of it (a value written through the mount). A fetch of key under way
+// is not kept, and later callers do not join it.
+func (c *Cache) Put(key string, val []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	if f, ok := c.flights[key]; ok {
+		f.stale = true
+		delete(c.flights, key)
+	}
+	if h, ok := c.heads[key]; ok {
+		h.stale = true
+		delete(c.heads, key)
+	}
+	c.stat.Remove(key)
+	c.addLocked(key, dataEntry{val: val, at: c.now()})
+}
+
 // Invalidate forgets every key that starts with prefix: bytes, sizes and missing marks. Fetches
 // and heads under way for such keys still answer the callers already waiting for them, but
 // their results are not kept, and callers that come after Invalidate start new ones rather than

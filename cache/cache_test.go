@@ -909,3 +909,19 @@ func TestMissingMarksExpire(t *testing.T) {
 	assert.Equal(t, int64(3), fetches.Load())
 	assert.Equal(t, int64(2), heads.Load())
 }
+
+func TestPutReplacesWhatWasKnownOfAKey(t *testing.T) {
+	c := New(Options{MaxBytes: 1 << 20})
+	defer c.Close()
+	c.SetMissing("k")
+	c.Put("k", []byte("written"))
+	size, st := c.Stat("k")
+	assert.Equal(t, StatPresent, st)
+	assert.Equal(t, int64(7), size)
+	got, err := c.GetOrFetch(context.Background(), "k", func(context.Context) ([]byte, error) {
+		t.Fatal("a key put is not fetched")
+		return nil, nil
+	})
+	require.NoError(t, err)
+	assert.Equal(t, "written", string(got))
+}

@@ -59,6 +59,10 @@ type datasource struct {
 	// noHead is set once a HEAD answered without a size: sizes then cost
 	// a GET.
 	noHead atomic.Bool
+	// In a write mount: the mount's writes (guarded by the writer's
+	// mutex) and where they go.
+	ov     *overlay
+	writer zarr.Writer
 
 	mu       sync.Mutex
 	cur      version   // h is nil until loaded, and after release

@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sort"
 	"syscall"
@@ -20,7 +21,7 @@ import (
 // contains is read from the datasource's current hierarchy on every call.
 type dirNode struct {
 	gofs.Inode
-	readOnly
+	writeOps
 	ds   *datasource
 	path string // store path of this folder, "" for the datasource root
 	// chunks is set for folders inside an array's chunk keys: the array's
@@ -66,9 +67,22 @@ func (l *listing) len() int64 {
 	return n
 }
 
+// resolve lists the folder in the gateway's tree. In a write mount a
+// folder the gateway does not have (made here, or a datasource that holds
+// no store yet) resolves empty: its entries are the overlay's.
 func (n *dirNode) resolve(ctx context.Context) (*listing, syscall.Errno) {
+	writing := n.ds.ov != nil
+	empty := func(mt time.Time) (*listing, syscall.Errno) {
+		return &listing{folder: &zarr.Folder{Path: n.path}, modTime: mt}, 0
+	}
+	if writing && n.ds.isCreated() {
+		return empty(n.ds.modTime())
+	}
 	v, err := n.ds.version(ctx)
 	if err != nil {
+		if writing && (errors.Is(err, zarr.ErrNotZarr) || isNotExist(err)) {
+			return empty(n.ds.modTime())
+		}
 		return nil, errnoOf(ctx, n.ds.opt.Logger, "metadata", n.ds.id, err)
 	}
 	h := v.h
@@ -76,16 +90,25 @@ func (n *dirNode) resolve(ctx context.Context) (*listing, syscall.Errno) {
 	if n.chunks {
 		af, ok := h.Folder(n.arrayPath)
 		if !ok || af.Array == nil {
+			if writing {
+				return empty(v.modTime)
+			}
 			return nil, syscall.ENOENT
 		}
 		l.arr = af.Array
 		if l.chunks, ok = af.Array.ChunkFolder(n.chunkRel); !ok {
+			if writing {
+				return empty(v.modTime)
+			}
 			return nil, syscall.ENOENT
 		}
 		l.hasChunks = true
 	} else {
 		folder, ok := h.Folder(n.path)
 		if !ok {
+			if writing {
+				return empty(v.modTime)
+			}
 			return nil, syscall.ENOENT
 		}
 		l.folder, l.arr = folder, folder.Array
@@ -104,6 +127,11 @@ func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	if len(name) > maxNameLen {
 		return nil, syscall.ENAMETOOLONG
 	}
+	if n.w != nil {
+		if in, errno, done := n.lookupWritten(ctx, name, out); done {
+			return in, errno
+		}
+	}
 	l, errno := n.resolve(ctx)
 	if errno != 0 {
 		return nil, errno
@@ -115,14 +143,15 @@ func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 			ino := l.inoBase + uint64(i)
 			opt.fileAttr(&out.Attr, int64(len(data)), l.modTime)
 			out.Attr.Ino = ino
-			meta := &metaFile{opt: opt, data: data, modTime: l.modTime}
+			meta := &metaFile{writeOps: n.writeOps, opt: opt, data: data, modTime: l.modTime,
+				ds: n.ds, key: joinKey(n.path, name)}
 			if l.arr != nil {
-				meta.ds, meta.arrayPath = n.ds, l.arr.Path
+				meta.array, meta.arrayPath = true, l.arr.Path
 			}
 			return n.NewInode(ctx, meta, gofs.StableAttr{Mode: fuse.S_IFREG, Ino: ino}), 0
 		}
 		if i := sort.SearchStrings(f.Children, name); i < len(f.Children) && f.Children[i] == name {
-			child := &dirNode{ds: n.ds, path: joinKey(n.path, name)}
+			child := &dirNode{writeOps: n.writeOps, ds: n.ds, path: joinKey(n.path, name)}
 			return n.newDir(ctx, child, l.inoBase+uint64(len(f.Files)+i), l.modTime, out), 0
 		}
 	}
@@ -136,7 +165,7 @@ func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	ino := l.inoBase + uint64(l.nfixed+idx)
 	rel := joinKey(n.chunkRel, name)
 	if l.chunks.Dirs() {
-		child := &dirNode{ds: n.ds, path: joinKey(n.path, name), chunks: true, arrayPath: l.arr.Path, chunkRel: rel}
+		child := &dirNode{writeOps: n.writeOps, ds: n.ds, path: joinKey(n.path, name), chunks: true, arrayPath: l.arr.Path, chunkRel: rel}
 		return n.newDir(ctx, child, ino, l.modTime, out), 0
 	}
 	size, changed, err := n.ds.chunkSize(ctx, l.arr, rel, l.modTime)
@@ -149,7 +178,7 @@ func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	}
 	opt.fileAttr(&out.Attr, size, l.modTime)
 	out.Attr.Ino = ino
-	child := &chunkFile{ds: n.ds, arrayPath: l.arr.Path, rel: rel, size: size, modTime: l.modTime}
+	child := &chunkFile{writeOps: n.writeOps, ds: n.ds, arrayPath: l.arr.Path, rel: rel, size: size, modTime: l.modTime}
 	return n.NewInode(ctx, child, gofs.StableAttr{Mode: fuse.S_IFREG, Ino: ino}), 0
 }
 
@@ -192,6 +221,9 @@ func (n *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 			return false
 		})
 	}
+	if n.w != nil {
+		n.w.mergeListing(n.ds, n.path, s)
+	}
 	if l.hasChunks {
 		s.nchunks = l.chunks.Len()
 		if listed := n.ds.chunkNames(ctx, n.chunkPath(l), l.chunks); listed != nil {
@@ -233,7 +265,10 @@ type dirStream struct {
 	// skipMissing, when set, is the chunk folder's store path: names the
 	// cache knows missing are left out of a computed listing.
 	skipMissing string
-	pos         int64 // next entry: fixed first, then chunks
+	// hide, when set, leaves out chunk names (written or deleted through
+	// the mount: the overlay lists or hides them).
+	hide func(name string) bool
+	pos  int64 // next entry: fixed first, then chunks
 }
 
 var (
@@ -243,9 +278,9 @@ var (
 )
 
 func (s *dirStream) HasNext() bool {
-	for s.skipMissing != "" && s.pos >= int64(len(s.fixed)) && s.pos < int64(len(s.fixed))+s.nchunks {
-		name := s.l.chunks.Name(s.pos - int64(len(s.fixed)))
-		if _, st := s.ds.opt.Cache.Stat(s.ds.cacheKey(joinKey(s.skipMissing, name))); st != cache.StatMissing {
+	for (s.skipMissing != "" || s.hide != nil) && s.pos >= int64(len(s.fixed)) && s.pos < int64(len(s.fixed))+s.nchunks {
+		name := s.l.chunks.Name(s.chunkIndex(s.pos))
+		if !s.skipped(name) {
 			break
 		}
 		s.pos++
@@ -253,15 +288,32 @@ func (s *dirStream) HasNext() bool {
 	return s.pos < int64(len(s.fixed))+s.nchunks
 }
 
+// chunkIndex is the grid index of the chunk at stream position pos.
+func (s *dirStream) chunkIndex(pos int64) int64 {
+	i := pos - int64(len(s.fixed))
+	if s.listed != nil {
+		i = s.listed[i]
+	}
+	return i
+}
+
+func (s *dirStream) skipped(name string) bool {
+	if s.hide != nil && s.hide(name) {
+		return true
+	}
+	if s.skipMissing == "" {
+		return false
+	}
+	_, st := s.ds.opt.Cache.Stat(s.ds.cacheKey(joinKey(s.skipMissing, name)))
+	return st == cache.StatMissing
+}
+
 func (s *dirStream) Next() (fuse.DirEntry, syscall.Errno) {
 	var e fuse.DirEntry
 	if s.pos < int64(len(s.fixed)) {
 		e = s.fixed[s.pos]
 	} else {
-		i := s.pos - int64(len(s.fixed))
-		if s.listed != nil {
-			i = s.listed[i]
-		}
+		i := s.chunkIndex(s.pos)
 		e = fuse.DirEntry{Name: s.l.chunks.Name(i), Mode: s.chunkMode, Ino: s.l.inoBase + uint64(s.l.nfixed+i)}
 	}
 	s.pos++

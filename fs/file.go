@@ -14,13 +14,15 @@ import (
 // request to read it.
 type metaFile struct {
 	gofs.Inode
-	readOnly
+	writeOps
 	opt     *Options
 	data    []byte
 	modTime time.Time
+	ds      *datasource
+	key     string
 	// For an array's metadata: opening it (cp reads .zarray before the
 	// chunks) tells the array is being read, not just listed.
-	ds        *datasource
+	array     bool
 	arrayPath string
 }
 
@@ -32,6 +34,9 @@ var (
 
 // Getattr reports the document's exact size.
 func (f *metaFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if f.w.overlaid(f.ds, f.key, fh, &out.Attr) {
+		return 0
+	}
 	f.opt.fileAttr(&out.Attr, int64(len(f.data)), f.modTime)
 	out.Attr.Ino = f.StableAttr().Ino
 	return 0
@@ -53,16 +58,30 @@ func openFile(flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	return nil, 0, syscall.ENOSYS
 }
 
-// Open: see openFile.
+// Open: see openFile; in a write mount, see gatewayOpen.
 func (f *metaFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if f.w != nil {
+		return f.w.gatewayOpen(ctx, f.ds, f.key, int64(len(f.data)), f.data, flags)
+	}
 	return openFile(flags)
+}
+
+// Setattr: a write mount truncates through an overlay file.
+func (f *metaFile) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if f.w == nil {
+		return syscall.EROFS
+	}
+	return f.w.gatewaySetattr(ctx, f.ds, f.key, int64(len(f.data)), f.data, fh, in, out)
 }
 
 // Read serves from memory. Reading an array's metadata from its start tells
 // the array is being read, not just listed (cp reads .zarray before the
 // chunks).
 func (f *metaFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	if off == 0 && f.ds != nil {
+	if r, errno, ok := f.w.overlayRead(ctx, f.ds, f.key, fh, dest, off); ok {
+		return r, errno
+	}
+	if off == 0 && f.array {
 		f.ds.noteOpened(f.arrayPath, "")
 	}
 	return fuse.ReadResultData(sliceAt(f.data, off, len(dest))), 0
@@ -72,7 +91,7 @@ func (f *metaFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, of
 // through the cache; its size was learnt at lookup.
 type chunkFile struct {
 	gofs.Inode
-	readOnly
+	writeOps
 	ds        *datasource
 	arrayPath string
 	rel       string // key relative to the array folder
@@ -88,6 +107,9 @@ var (
 
 // Getattr reports the size learnt at lookup.
 func (f *chunkFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if f.w.overlaid(f.ds, f.key(), fh, &out.Attr) {
+		return 0
+	}
 	f.ds.opt.fileAttr(&out.Attr, f.size, f.modTime)
 	out.Attr.Ino = f.StableAttr().Ino
 	return 0
@@ -97,13 +119,28 @@ func (f *chunkFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.A
 // holds the file's pages (a warm re-read after the chunk left dmfs's cache)
 // no READ comes and nothing is fetched.
 func (f *chunkFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if f.w != nil {
+		return f.w.gatewayOpen(ctx, f.ds, f.key(), f.size, nil, flags)
+	}
 	return openFile(flags)
 }
 
-func (f *chunkFile) path() string { return f.ds.id + "/" + joinKey(f.arrayPath, f.rel) }
+// Setattr: a write mount truncates through an overlay file.
+func (f *chunkFile) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if f.w == nil {
+		return syscall.EROFS
+	}
+	return f.w.gatewaySetattr(ctx, f.ds, f.key(), f.size, nil, fh, in, out)
+}
+
+func (f *chunkFile) key() string  { return joinKey(f.arrayPath, f.rel) }
+func (f *chunkFile) path() string { return f.ds.id + "/" + f.key() }
 
 // Read serves the chunk's bytes from the cache, fetching them if needed.
 func (f *chunkFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if r, errno, ok := f.w.overlayRead(ctx, f.ds, f.key(), fh, dest, off); ok {
+		return r, errno
+	}
 	data, errno := f.bytes(ctx, off == 0)
 	if errno != 0 {
 		return nil, errno
@@ -154,75 +191,3 @@ func sliceAt(data []byte, off int64, n int) []byte {
 	}
 	return data[off:end]
 }
-
-// readOnly answers every mutating operation with EROFS. The mount is also
-// `ro`, so the kernel refuses most of them first; this covers the rest and
-// callers that reach nodes without a mount.
-type readOnly struct{}
-
-var (
-	_ gofs.NodeSetattrer     = (*readOnly)(nil)
-	_ gofs.NodeCreater       = (*readOnly)(nil)
-	_ gofs.NodeMkdirer       = (*readOnly)(nil)
-	_ gofs.NodeMknoder       = (*readOnly)(nil)
-	_ gofs.NodeUnlinker      = (*readOnly)(nil)
-	_ gofs.NodeRmdirer       = (*readOnly)(nil)
-	_ gofs.NodeRenamer       = (*readOnly)(nil)
-	_ gofs.NodeSymlinker     = (*readOnly)(nil)
-	_ gofs.NodeLinker        = (*readOnly)(nil)
-	_ gofs.NodeSetxattrer    = (*readOnly)(nil)
-	_ gofs.NodeRemovexattrer = (*readOnly)(nil)
-	_ gofs.NodeWriter        = (*readOnly)(nil)
-	_ gofs.NodeFlusher       = (*readOnly)(nil)
-	_ gofs.NodeFsyncer       = (*readOnly)(nil)
-)
-
-func (readOnly) Setattr(context.Context, gofs.FileHandle, *fuse.SetAttrIn, *fuse.AttrOut) syscall.Errno {
-	return syscall.EROFS
-}
-
-func (readOnly) Create(context.Context, string, uint32, uint32, *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
-	return nil, nil, 0, syscall.EROFS
-}
-
-func (readOnly) Mkdir(context.Context, string, uint32, *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	return nil, syscall.EROFS
-}
-
-func (readOnly) Mknod(context.Context, string, uint32, uint32, *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	return nil, syscall.EROFS
-}
-
-func (readOnly) Unlink(context.Context, string) syscall.Errno { return syscall.EROFS }
-
-func (readOnly) Rmdir(context.Context, string) syscall.Errno { return syscall.EROFS }
-
-func (readOnly) Rename(context.Context, string, gofs.InodeEmbedder, string, uint32) syscall.Errno {
-	return syscall.EROFS
-}
-
-func (readOnly) Symlink(context.Context, string, string, *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	return nil, syscall.EROFS
-}
-
-func (readOnly) Link(context.Context, gofs.InodeEmbedder, string, *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	return nil, syscall.EROFS
-}
-
-func (readOnly) Setxattr(context.Context, string, []byte, uint32) syscall.Errno { return syscall.EROFS }
-
-func (readOnly) Removexattr(context.Context, string) syscall.Errno { return syscall.EROFS }
-
-func (readOnly) Write(context.Context, gofs.FileHandle, []byte, int64) (uint32, syscall.Errno) {
-	return 0, syscall.EROFS
-}
-
-// Fsync succeeds: nothing of a read-only file is waiting to be written
-// (tools fsync what they opened, and an error would fail them).
-func (readOnly) Fsync(context.Context, gofs.FileHandle, uint32) syscall.Errno { return 0 }
-
-// Flush answers ENOSYS: a read-only file has nothing to flush, and on
-// ENOSYS the kernel stops sending FLUSH for the whole mount; otherwise every
-// close() would wait for one round trip (files opened without OPEN still
-// get a FLUSH).
-func (readOnly) Flush(context.Context, gofs.FileHandle) syscall.Errno { return syscall.ENOSYS }

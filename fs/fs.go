@@ -53,6 +53,10 @@ type Options struct {
 	MetadataTTL time.Duration
 	Logger      *slog.Logger
 	UID, GID    uint32
+	// Write makes the mount writable (nil: read-only).
+	Write *WriteOptions
+	// writer is the write side, when Write is set.
+	writer *writer
 	// now is the clock, for tests.
 	now     func() time.Time
 	started time.Time
@@ -88,12 +92,20 @@ func (o *Options) fill() {
 	o.inodes = &inodeNumbers{}
 	o.heads = make(chan struct{}, headAheadWorkers)
 	o.cacheBytes = o.Cache.Stats().MaxBytes
+	if o.Write != nil {
+		o.writer = newWriter(o, *o.Write)
+	}
 }
 
-// Mount mounts root at mountpoint read-only and starts serving. The returned
+// Mount mounts root at mountpoint (read-only unless Options.Write) and
+// starts serving. The returned
 // server's Wait returns when the filesystem is unmounted, from inside or out.
 func Mount(mountpoint string, root *Root, mo MountOptions) (*fuse.Server, error) {
 	ttl := root.opt.MetadataTTL
+	mopts := []string{"ro", "default_permissions"}
+	if root.opt.writer != nil {
+		mopts = mopts[1:]
+	}
 	opts := &gofs.Options{
 		EntryTimeout:    &ttl,
 		AttrTimeout:     &ttl,
@@ -103,7 +115,7 @@ func Mount(mountpoint string, root *Root, mo MountOptions) (*fuse.Server, error)
 		MountOptions: fuse.MountOptions{
 			FsName:      "dmfs",
 			Name:        "dmfs",
-			Options:     []string{"ro", "default_permissions"},
+			Options:     mopts,
 			AllowOther:  mo.AllowOther,
 			Debug:       mo.Debug,
 			DirectMount: mo.DirectMount,
@@ -152,6 +164,19 @@ func (a *inodeNumbers) base(key string, n uint64) uint64 {
 	a.next += n + 1
 	a.ranges[key] = r
 	return r.base
+}
+
+// one hands out a number of its own (a file or folder written through the
+// mount), never reused.
+func (a *inodeNumbers) one() uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.ranges == nil {
+		a.ranges = map[string]inodeRange{}
+		a.next = 2
+	}
+	a.next++
+	return a.next - 1
 }
 
 // forget drops the ranges of directories whose key starts with prefix (an

@@ -16,12 +16,14 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/oceanum-dmfs/dmfs/zarr"
 )
 
 // Root is the mount's top directory: one directory per datasource.
 type Root struct {
 	gofs.Inode
-	readOnly
+	writeOps
 	opt Options
 
 	mu       sync.Mutex
@@ -31,6 +33,8 @@ type Root struct {
 	missing  map[string]time.Time
 	sources  map[string]*datasource
 	modified map[string]time.Time // the catalog's modified, by id
+	made     map[string]bool      // datasources made by mkdir in this (write) mount
+	removed  map[string]bool      // datasources removed through this mount
 	load     singleflight.Group   // one catalog request at a time
 
 	mounted atomic.Bool // kernel notifications only reach a mounted tree
@@ -59,6 +63,9 @@ func safeName(id string) bool {
 func NewRoot(opt Options) *Root {
 	opt.fill()
 	return &Root{
+		writeOps: writeOps{opt.writer},
+		made:     map[string]bool{},
+		removed:  map[string]bool{},
 		opt:      opt,
 		known:    map[string]time.Time{},
 		missing:  map[string]time.Time{},
@@ -172,6 +179,7 @@ func (r *Root) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	if err != nil {
 		return nil, errnoOf(ctx, r.opt.Logger, "readdir", "/", err)
 	}
+	ids = r.withWrites(ids)
 	entries := dotEntries(r.EmbeddedInode())
 	for _, id := range ids {
 		entries = append(entries, fuse.DirEntry{Name: id, Mode: fuse.S_IFDIR, Ino: r.inoOf(id)})
@@ -226,27 +234,47 @@ func (r *Root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	if len(name) > maxNameLen {
 		return nil, syscall.ENAMETOOLONG
 	}
-	ok, err := r.exists(ctx, name)
-	if err != nil {
-		return nil, errnoOf(ctx, r.opt.Logger, "lookup", name, err)
-	}
-	if !ok {
+	r.mu.Lock()
+	made, removed := r.made[name], r.removed[name]
+	r.mu.Unlock()
+	if removed {
 		return nil, syscall.ENOENT
 	}
-	r.mu.Lock()
-	ds := r.sources[name]
-	if ds == nil {
-		ds = newDatasource(name, r.opt.Catalog.Store(name), &r.opt, r.modified[name])
-		ds.forget = func() { r.forgetEntries(name) }
-		ds.dropPages = func(key string) { r.dropPages(name, key) }
-		r.sources[name] = ds
+	if !made {
+		ok, err := r.exists(ctx, name)
+		if err != nil {
+			return nil, errnoOf(ctx, r.opt.Logger, "lookup", name, err)
+		}
+		if !ok {
+			return nil, syscall.ENOENT
+		}
 	}
-	r.mu.Unlock()
-	node := &dirNode{ds: ds}
+	ds := r.source(name, false)
+	node := &dirNode{writeOps: r.writeOps, ds: ds}
 	r.opt.dirAttr(&out.Attr, ds.modTime())
 	ino := r.inoOf(name)
 	out.Attr.Ino = ino
 	return r.NewInode(ctx, node, gofs.StableAttr{Mode: fuse.S_IFDIR, Ino: ino}), 0
+}
+
+// source returns the datasource id, made on first use; created: made by
+// mkdir in this mount.
+func (r *Root) source(id string, created bool) *datasource {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ds := r.sources[id]
+	if ds == nil {
+		store := r.opt.Catalog.Store(id)
+		ds = newDatasource(id, store, &r.opt, r.modified[id])
+		if r.opt.writer != nil {
+			ds.ov = newOverlay(created)
+			ds.writer, _ = store.(zarr.Writer)
+		}
+		ds.forget = func() { r.forgetEntries(id) }
+		ds.dropPages = func(key string) { r.dropPages(id, key) }
+		r.sources[id] = ds
+	}
+	return ds
 }
 
 // forgetEntries tells the kernel to drop the entries it caches under the
@@ -300,6 +328,9 @@ func (r *Root) inoOf(id string) uint64 { return r.opt.inodes.base("\x00"+id, 1) 
 
 func (o *Options) dirAttr(a *fuse.Attr, mtime time.Time) {
 	a.Mode = fuse.S_IFDIR | 0o555
+	if o.writer != nil {
+		a.Mode = fuse.S_IFDIR | 0o755
+	}
 	a.Nlink = 2
 	a.Uid, a.Gid = o.UID, o.GID
 	setTimes(a, mtime)
@@ -307,6 +338,9 @@ func (o *Options) dirAttr(a *fuse.Attr, mtime time.Time) {
 
 func (o *Options) fileAttr(a *fuse.Attr, size int64, mtime time.Time) {
 	a.Mode = fuse.S_IFREG | 0o444
+	if o.writer != nil {
+		a.Mode = fuse.S_IFREG | 0o644
+	}
 	a.Nlink = 1
 	a.Size = uint64(size)
 	a.Blocks = (uint64(size) + 511) / 512

@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+
+	"github.com/oceanum-dmfs/dmfs/zarr"
 )
 
 var (
@@ -27,10 +29,10 @@ var (
 	// ErrLocked matches a 409 answer to a write: another session holds the
 	// datasource for writing (unless both allow multiwrite). The *Error
 	// carries the gateway's detail.
-	ErrLocked = errors.New("datamesh datasource locked by another writing session")
+	ErrLocked = zarr.ErrLocked
 	// ErrReadOnly is the cause of a write through a Client without
 	// Config.Write.
-	ErrReadOnly = errors.New("datamesh client not configured for writing")
+	ErrReadOnly = zarr.ErrReadOnly
 	// ErrSessionLost is the cause of a write that can never be final: its
 	// session was dropped by the gateway (401) with writes staged in it.
 	ErrSessionLost = errors.New("datamesh session lost with writes staged in it; they cannot be finalised")

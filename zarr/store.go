@@ -7,6 +7,7 @@ package zarr
 import (
 	"context"
 	"errors"
+	"io"
 )
 
 // Store is read access to the keys of one Zarr store.
@@ -31,6 +32,26 @@ type Lister interface {
 	// trailing "/"; other entries are keys relative to prefix.
 	List(ctx context.Context, prefix string) ([]string, error)
 }
+
+// Writer is write access to the keys of one Zarr store (a --write mount).
+// Writes become visible to the writer at once and final when its session
+// is (see session.Client.CloseFinal).
+type Writer interface {
+	// Put sets key to the size bytes of body from offset 0; body is read
+	// again from its start if the write is retried.
+	Put(ctx context.Context, key string, body io.ReaderAt, size int64) error
+	// Delete removes key (an error matching fs.ErrNotExist if absent).
+	Delete(ctx context.Context, key string) error
+	// Clear removes every key of the store.
+	Clear(ctx context.Context) error
+}
+
+// ErrLocked is the cause of a Writer error when another writer holds the
+// store.
+var ErrLocked = errors.New("datamesh datasource locked by another writing session")
+
+// ErrReadOnly is the cause of a Writer error when writing is not enabled.
+var ErrReadOnly = errors.New("datamesh client not configured for writing")
 
 // MaxMetadataSize is the largest metadata document (.zmetadata, .zgroup,
 // .zarray, .zattrs, zarr.json) Open reads: a bigger one is refused with an
