@@ -1,5 +1,6 @@
-// Command dmfs mounts Oceanum Datamesh datasources as a read-only filesystem
-// of Zarr stores, and serves a local Datamesh gateway for offline use.
+// Command dmfs mounts Oceanum Datamesh datasources as a filesystem of Zarr
+// stores (read-only, or read-write with --write), and serves a local
+// Datamesh gateway for offline use.
 package main
 
 import (
@@ -21,6 +22,7 @@ const (
 	exitMountPoint = 5 // the mount point is missing, not a directory, not empty, or already mounted
 	exitBusy       = 6 // unmount: files are still open under the mount
 	exitNotMounted = 7 // unmount: the path is not a dmfs mount
+	exitWrite      = 8 // writes were not finalised: an upload failed, a file was never uploaded, or the finalise failed
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -33,11 +35,11 @@ func main() {
 	os.Exit(code)
 }
 
-const usage = `dmfs mounts Oceanum Datamesh datasources as a read-only filesystem of Zarr stores.
+const usage = `dmfs mounts Oceanum Datamesh datasources as a filesystem of Zarr stores.
 
 Usage:
-  dmfs mount [flags] MOUNTPOINT     mount the datasources the token can see
-  dmfs unmount [--lazy] MOUNTPOINT  unmount and close the session
+  dmfs mount [flags] MOUNTPOINT     mount the datasources the token can see (read-only; --write to write)
+  dmfs unmount [--lazy] MOUNTPOINT  unmount, wait for uploads, and close the session
   dmfs serve [flags] DIR            run a local Datamesh gateway over a folder of Zarr stores
   dmfs serve --demo [DIR]           ... over generated sample datasources
   dmfs version                      print the version

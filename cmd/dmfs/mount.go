@@ -50,7 +50,9 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	flags.SetOutput(stderr)
 	o.AddFlags(flags, os.Getenv)
 	flags.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: dmfs mount [flags] MOUNTPOINT\n\nMounts the Datamesh datasources the token can see, read-only, one directory per datasource.\nReturns once the mount is ready (or use --foreground).\n\nFlags:\n%s", flags.FlagUsages())
+		fmt.Fprintf(stderr, "Usage: dmfs mount [flags] MOUNTPOINT\n\nMounts the Datamesh datasources the token can see, one directory per datasource:\n"+
+			"read-only, or read-write with --write (the session is finalised at unmount only if every upload succeeded).\n"+
+			"Returns once the mount is ready (or use --foreground).\n\nFlags:\n%s", flags.FlagUsages())
 	}
 	if err := flags.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -65,6 +67,10 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return exitUsage
 	}
 	o.Mountpoint = flags.Arg(0)
+	if err := o.checkWrite(flags); err != nil {
+		fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
+		return exitUsage
+	}
 	if fd := os.Getenv(readyFDEnv); fd != "" {
 		return mountDaemon(ctx, &o, fd)
 	}
@@ -92,7 +98,13 @@ func mountForeground(ctx context.Context, o *mountOptions, stderr io.Writer) int
 		return exitUsage
 	}
 	token := func() (string, error) { return readToken(o.TokenFile) }
-	return serveMount(ctx, o, token, log, func(err error) {
+	// The write outcome goes to stderr: in the log when that is stderr,
+	// printed besides when the log goes to a file.
+	var summary io.Writer
+	if o.LogFile != "" {
+		summary = stderr
+	}
+	return serveMount(ctx, o, token, log, summary, func(err error) {
 		if err != nil {
 			fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
 		}
@@ -120,6 +132,12 @@ func mountBackground(ctx context.Context, o *mountOptions, flags *pflag.FlagSet,
 		return exitFailure
 	}
 	defer dir.Close()
+	if o.Write {
+		if _, code, err := spoolDir(dir, o.SpoolDir); err != nil {
+			fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
+			return code
+		}
+	}
 	var logf *os.File
 	logFile := o.LogFile
 	if logFile == "" {
@@ -321,7 +339,7 @@ func mountDaemon(ctx context.Context, o *mountOptions, fdText string) int {
 		fmt.Fprintf(ready, "error %v\n", err)
 		return exitUsage
 	}
-	return serveMount(ctx, o, token, log, func(err error) {
+	return serveMount(ctx, o, token, log, nil, func(err error) {
 		if err != nil {
 			fmt.Fprintf(ready, "error %s\n", oneLine(err.Error()))
 		} else {
@@ -335,10 +353,12 @@ func oneLine(s string) string { return strings.ReplaceAll(s, "\n", "; ") }
 
 // serveMount acquires the session, mounts, reports readiness, serves until
 // the mount ends (unmounted from outside, or ctx cancelled by a signal), and
-// always closes the session. It holds the mount point's lock (see
-// lockMountpoint) from its check to its exit, and takes it before acquiring
-// a session, so that a mount that loses acquires none.
-func serveMount(ctx context.Context, o *mountOptions, token func() (string, error), log *slog.Logger, ready func(error)) int {
+// always closes the session; a --write mount first finishes its uploads (see
+// mountEnd), and its outcome also goes to summary when that is not nil. It
+// holds the mount point's lock (see lockMountpoint) from its check to its
+// exit, and takes it before acquiring a session, so that a mount that loses
+// acquires none.
+func serveMount(ctx context.Context, o *mountOptions, token func() (string, error), log *slog.Logger, summary io.Writer, ready func(error)) (code int) {
 	fail := func(code int, err error) int {
 		log.Error("mount failed", "err", err)
 		ready(err)
@@ -369,6 +389,26 @@ func serveMount(ctx context.Context, o *mountOptions, token func() (string, erro
 	if mp, err = checkMountpoint(mp); err != nil {
 		return fail(exitMountPoint, err)
 	}
+	// An earlier mount's outcome must not be read as this one's.
+	if err := dir.Remove(resultRecordName(mp)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fail(exitFailure, fmt.Errorf("state folder: %w", err))
+	}
+	var write *fs.WriteOptions
+	if o.Write {
+		spool, code, err := spoolDir(dir, o.SpoolDir)
+		if err != nil {
+			return fail(code, err)
+		}
+		warnSpoolSpace(spool, int64(o.SpoolSize), log)
+		write = &fs.WriteOptions{
+			AllowDelete: o.AllowDelete,
+			SpoolDir:    spool,
+			SpoolSize:   int64(o.SpoolSize),
+			Uploads:     o.Uploads,
+			WriteBack:   o.WriteBack,
+			ValidNewID:  validNewID,
+		}
+	}
 	if tokErr != nil {
 		return fail(exitAuth, tokErr)
 	}
@@ -379,6 +419,7 @@ func serveMount(ctx context.Context, o *mountOptions, token func() (string, erro
 	cfg.Token = tok
 	cfg.Service, cfg.Gateway = endpoints(o.Service, o.Gateway)
 	cfg.Logger = log
+	cfg.Write, cfg.AllowMultiwrite = o.Write, o.AllowMultiwrite
 	// A chunk body can be as large as the cache (the cache holds one value
 	// larger than itself), and no larger: a server cannot drive memory past
 	// what --cache-size allows.
@@ -408,16 +449,14 @@ func serveMount(ctx context.Context, o *mountOptions, token func() (string, erro
 	if err != nil {
 		return fail(startupCode(err), fmt.Errorf("acquiring a Datamesh session: %w", err))
 	}
-	log.Info("session acquired", "session", info.ID, "until", info.EndTime)
+	log.Info("session acquired", "session", info.ID, "until", info.EndTime, "write", o.Write)
+	end := mountEnd{client: client, id: info.ID, dir: dir, mp: mp, log: log,
+		logPath: logLocation(o.LogFile), summary: summary}
+	var finished *fs.WriteSummary // set once a --write mount has served
 	defer func() {
-		cctx, cancel := context.WithTimeout(context.Background(), sessionCloseTimeout)
-		defer cancel()
-		if err := client.Close(cctx); err != nil {
-			// The record stays: the next mount or unmount here tries again.
-			log.Error("closing the session", "session", info.ID, "err", err)
-		} else {
-			log.Info("session closed", "session", info.ID)
-			dir.Remove(sessionRecordName(mp))
+		// A failed start keeps its own code.
+		if c := end.close(finished); code == exitOK {
+			code = c
 		}
 	}()
 	catalog := &datameshCatalog{client: client, only: o.Datasources}
@@ -451,6 +490,7 @@ func serveMount(ctx context.Context, o *mountOptions, token func() (string, erro
 		Logger:      log,
 		UID:         uint32(os.Getuid()),
 		GID:         uint32(os.Getgid()),
+		Write:       write,
 	})
 	server, err := fs.Mount(mp, root, fs.MountOptions{
 		AllowOther:  o.AllowOther,
@@ -465,7 +505,14 @@ func serveMount(ctx context.Context, o *mountOptions, token func() (string, erro
 	} else {
 		defer dir.Remove(pidFileName(mp))
 	}
-	log.Info("mounted", "mountpoint", mp, "service", cfg.Service, "gateway", cfg.Gateway)
+	if o.Write {
+		// Tells `dmfs unmount` to wait for the uploads, and says the
+		// process was killed if it is still pending when it is gone.
+		if err := writeResultRecord(dir, mp, writeResult{PID: os.Getpid(), Log: end.logPath}); err != nil {
+			log.Warn("write result record not written; 'dmfs unmount' will neither wait for uploads nor report them", "err", err)
+		}
+	}
+	log.Info("mounted", "mountpoint", mp, "service", cfg.Service, "gateway", cfg.Gateway, "write", o.Write)
 	ready(nil)
 
 	done := make(chan struct{})
@@ -478,6 +525,9 @@ func serveMount(ctx context.Context, o *mountOptions, token func() (string, erro
 		log.Info("unmounted", "mountpoint", mp)
 	case <-ctx.Done():
 		log.Info("signal received; unmounting", "mountpoint", mp)
+		if o.Write {
+			log.Info("uploads finish before the session closes; further signals are ignored, SIGKILL abandons them and finalises nothing")
+		}
 		if err := server.Unmount(); err != nil {
 			// Files are open: detach so the path is free at once; the
 			// kernel drops the connection when they are closed.
@@ -490,6 +540,11 @@ func serveMount(ctx context.Context, o *mountOptions, token func() (string, erro
 		case <-done:
 		case <-time.After(2 * time.Second):
 		}
+	}
+	if o.Write {
+		// Not ctx: a signal cancelled it, and the uploads must finish.
+		sum := root.FinishWrites(context.Background())
+		finished = &sum
 	}
 	return exitOK
 }

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -33,7 +34,19 @@ type mountOptions struct {
 	FuseDebug       bool
 	Foreground      bool
 	Mountpoint      string
+
+	// The write flags (DESIGN §3 "Writing"); all but Write need it.
+	Write           bool
+	AllowDelete     bool
+	AllowMultiwrite bool
+	SpoolSize       byteSize
+	SpoolDir        string // "": the "spool" folder in the state folder
+	WriteBack       time.Duration
+	Uploads         int
 }
+
+// writeOnlyFlags need --write: given alone they would silently do nothing.
+var writeOnlyFlags = []string{"allow-delete", "allow-multiwrite", "write-spool-size", "spool-dir", "write-back", "uploads"}
 
 // AddFlags declares the flags, with defaults taken from the environment.
 func (o *mountOptions) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
@@ -63,6 +76,62 @@ func (o *mountOptions) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.BoolVar(&o.FuseDebug, "fuse-debug", false, "log every FUSE operation (very verbose)")
 	fs.BoolVarP(&o.Foreground, "foreground", "f", false,
 		"stay attached to the terminal and log to stderr, instead of returning once the mount is ready")
+
+	o.SpoolSize = 4 << 30
+	fs.BoolVar(&o.Write, "write", false,
+		"mount read-write: new and changed files are uploaded, and the session is finalised at unmount only if every upload succeeded")
+	fs.BoolVar(&o.AllowDelete, "allow-delete", false,
+		"with --write: let rm and rmdir delete keys and datasources on Datamesh")
+	fs.BoolVar(&o.AllowMultiwrite, "allow-multiwrite", false,
+		"with --write: let other sessions that allow it write to the datasources this mount writes to")
+	fs.Var(&o.SpoolSize, "write-spool-size", "with --write: local disk for files waiting to be uploaded, e.g. 512MiB, 20GiB")
+	fs.StringVar(&o.SpoolDir, "spool-dir", "",
+		"with --write: private folder (yours, mode 0700; created if missing) for files waiting to be uploaded (default: spool/ in the state folder)")
+	fs.DurationVar(&o.WriteBack, "write-back", 2*time.Second,
+		"with --write: how long a closed file waits before it is uploaded (a rename within that time costs no upload)")
+	fs.IntVar(&o.Uploads, "uploads", 64, "with --write: uploads in flight at once")
+}
+
+// checkWrite validates the write flags once they are parsed, and makes
+// --spool-dir absolute: the background mount runs in "/".
+func (o *mountOptions) checkWrite(flags *pflag.FlagSet) error {
+	if !o.Write {
+		var given []string
+		for _, name := range writeOnlyFlags {
+			if flags.Changed(name) {
+				given = append(given, "--"+name)
+			}
+		}
+		if len(given) > 0 {
+			return fmt.Errorf("%s only applies to a --write mount", strings.Join(given, ", "))
+		}
+		return nil
+	}
+	switch {
+	case o.Uploads < 1:
+		return fmt.Errorf("--uploads must be at least 1 (got %d)", o.Uploads)
+	case o.SpoolSize <= 0:
+		return fmt.Errorf("--write-spool-size must be more than 0 (got %s)", o.SpoolSize.String())
+	case o.WriteBack < 0:
+		return fmt.Errorf("--write-back must not be negative (got %s)", o.WriteBack)
+	}
+	if o.SpoolDir != "" {
+		abs, err := filepath.Abs(o.SpoolDir)
+		if err != nil {
+			return fmt.Errorf("--spool-dir: %w", err)
+		}
+		o.SpoolDir = abs
+	}
+	return nil
+}
+
+// validNewID is the fs's check of a new datasource's name (mkdir at the
+// root): Datamesh's rule for new ids, said in the error that is logged.
+func validNewID(id string) error {
+	if session.ValidNewID(id) {
+		return nil
+	}
+	return fmt.Errorf("not a valid new datasource id: %q must match ^[a-z0-9_-]{3,80}$ (3 to 80 of a-z, 0-9, _ and -)", id)
 }
 
 // byteSize is a size flag that takes units (KiB, MiB, GiB, TiB, K, M, G, T, KB, MB, GB).

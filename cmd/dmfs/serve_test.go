@@ -124,7 +124,8 @@ func startServe(t *testing.T, args ...string) (addr string, stdout, stderr *serv
 	go func() {
 		done <- runServe(ctx, append([]string{"--addr", "127.0.0.1:0", "--addr-file", addrFile}, args...), stdout, stderr)
 	}()
-	deadline := time.Now().Add(30 * time.Second)
+	// The demo data takes about 25 s to generate under -race on 2 cores.
+	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		b, err := os.ReadFile(addrFile)
 		if err == nil {
@@ -139,7 +140,7 @@ func startServe(t *testing.T, args ...string) (addr string, stdout, stderr *serv
 		}
 		if time.Now().After(deadline) {
 			cancel()
-			t.Fatalf("no address file after 30s: %s", stderr.String())
+			t.Fatalf("no address file after 2m: %s", stderr.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -20,12 +20,14 @@ import (
 	"github.com/oceanum-dmfs/dmfs/session"
 )
 
-// unmountWait bounds how long `dmfs unmount` waits for the mount's process
-// to close its session and exit.
+// unmountWait bounds how long `dmfs unmount` waits for a read-only mount's
+// process to close its session and exit. A --write mount's is waited for
+// without a bound: it finishes its uploads first.
 const unmountWait = 15 * time.Second
 
 // runUnmount runs `dmfs unmount`: it unmounts, then waits until the serving
-// process has closed its session and exited.
+// process has closed its session and exited; for a --write mount, until its
+// uploads are done, and it reports whether they were finalised.
 func runUnmount(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	flags := pflag.NewFlagSet("dmfs unmount", pflag.ContinueOnError)
 	flags.SetOutput(stderr)
@@ -41,6 +43,7 @@ func runUnmount(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		"Datamesh gateway URL the mount used (env DATAMESH_GATEWAY; default: the service URL)")
 	flags.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: dmfs unmount [flags] MOUNTPOINT\n\nUnmounts a dmfs mount and returns once its Datamesh session is closed.\n"+
+			"For a --write mount it first waits for every upload, and exits 8 unless the writes were finalised.\n"+
 			"The session of a mount that was killed is closed here when it is on the gateway set by --service/--gateway.\n\nFlags:\n%s", flags.FlagUsages())
 	}
 	if err := flags.Parse(args); err != nil {
@@ -94,6 +97,14 @@ func runUnmount(ctx context.Context, args []string, stdout, stderr io.Writer) in
 			fmt.Fprintf(stderr, "dmfs unmount: warning: pid file ignored: %v\n", err)
 		}
 	}
+	// A --write mount's process keeps a result record from the time it
+	// serves: pending until it has finished its uploads, then its outcome.
+	var pending writeResult
+	writing := false
+	if hasPid {
+		pending, writing = readResultRecord(dir, mp, unmountWarning(stderr))
+		writing = writing && pending.PID == pid
+	}
 	if err := unmount(mp, *lazy); err != nil {
 		if errors.Is(err, syscall.EBUSY) {
 			fmt.Fprintf(stderr, "dmfs unmount: %s is busy: files or directories under it are open "+
@@ -107,17 +118,14 @@ func runUnmount(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		closeLeftoverAfterUnmount(ctx, dir, mp, &lo, stderr)
 		return exitOK
 	}
-	deadline := time.Now().Add(unmountWait)
-	for processAlive(pid) {
-		if time.Now().After(deadline) {
+	if writing {
+		return unmountWrites(ctx, dir, mp, pending, &lo, stderr)
+	}
+	if !waitExit(ctx, pid, unmountWait, nil) {
+		if ctx.Err() == nil {
 			fmt.Fprintf(stderr, "dmfs unmount: unmounted, but process %d has not exited after %s\n", pid, unmountWait)
-			return exitFailure
 		}
-		select {
-		case <-ctx.Done():
-			return exitFailure
-		case <-time.After(20 * time.Millisecond):
-		}
+		return exitFailure
 	}
 	closeLeftoverAfterUnmount(ctx, dir, mp, &lo, stderr)
 	return exitOK
@@ -169,6 +177,11 @@ func closeLeftoverAfterUnmount(ctx context.Context, dir *statedir.Dir, mp string
 		msg += ": " + err.Error()
 	}
 	fmt.Fprintln(stderr, msg)
+}
+
+// unmountWarning prints a warning of `dmfs unmount`.
+func unmountWarning(stderr io.Writer) func(string) {
+	return func(s string) { fmt.Fprintf(stderr, "dmfs unmount: warning: %s\n", s) }
 }
 
 // unmount detaches the filesystem: umount2 as root, fusermount3 otherwise.
