@@ -692,6 +692,12 @@ func (w *writer) upload(ctx context.Context, f *wfile) error {
 func (w *writer) barrier(ctx context.Context, ds *datasource, except *wfile) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if except != nil && except.job != nil {
+		// except is about to be renamed onto, or is, the commit file:
+		// its queued upload (under a temporary name) must not start
+		// while the rest is waited for. The caller uploads it.
+		w.cancelLocked(except.job)
+	}
 	w.kickLocked(ds)
 	for {
 		n := ds.ov.pending

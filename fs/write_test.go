@@ -356,12 +356,18 @@ func TestWriteBackDelayLetsRsyncRenameFirst(t *testing.T) {
 	testenv.RequireCommand(t, "rsync")
 	m := mountWrite(t, WriteOptions{WriteBack: 2 * time.Second})
 	src := t.TempDir()
-	files := map[string]string{".zgroup": `{"zarr_format": 2}`, "a/0": "one", "a/1": "two"}
+	// .zmetadata too: rsync writes it as .zmetadata.XXXXXX and renames it
+	// onto its name, which waits for the other uploads (slow here); its
+	// queued upload under the temporary name must not start meanwhile.
+	files := map[string]string{".zgroup": `{"zarr_format": 2}`, "a/0": "one", "a/1": "two", ".zmetadata": "{}"}
 	makeTree(t, filepath.Join(src, "s"), files)
+	require.NoError(t, os.Mkdir(filepath.Join(m.dir, "rs_run"), 0o755))
+	m.store("rs_run").set(func(s *writeStore) { s.putDelay = 300 * time.Millisecond })
 	run(t, src, "rsync", "-a", "s/", filepath.Join(m.dir, "rs_run")+"/")
 	sum := m.finish(t)
 	assert.True(t, sum.OK(), "%+v", sum)
-	assert.Equal(t, []string{".zgroup", "a/0", "a/1"}, m.store("rs_run").putKeys(), "no temporary name reached the gateway")
+	assert.Equal(t, []string{".zgroup", ".zmetadata", "a/0", "a/1"}, m.store("rs_run").putKeys(), "no temporary name reached the gateway")
+	assert.Equal(t, 4, m.store("rs_run").totalPuts(), "one upload per key")
 }
 
 func TestDeletesNeedAllowDelete(t *testing.T) {
