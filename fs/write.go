@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -68,6 +69,10 @@ type writer struct {
 	failed    map[string]error // "id/key" -> why its upload failed for good
 	finishing bool
 	spoolWarn time.Time
+	// idle are emptied spool files kept for reuse: creating a file per
+	// file written (and unlinking it) is most of the write path's cost on
+	// ext4, which searches for a free inode past the recently deleted.
+	idle []*os.File
 }
 
 // overlay is what a datasource holds of the mount's writes. Guarded by
@@ -273,6 +278,11 @@ func (w *writer) spoolLocked(f *wfile) (*spoolFile, error) {
 	if f.spool != nil {
 		return f.spool, nil
 	}
+	if n := len(w.idle); n > 0 {
+		f.spool = &spoolFile{f: w.idle[n-1]}
+		w.idle = w.idle[:n-1]
+		return f.spool, nil
+	}
 	file, err := os.CreateTemp(w.wo.SpoolDir, "spool-")
 	if err != nil {
 		return nil, fmt.Errorf("write spool: %w", err)
@@ -281,6 +291,19 @@ func (w *writer) spoolLocked(f *wfile) (*spoolFile, error) {
 	os.Remove(file.Name())
 	f.spool = &spoolFile{f: file}
 	return f.spool, nil
+}
+
+// maxIdleSpools bounds the emptied spool files kept for reuse.
+const maxIdleSpools = 256
+
+// retireLocked empties a spool file nobody uses any more and keeps it for
+// reuse, or closes it.
+func (w *writer) retireLocked(file *os.File) {
+	if len(w.idle) < maxIdleSpools && file.Truncate(0) == nil {
+		w.idle = append(w.idle, file)
+		return
+	}
+	file.Close()
 }
 
 // dropSpoolLocked frees f's spool (closed once its last reader is done).
@@ -294,7 +317,7 @@ func (w *writer) dropSpoolLocked(f *wfile) {
 	w.releaseLocked(sp.reserved)
 	sp.reserved = 0
 	if sp.refs == 0 {
-		sp.f.Close()
+		w.retireLocked(sp.f)
 	}
 }
 
@@ -313,7 +336,7 @@ func (w *writer) unref(sp *spoolFile) {
 	defer w.mu.Unlock()
 	sp.refs--
 	if sp.refs == 0 && sp.dropped {
-		sp.f.Close()
+		w.retireLocked(sp.f)
 	}
 }
 
@@ -600,8 +623,19 @@ func (w *writer) start(j *job) {
 	w.mu.Unlock()
 
 	var body io.ReaderAt
+	var data []byte
 	if sp != nil {
 		body = sp.f
+		if size <= w.opt.cacheBytes/4 {
+			// Read once: sent from memory, then kept in the cache so that
+			// the mount reads its own writes as a fetched chunk.
+			data = make([]byte, size)
+			if _, rerr := sp.f.ReadAt(data, 0); rerr != nil && !errors.Is(rerr, io.EOF) {
+				data = nil
+			} else {
+				body = bytes.NewReader(data)
+			}
+		}
 	}
 	var err error
 	switch {
@@ -611,14 +645,6 @@ func (w *writer) start(j *job) {
 		err = fmt.Errorf("%s/%s: nothing spooled to upload", f.ds.id, key)
 	default:
 		err = f.ds.writer.Put(w.life, key, body, size)
-	}
-	var data []byte
-	if err == nil && sp != nil && size <= w.opt.cacheBytes/4 {
-		// What was written is read back from memory, as a fetched chunk.
-		data = make([]byte, size)
-		if _, rerr := sp.f.ReadAt(data, 0); rerr != nil && !errors.Is(rerr, io.EOF) {
-			data = nil
-		}
 	}
 	w.unref(sp)
 
@@ -834,4 +860,12 @@ func (w *writer) waitAllLocked(ctx context.Context) bool {
 }
 
 // shutdown stops what is left (the mount is gone without FinishWrites).
-func (w *writer) shutdown() { w.stop() }
+func (w *writer) shutdown() {
+	w.stop()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, f := range w.idle {
+		f.Close()
+	}
+	w.idle = nil
+}
