@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Benchmarks dmfs against direct HTTP, rclone mount and xarray over fsspec on
-# the same local gateway, and writes docs/benchmarks.md (issue 7). Needs the
-# packages scripts/test.sh installs (fuse3, rclone, python3-xarray, ...).
+# the same local gateway, and writes through a --write mount against direct
+# POSTs and the Python client's way of writing, and writes docs/benchmarks.md
+# (issue 7). Needs the packages scripts/test.sh installs (fuse3, rclone,
+# python3-xarray, ...).
 #
-#   scripts/bench.sh                          # 1GiB, 3 runs, 20ms and 0ms (~14 min on 2 cores)
-#   scripts/bench.sh --size 640MiB --runs 3 --latency 20ms,0ms --out docs/benchmarks.md   # ~11 min
+#   scripts/bench.sh                          # 1GiB, 3 runs, 20ms and 0ms (reads ~14 min on 2 cores, writes about as long)
+#   scripts/bench.sh --size 640MiB --runs 3 --latency 20ms,0ms --out docs/benchmarks.md
 #   scripts/bench.sh --size 64MiB --runs 1    # a quick look
+#   scripts/bench.sh --size 64MiB --runs 1 --latency 20ms --only write --out /tmp/bench-write.md   # the writes only (~30 s)
 #
 # Any flag is passed on to integration/bench (see --help there).
 set -euo pipefail

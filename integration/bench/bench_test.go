@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -69,6 +70,7 @@ func TestParseOptions(t *testing.T) {
 		{"bad latency", []string{"--dmfs", "x", "--latency", "fast"}, "--latency"},
 		{"zero runs", []string{"--dmfs", "x", "--runs", "0"}, "at least 1"},
 		{"stray argument", []string{"--dmfs", "x", "extra"}, "unexpected arguments"},
+		{"bad only", []string{"--dmfs", "x", "--only", "writes"}, "--only"},
 		{"ok", []string{"--dmfs", "x", "--runs", "2", "--latency", "5ms"}, ""},
 	}
 	for _, tt := range tests {
@@ -153,10 +155,11 @@ func TestIsMetadataKey(t *testing.T) {
 // fakeGateway serves a tiny datasource over the Datamesh protocol and
 // records every zarr request.
 type fakeGateway struct {
-	mu     sync.Mutex
-	files  map[string]string
-	zarr   []string // "METHOD KEY" per zarr request
-	closed []string
+	mu        sync.Mutex
+	files     map[string]string
+	zarr      []string // "METHOD KEY" per zarr request
+	closed    []string // sessions closed without finalising
+	finalised []string // sessions closed with finalise_write=true
 }
 
 const testToken = "tok-123"
@@ -172,7 +175,12 @@ func (g *fakeGateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	case strings.HasPrefix(r.URL.Path, "/session/") && r.Method == http.MethodDelete:
 		g.mu.Lock()
-		g.closed = append(g.closed, strings.TrimPrefix(r.URL.Path, "/session/"))
+		id := strings.TrimPrefix(r.URL.Path, "/session/")
+		if r.URL.Query().Get("finalise_write") == "true" {
+			g.finalised = append(g.finalised, id)
+		} else {
+			g.closed = append(g.closed, id)
+		}
 		g.mu.Unlock()
 		w.WriteHeader(http.StatusNoContent)
 		return
@@ -185,6 +193,23 @@ func (g *fakeGateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	g.mu.Lock()
 	g.zarr = append(g.zarr, r.Method+" "+key)
 	g.mu.Unlock()
+	switch {
+	case r.Method == http.MethodPost:
+		body, _ := io.ReadAll(r.Body)
+		g.mu.Lock()
+		g.files[key] = string(body)
+		g.mu.Unlock()
+		w.WriteHeader(http.StatusCreated)
+		return
+	case r.Method == http.MethodDelete && key == "":
+		g.mu.Lock()
+		clear(g.files)
+		g.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
 	if key == "" || strings.HasSuffix(key, "/") {
 		seen := map[string]bool{}
 		var b strings.Builder
@@ -355,4 +380,175 @@ func TestTargetsAndTable(t *testing.T) {
 	assert.Contains(t, out, "| "+mLslR+" | > 300.00 (capped in 1 of 3 runs) |")
 	assert.Contains(t, out, "| "+ratioCpRclone+" | 3.00x (2.00–4.00) |")
 	assert.NotContains(t, out, ratioLoad)
+}
+
+func TestGatewayClientDownloadsPostsAndFinalises(t *testing.T) {
+	src := map[string]string{".zmetadata": "{}", "u/.zarray": "{}", "u/0.0": "aaaa", "v/c/0/0": "cccccc"}
+	g := &fakeGateway{files: maps.Clone(src)}
+	ts := httptest.NewServer(g)
+	defer ts.Close()
+	c := newGatewayClient(strings.TrimPrefix(ts.URL, "http://"), testToken, 3)
+	ctx := context.Background()
+	keys := slices.Sorted(maps.Keys(src))
+
+	dir := t.TempDir()
+	res, err := c.download(ctx, "ds", "s-1", keys, 2, dir)
+	require.NoError(t, err)
+	assert.Equal(t, int64(2+2+4+6), res.Bytes)
+	for k, v := range src {
+		got, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(k)))
+		require.NoError(t, err, k)
+		assert.Equal(t, v, string(got), k)
+	}
+
+	// Every key POSTed once, then the session finalised.
+	require.NoError(t, c.clearDatasource(ctx, "ds", "s-1"))
+	assert.Empty(t, g.files)
+	g.zarr = nil
+	res, err = c.postAll(ctx, "ds", "s-1", dir, keys, 3)
+	require.NoError(t, err)
+	assert.Equal(t, int64(2+2+4+6), res.Bytes)
+	assert.Equal(t, src, g.files)
+	got := slices.Sorted(slices.Values(g.zarr))
+	assert.Equal(t, []string{"POST .zmetadata", "POST u/.zarray", "POST u/0.0", "POST v/c/0/0"}, got)
+	assert.Equal(t, []string{"s-1"}, g.finalised)
+	assert.Empty(t, g.closed)
+
+	// A key missing locally fails the whole write, and nothing is finalised.
+	g.finalised = nil
+	_, err = c.postAll(ctx, "ds", "s-1", dir, []string{"u/0.0", "u/missing"}, 2)
+	require.ErrorContains(t, err, "missing")
+	assert.Empty(t, g.finalised)
+	_, err = c.postAll(ctx, "ds", "s-1", dir, keys, 0)
+	require.Error(t, err)
+}
+
+func TestCheckWrites(t *testing.T) {
+	okWrites := writeCounters{StagedKeys: 3, CommittedKeys: 3, CommittedBytes: 30, SessionsFinalised: 1}
+	ok := counters{Requests: 5, ZarrKeys: map[string]int64{
+		"new/.zgroup POST": 1, "new/u/0.0 POST": 1, "new/u/0.1 POST": 1,
+		"new/u/.zarray GET": 2, "demo_grid/u/0.0 GET": 1, "other/a POST": 1,
+	}, Writes: okWrites}
+	with := func(f func(c *counters)) counters {
+		c := ok
+		c.ZarrKeys = maps.Clone(ok.ZarrKeys)
+		f(&c)
+		return c
+	}
+	want := []string{".zgroup", "u/0.0", "u/0.1"}
+	tests := []struct {
+		name    string
+		c       counters
+		want    []string
+		wantErr []string
+	}{
+		{"ok", ok, want, nil},
+		{"ok, any keys", ok, nil, nil},
+		{"posted twice", with(func(c *counters) { c.ZarrKeys["new/u/0.1 POST"] = 2 }), want,
+			[]string{"1 key(s) not POSTed exactly once: u/0.1 ×2"}},
+		{"partial key, even not posted", with(func(c *counters) { c.ZarrKeys["new/u/0.0.a1b2.partial GET"] = 1 }), want,
+			[]string{"1 `.partial` key(s) reached the gateway: new/u/0.0.a1b2.partial (GET)"}},
+		{"partial key posted", with(func(c *counters) { c.ZarrKeys["new/u/0.2.ff.partial POST"] = 1 }), want,
+			[]string{"`.partial` key(s) reached", "1 extra: u/0.2.ff.partial", "4 keys written, 3 staged, 3 committed"}},
+		{"missing key", with(func(c *counters) { delete(c.ZarrKeys, "new/u/0.1 POST") }), want,
+			[]string{"1 missing: u/0.1", "2 keys written, 3 staged, 3 committed"}},
+		{"put", with(func(c *counters) { delete(c.ZarrKeys, "new/u/0.1 POST"); c.ZarrKeys["new/u/0.1 PUT"] = 1 }), want,
+			[]string{"new/u/0.1 was written with PUT"}},
+		{"uncounted keys", with(func(c *counters) { c.ZarrKeysOther = 7 }), want, []string{"7 key requests were not counted"}},
+		{"not finalised", with(func(c *counters) {
+			c.Writes = writeCounters{StagedKeys: 3, DiscardedKeys: 3, SessionsDiscarded: 1}
+		}), want, []string{"3 keys written, 3 staged, 0 committed", "3 keys discarded, 1 sessions discarded", "0 sessions finalised, want 1"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			chk, err := checkWrites(tt.c, "new", tt.want)
+			if tt.wantErr == nil {
+				require.NoError(t, err)
+				assert.Equal(t, want, chk.Keys)
+				assert.Equal(t, int64(3), chk.Posts)
+				assert.Equal(t, int64(30), chk.Bytes)
+				return
+			}
+			require.Error(t, err)
+			for _, w := range tt.wantErr {
+				assert.Contains(t, err.Error(), w)
+			}
+		})
+	}
+}
+
+func TestDiffKeys(t *testing.T) {
+	assert.Equal(t, "", diffKeys([]string{"a", "b"}, []string{"a", "b"}))
+	assert.Equal(t, "", diffKeys(nil, nil))
+	assert.Equal(t, "1 missing: b, 1 extra: c", diffKeys([]string{"a", "c"}, []string{"a", "b"}))
+	assert.Equal(t, "2 missing: a, b", diffKeys(nil, []string{"a", "b"}))
+	assert.Equal(t, "5 extra: a, b, c and 2 more", diffKeys([]string{"a", "b", "c", "d", "e"}, nil))
+}
+
+func TestWatchHWM(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "status")
+	set := func(kb int) {
+		require.NoError(t, os.WriteFile(p, fmt.Appendf(nil, "Name:\tdmfs\nVmHWM:\t%d kB\n", kb), 0o644))
+	}
+	set(100)
+	w := watchHWM(p, time.Millisecond)
+	time.Sleep(20 * time.Millisecond)
+	set(300)
+	time.Sleep(20 * time.Millisecond)
+	set(200) // a value read earlier stays the peak
+	time.Sleep(20 * time.Millisecond)
+	require.NoError(t, os.Remove(p)) // the process exited
+	time.Sleep(20 * time.Millisecond)
+	assert.Equal(t, int64(300<<10), w.Stop())
+
+	gone := watchHWM(filepath.Join(t.TempDir(), "missing"), time.Millisecond)
+	assert.Equal(t, int64(0), gone.Stop())
+}
+
+func TestRunTimedEnvKeepsStdoutForTheError(t *testing.T) {
+	_, err := runTimedEnv(context.Background(), time.Minute, []string{"X=seen"}, true, "sh", "-c", "echo out $X; exit 8")
+	require.ErrorContains(t, err, "out seen")
+	require.ErrorContains(t, err, "exit status 8")
+}
+
+func TestWriteTargetsAndTable(t *testing.T) {
+	const mib = 1 << 20
+	r := newLatencyResult(20 * time.Millisecond)
+	for i := range 3 {
+		r.add(mWDirect, sample{Seconds: 1, Bytes: 100e6, Requests: 101, Keys: 100, Posts: 100})
+		r.add(mWCp, sample{Seconds: 1.2, Unmount: 0.2, Bytes: 100e6, Requests: 102, Keys: 100, Posts: 100, RSS: 80 * mib})
+		check := ""
+		if i == 1 {
+			check = "1 key(s) not POSTed exactly once: a|b ×2"
+		}
+		r.add(mWCpSmall, sample{Seconds: 2, Unmount: 0.1, Bytes: 100e6, Requests: 102, Keys: 100, Posts: 101, RSS: 10*mib + int64(60+3*i)*mib, Check: check})
+		r.add(mWXrClient, sample{Seconds: 10, Bytes: 90e6, Requests: 180, Keys: 100, Posts: 100})
+		r.add(mWXrDMFS, sample{Seconds: 4, Unmount: 0.1, Bytes: 90e6, Requests: 102, Keys: 100, Posts: 100, RSS: 90 * mib})
+		r.addRatio(ratioWCp, 0.85, 1)
+		r.addRatio(ratioWXr, float64(2+i)*0.99, 1) // 1.98x in one run
+	}
+	met := map[string]bool{}
+	for _, tg := range r.writeTargets(10 * mib) {
+		met[tg.What] = tg.Met
+	}
+	assert.Equal(t, map[string]bool{
+		ratioWCp:                            true,
+		ratioWXr:                            false,
+		targetWRSS:                          false, // 66 MiB over the cache in one run
+		mWDirect + ": " + targetWChecksOK:   true,
+		mWCp + ": " + targetWChecksOK:       true,
+		mWCpSmall + ": " + targetWChecksOK:  false,
+		mWXrClient + ": " + targetWChecksOK: true,
+		mWXrDMFS + ": " + targetWChecksOK:   true,
+	}, met)
+
+	var buf bytes.Buffer
+	r.writeWriteTable(&buf)
+	out := buf.String()
+	assert.Contains(t, out, "| "+mWDirect+" | 1.00 | — | 100.0 | 100 | 1.000 | 1 | — | ok |")
+	assert.Contains(t, out, "| "+mWCp+" | 1.20 | 0.20 | 83.3 | 100 | 1.000 | 2 | 80 | ok |")
+	assert.Contains(t, out, "| "+mWCpSmall+" | 2.00 | 0.10 | 50.0 | 100 | 1.010 | 1 | 73 (70–76) | **failed in 1 of 3 runs**: 1 key(s) not POSTed exactly once: a\\|b ×2 |")
+	assert.Contains(t, out, "| "+ratioWXr+" | 2.97x (1.98–3.96) |")
+	assert.NotContains(t, out, mWCp0)
+	assert.NotContains(t, out, ratioWCp0)
 }

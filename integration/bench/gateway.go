@@ -150,6 +150,33 @@ func (c *gatewayClient) closeSession(ctx context.Context, id string) error {
 	return err
 }
 
+// finaliseSession closes a session with finalise_write=true, which makes
+// its writes final.
+func (c *gatewayClient) finaliseSession(ctx context.Context, id string) error {
+	_, err := c.do(ctx, http.MethodDelete, "/session/"+url.PathEscape(id)+"?finalise_write=true", id, http.StatusNoContent)
+	return err
+}
+
+// clearDatasource deletes every key of a datasource (DELETE /zarr/{id}/)
+// in the session; final once the session is finalised.
+func (c *gatewayClient) clearDatasource(ctx context.Context, ds, session string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, c.base+"/zarr/"+ds+"/", nil)
+	if err != nil {
+		return err
+	}
+	c.authHeaders(req.Header, session)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("DELETE /zarr/%s/: %w", ds, err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("DELETE /zarr/%s/: status %d", ds, resp.StatusCode)
+	}
+	return nil
+}
+
 // counters is the part of GET /_dmfs/counters the benchmark reads.
 type counters struct {
 	Requests  int64            `json:"requests"`
@@ -157,6 +184,21 @@ type counters struct {
 	BytesSent int64            `json:"bytes_sent"`
 	// ZarrKeys counts requests per key: "DSID/KEY GET".
 	ZarrKeys map[string]int64 `json:"zarr_keys"`
+	// ZarrKeysOther counts key requests left out of ZarrKeys (full, or a
+	// key too long): a write check cannot trust ZarrKeys then.
+	ZarrKeysOther int64         `json:"zarr_keys_other"`
+	Writes        writeCounters `json:"writes"`
+}
+
+// writeCounters is the part of the gateway's write counters the write
+// checks read.
+type writeCounters struct {
+	StagedKeys        int64 `json:"staged_keys"`
+	CommittedKeys     int64 `json:"committed_keys"`
+	CommittedBytes    int64 `json:"committed_bytes"`
+	DiscardedKeys     int64 `json:"discarded_keys"`
+	SessionsFinalised int64 `json:"sessions_finalised"`
+	SessionsDiscarded int64 `json:"sessions_discarded"`
 }
 
 // keyRequests counts the GET and HEAD requests on keys under prefix
@@ -277,6 +319,24 @@ type fetchResult struct {
 // fetchAll GETs every key with `clients` parallel workers, each reading the
 // whole body, as the fastest possible client of the gateway would.
 func (c *gatewayClient) fetchAll(ctx context.Context, ds, session string, keys []string, clients int) (fetchResult, error) {
+	return c.fetchEach(ctx, ds, session, keys, clients, nil)
+}
+
+// download fetches every key into dir, as a local copy of the datasource
+// (the gateway's bytes, metadata included).
+func (c *gatewayClient) download(ctx context.Context, ds, session string, keys []string, clients int, dir string) (fetchResult, error) {
+	return c.fetchEach(ctx, ds, session, keys, clients, func(key string, body []byte) error {
+		p := filepath.Join(dir, filepath.FromSlash(key))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+		return os.WriteFile(p, body, 0o644)
+	})
+}
+
+// fetchEach GETs every key with parallel workers and hands each body to
+// save, when not nil.
+func (c *gatewayClient) fetchEach(ctx context.Context, ds, session string, keys []string, clients int, save func(key string, body []byte) error) (fetchResult, error) {
 	if clients < 1 {
 		return fetchResult{}, errors.New("fetchAll: need at least one client")
 	}
@@ -298,6 +358,11 @@ func (c *gatewayClient) fetchAll(ctx context.Context, ds, session string, keys [
 				n, err := c.getInto(ctx, &buf, "/zarr/"+ds+"/"+escapeKey(keys[i]), session)
 				if err != nil {
 					return err
+				}
+				if save != nil {
+					if err := save(keys[i], buf.Bytes()); err != nil {
+						return err
+					}
 				}
 				total.Add(n)
 				mu.Lock()
@@ -331,4 +396,62 @@ func (c *gatewayClient) getInto(ctx context.Context, w io.Writer, path, session 
 		return n, fmt.Errorf("GET %s: %w", path, err)
 	}
 	return n, nil
+}
+
+// postAll POSTs the file dir/KEY of every key to datasource ds with
+// `clients` parallel workers over keep-alive connections, then closes the
+// session with finalise_write=true: the fastest possible writer of the
+// gateway, timed to the point where its writes are final. Each file is
+// read when it is sent, as a copy would.
+func (c *gatewayClient) postAll(ctx context.Context, ds, session, dir string, keys []string, clients int) (fetchResult, error) {
+	if clients < 1 {
+		return fetchResult{}, errors.New("postAll: need at least one client")
+	}
+	var next atomic.Int64
+	var total atomic.Int64
+	start := time.Now()
+	eg, ectx := errgroup.WithContext(ctx)
+	for range clients {
+		eg.Go(func() error {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(keys) {
+					return nil
+				}
+				body, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(keys[i])))
+				if err != nil {
+					return err
+				}
+				if err := c.post(ectx, "/zarr/"+ds+"/"+escapeKey(keys[i]), session, body); err != nil {
+					return err
+				}
+				total.Add(int64(len(body)))
+			}
+		})
+	}
+	if err := eg.Wait(); err != nil {
+		return fetchResult{}, err
+	}
+	if err := c.finaliseSession(ctx, session); err != nil {
+		return fetchResult{}, err
+	}
+	return fetchResult{Seconds: time.Since(start).Seconds(), Bytes: total.Load()}, nil
+}
+
+func (c *gatewayClient) post(ctx context.Context, path, session string, body []byte) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.base+path, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	c.authHeaders(req.Header, session)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("POST %s: %w", path, err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("POST %s: status %d", path, resp.StatusCode)
+	}
+	return nil
 }

@@ -1,9 +1,12 @@
 // Command bench measures dmfs against what a user would use instead, on the
 // same local gateway and data in one run (issue 7): fetching every key
 // directly with parallel HTTP clients, rclone's http backend, and xarray over
-// fsspec's HTTP mapper. It writes the results as Markdown.
+// fsspec's HTTP mapper; and for writes through a --write mount, POSTing
+// every key directly with parallel clients and to_zarr the way the Datamesh
+// Python client writes. It writes the results as Markdown.
 //
 //	go run ./integration/bench --dmfs /tmp/dmfs --size 1GiB --runs 3 --latency 20ms,0ms --out docs/benchmarks.md
+//	go run ./integration/bench --dmfs /tmp/dmfs --size 64MiB --runs 1 --latency 20ms --only write
 package main
 
 import (
@@ -36,6 +39,9 @@ import (
 //go:embed xarray_read.py
 var xarrayScript []byte
 
+//go:embed xarray_write.py
+var xarrayWriteScript []byte
+
 const datasource = "demo_grid"
 
 func main() {
@@ -54,6 +60,7 @@ type options struct {
 	out, dataDir         string
 	limit                time.Duration
 	command              string
+	only                 string // "": reads and writes; "read" or "write"
 }
 
 func parseOptions(args []string, stderr io.Writer) (*options, error) {
@@ -64,7 +71,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.dmfs, "dmfs", "", "the dmfs binary to measure (required)")
 	fs.StringVar(&o.rclone, "rclone", "rclone", "the rclone binary")
 	fs.StringVar(&o.python, "python", "/usr/bin/python3", "the Python with xarray, zarr, fsspec and aiohttp")
-	fs.StringVar(&o.size, "size", "1GiB", "uncompressed size of the demo_grid datasource (dmfs serve --demo-size); 1GiB takes about 14 minutes on 2 cores")
+	fs.StringVar(&o.size, "size", "1GiB", "uncompressed size of the demo_grid datasource (dmfs serve --demo-size); 1GiB takes about 14 minutes on 2 cores for the reads, and the writes about as long again")
 	fs.IntVar(&o.runs, "runs", 3, "runs of every measurement (the median is reported)")
 	fs.IntVar(&o.clients, "clients", 16, "parallel clients of the direct-HTTP limit")
 	fs.StringVar(&lat, "latency", "20ms,0ms", "comma-separated gateway latencies (dmfs serve --latency)")
@@ -72,6 +79,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.dataDir, "data-dir", "", "where the demo data is generated and kept (default: a temporary folder, removed at the end)")
 	fs.DurationVar(&o.limit, "cap", 5*time.Minute, "time cap of one measured operation; a capped figure is reported as a lower bound")
 	fs.StringVar(&o.command, "command", "", "the command line to print in the report (default: this program's)")
+	fs.StringVar(&o.only, "only", "", "run only the read or only the write benchmarks: read or write (default: both)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -86,6 +94,9 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	}
 	if o.runs < 1 || o.clients < 1 {
 		return nil, errors.New("--runs and --clients must be at least 1")
+	}
+	if o.only != "" && o.only != "read" && o.only != "write" {
+		return nil, fmt.Errorf("--only: %q is neither read nor write", o.only)
 	}
 	var err error
 	if o.latencies, err = parseLatencies(lat); err != nil {
@@ -149,6 +160,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintln(stderr, "bench: wrote", o.out)
 	}
+	if b.checkFailures > 0 {
+		fmt.Fprintf(stderr, "bench: %d write check(s) failed; see the Checks column of the report\n", b.checkFailures)
+		return 1
+	}
 	return 0
 }
 
@@ -161,10 +176,13 @@ type bench struct {
 	token     string
 	tokenFile string
 	script    string
+	wscript   string
 	shm       string // where copies go: tmpfs when there is one
+	runTag    string // in the names of the datasources the writes make
 
 	gw       *gatewayProc
 	client   *gatewayClient
+	wclient  *gatewayClient // writeClients connections
 	mounts   []mount
 	sessions []string
 	seq      int
@@ -179,6 +197,13 @@ type bench struct {
 	varChunks  int64
 	cacheSmall int64
 	cacheLarge int64
+
+	// Writes.
+	srcDir        string   // local copy of the datasource, written by the writers
+	srcBytes      int64    // its size
+	written       []string // datasources the writes made, removed with the gateway
+	writeSeq      int
+	checkFailures int // write checks that failed
 }
 
 func newBench(o *options, log io.Writer) (*bench, error) {
@@ -206,13 +231,19 @@ func newBench(o *options, log io.Writer) (*bench, error) {
 	raw := make([]byte, 16)
 	_, _ = rand.Read(raw)
 	b.token = "bench-" + hex.EncodeToString(raw) // throwaway, local gateway only
+	b.runTag = hex.EncodeToString(raw[:3])       // only in datasource names
 	b.tokenFile = filepath.Join(work, "token")
 	b.script = filepath.Join(work, "xarray_read.py")
+	b.wscript = filepath.Join(work, "xarray_write.py")
 	if err := os.WriteFile(b.tokenFile, []byte(b.token+"\n"), 0o600); err != nil {
 		b.cleanup()
 		return nil, err
 	}
 	if err := os.WriteFile(b.script, xarrayScript, 0o644); err != nil {
+		b.cleanup()
+		return nil, err
+	}
+	if err := os.WriteFile(b.wscript, xarrayWriteScript, 0o644); err != nil {
 		b.cleanup()
 		return nil, err
 	}
@@ -251,6 +282,12 @@ func (b *bench) stopGateway() {
 	b.sessions = nil
 	b.gw.stop()
 	b.gw = nil
+	// The writes deleted their datasources through the gateway, which
+	// leaves their folders; --data-dir may be kept for the next run.
+	for _, id := range b.written {
+		_ = os.RemoveAll(filepath.Join(b.dataDir, id))
+	}
+	b.written = nil
 }
 
 func (b *bench) startGateway(ctx context.Context, latency time.Duration) error {
@@ -262,6 +299,7 @@ func (b *bench) startGateway(ctx context.Context, latency time.Duration) error {
 	}
 	b.gw = gw
 	b.client = newGatewayClient(gw.addr, b.token, b.o.clients)
+	b.wclient = newGatewayClient(gw.addr, b.token, writeClients)
 	return nil
 }
 
@@ -284,8 +322,8 @@ func (b *bench) closeMount(m mount) error {
 	return m.close()
 }
 
-func (b *bench) mountDMFS(ctx context.Context, cache int64) (*dmfsMount, error) {
-	m, err := mountDMFS(ctx, b.o.dmfs, "http://"+b.gw.addr, b.token, b.path("mnt"), b.path("run"), cache, b.path("dmfs.log"))
+func (b *bench) mountDMFS(ctx context.Context, cache int64, extra ...string) (*dmfsMount, error) {
+	m, err := mountDMFS(ctx, b.o.dmfs, "http://"+b.gw.addr, b.token, b.path("mnt"), b.path("run"), cache, b.path("dmfs.log"), extra...)
 	if err != nil {
 		return nil, err
 	}
@@ -417,8 +455,20 @@ func (b *bench) learnDataset(sizes map[string]int64) {
 }
 
 // oneRun measures every operation once, so that ratios compare figures
-// taken minutes apart at most.
+// taken minutes apart at most: the reads, then the writes.
 func (b *bench) oneRun(ctx context.Context, res *latencyResult) error {
+	if b.o.only != "write" {
+		if err := b.oneReadRun(ctx, res); err != nil {
+			return err
+		}
+	}
+	if b.o.only != "read" {
+		return b.oneWriteRun(ctx, res)
+	}
+	return nil
+}
+
+func (b *bench) oneReadRun(ctx context.Context, res *latencyResult) error {
 	// The limit: every key fetched directly by parallel clients.
 	sess, err := b.session(ctx)
 	if err != nil {
@@ -593,11 +643,18 @@ func (b *bench) writeReport(w io.Writer, results []*latencyResult, started time.
 		datasource, b.o.size, len(b.keys), b.chunks, float64(b.wireBytes)/1e6, b.largestVar, b.varChunks, float64(b.varBytes)/1e6)
 	fmt.Fprintf(w, "- dmfs cache: %d MiB (holds all the data) unless the row says 1/10 (%d MiB); readahead default\n", b.cacheLarge>>20, b.cacheSmall>>20)
 	fmt.Fprintf(w, "- %d run(s) of everything at each latency, interleaved (run 1 of every tool, then run 2, ...); figures are median (min–max); ratios are computed within each run, then summarised\n\n", b.o.runs)
-	fmt.Fprintf(w, "Cold means a fresh mount: a new dmfs (or rclone) process with an empty cache, and a new mount so the kernel has no page cache for it (rclone `full`: a fresh `--cache-dir`). Warm is the same operation again on the same mount. ")
-	fmt.Fprintf(w, "`cp -r` copies the whole datasource to tmpfs and checks the byte count. The direct-HTTP limit GETs every key (listed beforehand, untimed) with %d clients over keep-alive connections. ", b.o.clients)
-	fmt.Fprintf(w, "xarray times are `open_zarr` + the operation inside Python (interpreter start-up excluded); `.mean()` is a dask reduction that reads every chunk; xarray's requests per chunk count only the variable's chunk keys. Requests are the gateway's own counters. ")
-	fmt.Fprintf(w, "Peak RSS is VmHWM of the dmfs daemon after the operation. A figure marked capped was stopped at %s and is a lower bound.\n\n", b.o.limit)
+	if b.o.only == "write" {
+		fmt.Fprintf(w, "Only the write benchmarks ran (`--only write`). A figure marked capped was stopped at %s and is a lower bound.\n\n", b.o.limit)
+	} else {
+		fmt.Fprintf(w, "Cold means a fresh mount: a new dmfs (or rclone) process with an empty cache, and a new mount so the kernel has no page cache for it (rclone `full`: a fresh `--cache-dir`). Warm is the same operation again on the same mount. ")
+		fmt.Fprintf(w, "`cp -r` copies the whole datasource to tmpfs and checks the byte count. The direct-HTTP limit GETs every key (listed beforehand, untimed) with %d clients over keep-alive connections. ", b.o.clients)
+		fmt.Fprintf(w, "xarray times are `open_zarr` + the operation inside Python (interpreter start-up excluded); `.mean()` is a dask reduction that reads every chunk; xarray's requests per chunk count only the variable's chunk keys. Requests are the gateway's own counters. ")
+		fmt.Fprintf(w, "Peak RSS is VmHWM of the dmfs daemon after the operation. A figure marked capped was stopped at %s and is a lower bound.\n\n", b.o.limit)
+	}
 	for _, r := range results {
+		if !r.has(measureOrder) {
+			continue
+		}
 		fmt.Fprintf(w, "## Gateway latency %v\n\n", r.Latency)
 		r.writeTable(w)
 		fmt.Fprintf(w, "\nTargets (DESIGN.md §6):\n\n")
@@ -607,6 +664,54 @@ func (b *bench) writeReport(w io.Writer, results []*latencyResult, started time.
 		writeTargets(w, r.targets(b.cacheSmall))
 		fmt.Fprintln(w)
 	}
+	b.writeWritesSection(w, results)
+}
+
+// writeWritesSection writes the "Writes" section, one table per latency.
+func (b *bench) writeWritesSection(w io.Writer, results []*latencyResult) {
+	found := false
+	for _, r := range results {
+		found = found || r.has(writeOrder)
+	}
+	if !found {
+		return
+	}
+	fmt.Fprintf(w, "## Writes\n\n")
+	fmt.Fprintf(w, "A local copy of `%s` (%d keys, %.1f MB, on tmpfs; made once with the direct client, untimed) is written into a new datasource of the same gateway by each writer in turn; each written datasource is deleted again, untimed. ",
+		datasource, len(b.keys), float64(b.srcBytes)/1e6)
+	fmt.Fprintf(w, "Every time runs until the writes are final: the direct client and the Python client close their session with `finalise_write=true`, and a dmfs time is the operation plus `dmfs unmount`, which waits for every upload and then finalises (uploads are only guaranteed done then). ")
+	fmt.Fprintf(w, "The direct-HTTP limit POSTs every key (each file read as it is sent) with %d clients over keep-alive connections in one session. ", writeClients)
+	fmt.Fprintf(w, "`cp -r` copies the local store into `MOUNT/NEW_ID` of a fresh `dmfs mount --write` (cache %d MiB, spool: the default 4 GiB in the mount's state folder, on %s, `--uploads` 64) unless the row says otherwise; the spool 1/10 row has `--write-spool-size %dMiB --cache-size %dMiB`, so it writes 10x its spool. ",
+		b.cacheLarge>>20, fsKind(filepath.Dir(b.work)), b.cacheSmall>>20, b.cacheSmall>>20)
+	fmt.Fprintf(w, "`to_zarr` reads the local store with `xr.open_zarr(...).load()` first (untimed), so that both ways make the same serial zarr writes, one key at a time, then times `to_zarr(mode=\"w\", consolidated=True)`: onto the mount's path (zarr's `DirectoryStore`: `KEY.<hex>.partial` renamed onto `KEY`), or into a MutableMapping that does what the Datamesh Python client's zarr store (`oceanum.datamesh.zarr.ZarrClient`) does, a POST per key set, a GET per key read, the HTML listing to iterate, over one keep-alive `http.client` connection (the client opens a connection per `requests.post`), then the finalise. Interpreter start-up is excluded. ")
+	fmt.Fprintf(w, "Checks come from the gateway's counters, reset before each operation: every key written was POSTed exactly once, no key with `.partial` in its name reached the gateway, the keys are exactly the source's (`cp -r`, direct) or the same for both `to_zarr` ways, and they were committed by one finalised session. Other gateway requests are the requests besides those POSTs (session closes, catalog lookups, the Python client's reads). ")
+	fmt.Fprintf(w, "Peak RSS is VmHWM of the dmfs daemon, read every %v until it exits at the end of `dmfs unmount`.\n\n", hwmEvery)
+	fmt.Fprintf(w, "The `cp -r` target row is the one with the default write-back (2 s, what a user gets); the `--write-back 0` row shows what that delay costs. It is not a fixed 2 s: a closed file waits it out while the copy goes on, and whatever still waits is started at once by `dmfs unmount`, or by the close of `.zmetadata`, which waits for the rest of its datasource to be uploaded. Other gateway requests of a dmfs row are the session close and the lookup of the new datasource's name.\n\n")
+	for _, r := range results {
+		if !r.has(writeOrder) {
+			continue
+		}
+		fmt.Fprintf(w, "### Writes, gateway latency %v\n\n", r.Latency)
+		r.writeWriteTable(w)
+		fmt.Fprintf(w, "\nTargets (DESIGN.md §6):\n\n")
+		if r.Latency != 20*time.Millisecond {
+			fmt.Fprintf(w, "DESIGN.md sets the `cp -r` write throughput ratio for a gateway with 20 ms latency; at %v it is shown for information.\n\n", r.Latency)
+		}
+		writeTargets(w, r.writeTargets(b.cacheSmall))
+		fmt.Fprintln(w)
+	}
+}
+
+// fsKind says whether path is on tmpfs (memory) or not.
+func fsKind(path string) string {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(path, &st); err != nil {
+		return "?"
+	}
+	if st.Type == 0x01021994 { // TMPFS_MAGIC
+		return "tmpfs"
+	}
+	return "disk (" + path + ")"
 }
 
 func machine() string {

@@ -31,7 +31,9 @@ type dmfsMount struct {
 	env               []string
 }
 
-func mountDMFS(ctx context.Context, bin, service, token, mnt, runtime string, cacheBytes int64, logFile string) (*dmfsMount, error) {
+// mountDMFS mounts with the given cache size; extra flags follow (--write
+// and its flags).
+func mountDMFS(ctx context.Context, bin, service, token, mnt, runtime string, cacheBytes int64, logFile string, extra ...string) (*dmfsMount, error) {
 	if err := os.MkdirAll(mnt, 0o755); err != nil {
 		return nil, err
 	}
@@ -42,8 +44,10 @@ func mountDMFS(ctx context.Context, bin, service, token, mnt, runtime string, ca
 		env: append(os.Environ(), "XDG_RUNTIME_DIR="+runtime, "DATAMESH_TOKEN="+token)}
 	cctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(cctx, bin, "mount", "--service", service,
-		"--cache-size", strconv.FormatInt(cacheBytes>>20, 10)+"MiB", "--log-file", logFile, mnt)
+	args := []string{"mount", "--service", service,
+		"--cache-size", strconv.FormatInt(cacheBytes>>20, 10) + "MiB", "--log-file", logFile}
+	args = append(append(args, extra...), mnt)
+	cmd := exec.CommandContext(cctx, bin, args...)
 	cmd.Env = m.env
 	if out, err := cmd.CombinedOutput(); err != nil {
 		_ = m.close()
@@ -100,6 +104,53 @@ func vmHWM(statusPath string) (int64, error) {
 		return 0, err
 	}
 	return 0, fmt.Errorf("%s has no VmHWM line", statusPath)
+}
+
+// hwmWatch polls VmHWM of a process until it is stopped and keeps the
+// largest value read: the peak RSS of a process that may exit before the
+// end (a --write mount's daemon exits at the end of `dmfs unmount`, after
+// its last uploads).
+type hwmWatch struct {
+	stop, done chan struct{}
+	peak       int64
+}
+
+func watchHWM(statusPath string, every time.Duration) *hwmWatch {
+	w := &hwmWatch{stop: make(chan struct{}), done: make(chan struct{})}
+	read := func() {
+		if v, err := vmHWM(statusPath); err == nil && v > w.peak {
+			w.peak = v
+		}
+	}
+	go func() {
+		defer close(w.done)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			read()
+			select {
+			case <-w.stop:
+				read()
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return w
+}
+
+// Stop ends the polling and returns the peak, 0 if none was read.
+func (w *hwmWatch) Stop() int64 {
+	close(w.stop)
+	<-w.done
+	return w.peak
+}
+
+// unmount runs `dmfs unmount` with the time cap and times it. For a
+// --write mount it returns once every upload is done and the session is
+// finalised; exit status 8 says the writes were not finalised.
+func (m *dmfsMount) unmount(ctx context.Context, limit time.Duration) (timed, error) {
+	return runTimedEnv(ctx, limit, m.env, true, m.bin, "unmount", m.mnt)
 }
 
 func (m *dmfsMount) close() error {
@@ -211,11 +262,21 @@ type timed struct {
 
 // runTimed runs argv, discarding stdout, and kills it at cap.
 func runTimed(ctx context.Context, limit time.Duration, argv ...string) (timed, error) {
+	return runTimedEnv(ctx, limit, nil, false, argv...)
+}
+
+// runTimedEnv is runTimed with an environment (nil: this process's), and
+// stdout kept for the error message when keepStdout.
+func runTimedEnv(ctx context.Context, limit time.Duration, env []string, keepStdout bool, argv ...string) (timed, error) {
 	cctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	cmd := exec.CommandContext(cctx, argv[0], argv[1:]...)
+	cmd.Env = env
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
+	if keepStdout {
+		cmd.Stdout = &stderr
+	}
 	start := time.Now()
 	err := cmd.Run()
 	t := timed{Seconds: time.Since(start).Seconds()}

@@ -17,6 +17,12 @@ type sample struct {
 	Requests, Gets, Heads int64
 	Chunks                int64 // chunks the operation covers, for requests per chunk
 	RSS                   int64 // peak RSS of the dmfs daemon after the operation (0: n/a)
+
+	// Writes (Bytes: bytes the gateway committed).
+	Unmount float64 // seconds of `dmfs unmount` included in Seconds
+	Keys    int64   // keys written
+	Posts   int64   // POSTs of those keys
+	Check   string  // why the write check failed ("": it passed)
 }
 
 // summary is the median, min and max of a series.
@@ -68,6 +74,26 @@ const (
 	ratioMean      = "xarray `.mean()` cold: fsspec time / dmfs time"
 	ratioCpDirectS = "cp -r cold throughput, cache 1/10: dmfs / direct HTTP"
 )
+
+// write measure names, in table order.
+const (
+	mWDirect        = "direct HTTP POST, 64 clients, + finalise (the limit)"
+	mWCp            = "dmfs `cp -r` + `dmfs unmount` (`--write-back 2s`, the default)"
+	mWCp0           = "dmfs `cp -r` + `dmfs unmount`, `--write-back 0`"
+	mWCpSmall       = "dmfs `cp -r` + `dmfs unmount`, spool = cache = 1/10 of data"
+	mWXrClient      = "Python client `to_zarr` (a POST per key) + finalise"
+	mWXrDMFS        = "dmfs xarray `to_zarr` + `dmfs unmount`"
+	ratioWCp        = "cp -r write throughput: dmfs / direct POST"
+	ratioWCp0       = "cp -r write throughput, `--write-back 0`: dmfs / direct POST"
+	ratioWCpSmall   = "cp -r write throughput, spool 1/10: dmfs / direct POST"
+	ratioWXr        = "`to_zarr`: Python client time / dmfs time"
+	targetWRSS      = "peak RSS − cache size (spool = cache = 1/10, writing all data)"
+	targetWChecksOK = "1 POST per key written, no `.partial` key, all committed"
+)
+
+var writeOrder = []string{mWDirect, mWCp, mWCp0, mWCpSmall, mWXrClient, mWXrDMFS}
+
+var writeRatioOrder = []string{ratioWCp, ratioWCp0, ratioWCpSmall, ratioWXr}
 
 var measureOrder = []string{mDirect, mCpCold, mCpWarm, mCpColdSmall, mCpWarmSmall, mRclone, mRcloneFull,
 	mLsR, mLslR, mXrLoadCold, mXrLoadWarm, mXrMeanCold, mXrMeanWarm, mFsspecLoad, mFsspecMean}
@@ -151,6 +177,110 @@ func (r *latencyResult) writeTable(w io.Writer) {
 			fmt.Fprintf(w, "| %s | %s |\n", name, s.format("x", 2))
 		}
 	}
+}
+
+// has tells whether any of the named measures has a sample.
+func (r *latencyResult) has(names []string) bool {
+	for _, n := range names {
+		if len(r.Samples[n]) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// writeWriteTable writes one latency's write measurements and ratios.
+func (r *latencyResult) writeWriteTable(w io.Writer) {
+	fmt.Fprintf(w, "| Operation | Time, s: median (min–max) | of which `dmfs unmount`, s | MB/s | Keys written | POSTs per key | Other gateway requests | Peak RSS, MiB | Checks |\n")
+	fmt.Fprintf(w, "|---|---|---|---|---|---|---|---|---|\n")
+	for _, name := range writeOrder {
+		ss := r.Samples[name]
+		if len(ss) == 0 {
+			continue
+		}
+		t, _ := summarize(pick(ss, func(s sample) float64 { return s.Seconds }))
+		timeCol := t.format("", 2)
+		if n := countIf(ss, func(s sample) bool { return s.Capped }); n > 0 {
+			timeCol = fmt.Sprintf("> %s (capped in %d of %d runs)", timeCol, n, len(ss))
+		}
+		unmount := "—"
+		if countIf(ss, func(s sample) bool { return s.Unmount > 0 }) > 0 {
+			u, _ := summarize(pick(ss, func(s sample) float64 { return s.Unmount }))
+			unmount = u.format("", 2)
+		}
+		mbps := "—"
+		if ss[0].Bytes > 0 {
+			m, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.Bytes) / 1e6 / s.Seconds }))
+			mbps = m.format("", 1)
+		}
+		keys, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.Keys) }))
+		perKey, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.Posts) / float64(max(1, s.Keys)) }))
+		other, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.Requests - s.Posts) }))
+		rss := "—"
+		if ss[0].RSS > 0 {
+			m, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.RSS) / (1 << 20) }))
+			rss = m.format("", 0)
+		}
+		checks := "ok"
+		if n := countIf(ss, func(s sample) bool { return s.Check != "" }); n > 0 {
+			first := ""
+			for _, s := range ss {
+				if s.Check != "" {
+					first = s.Check
+					break
+				}
+			}
+			checks = fmt.Sprintf("**failed in %d of %d runs**: %s", n, len(ss), escapeCell(first))
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", name, timeCol, unmount, mbps,
+			keys.format("", 0), perKey.format("", 3), other.format("", 0), rss, checks)
+	}
+	fmt.Fprintf(w, "\n| Ratio (computed within each run) | median (min–max) |\n|---|---|\n")
+	for _, name := range writeRatioOrder {
+		if s, ok := summarize(r.Ratios[name]); ok {
+			fmt.Fprintf(w, "| %s | %s |\n", name, s.format("x", 2))
+		}
+	}
+}
+
+func countIf(ss []sample, f func(sample) bool) int {
+	n := 0
+	for _, s := range ss {
+		if f(s) {
+			n++
+		}
+	}
+	return n
+}
+
+// writeTargets checks the write figures of DESIGN.md §6: the cp -r
+// throughput with the default write-back is the target row (the
+// `--write-back 0` row is for information), to_zarr against the Python
+// client, the peak RSS while writing 10x the spool size, and the request
+// checks of every write row.
+func (r *latencyResult) writeTargets(cacheSmall int64) []target {
+	var out []target
+	ratio := func(name, want string, min float64) {
+		if s, ok := summarize(r.Ratios[name]); ok {
+			out = append(out, target{name, want, s.format("x", 2), s.Min >= min})
+		}
+	}
+	ratio(ratioWCp, "≥ 0.8x", 0.8)
+	ratio(ratioWXr, "≥ 2x", 2)
+	if ss := r.Samples[mWCpSmall]; len(ss) > 0 && cacheSmall > 0 && ss[0].RSS > 0 {
+		s, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.RSS-cacheSmall) / (1 << 20) }))
+		out = append(out, target{targetWRSS, "≤ 64 MiB", s.format(" MiB", 0), s.Max <= 64})
+	}
+	for _, name := range writeOrder {
+		ss := r.Samples[name]
+		if len(ss) == 0 {
+			continue
+		}
+		failed := countIf(ss, func(s sample) bool { return s.Check != "" })
+		got := fmt.Sprintf("passed in %d of %d runs", len(ss)-failed, len(ss))
+		out = append(out, target{name + ": " + targetWChecksOK, "every run", got, failed == 0})
+	}
+	return out
 }
 
 // target is one DESIGN.md §6 figure checked against a run.
