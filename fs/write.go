@@ -73,6 +73,8 @@ type writer struct {
 	// file written (and unlinking it) is most of the write path's cost on
 	// ext4, which searches for a free inode past the recently deleted.
 	idle []*os.File
+	// memUsed is the spool held in memory (see spool.go).
+	memUsed int64
 }
 
 // overlay is what a datasource holds of the mount's writes. Guarded by
@@ -116,15 +118,6 @@ type wfile struct {
 	err      error
 	mtime    time.Time
 	detached bool // no longer in the overlay (replaced, removed)
-}
-
-// spoolFile is an anonymous local file holding a wfile's bytes; reference
-// counted, so that a reader never sees it closed under it.
-type spoolFile struct {
-	f        *os.File
-	refs     int
-	dropped  bool
-	reserved int64 // bytes of the spool budget it holds
 }
 
 // job is one upload of one wfile.
@@ -273,38 +266,17 @@ func (w *writer) releaseLocked(n int64) {
 	}
 }
 
-// spoolLocked returns f's spool file, making an empty one.
+// spoolLocked returns f's spool file, making an empty one (in memory
+// until placeLocked moves it).
 func (w *writer) spoolLocked(f *wfile) (*spoolFile, error) {
-	if f.spool != nil {
-		return f.spool, nil
+	if f.spool == nil {
+		f.spool = &spoolFile{}
 	}
-	if n := len(w.idle); n > 0 {
-		f.spool = &spoolFile{f: w.idle[n-1]}
-		w.idle = w.idle[:n-1]
-		return f.spool, nil
-	}
-	file, err := os.CreateTemp(w.wo.SpoolDir, "spool-")
-	if err != nil {
-		return nil, fmt.Errorf("write spool: %w", err)
-	}
-	// Anonymous: a crash leaves nothing behind, and nobody else can open it.
-	os.Remove(file.Name())
-	f.spool = &spoolFile{f: file}
 	return f.spool, nil
 }
 
 // maxIdleSpools bounds the emptied spool files kept for reuse.
 const maxIdleSpools = 256
-
-// retireLocked empties a spool file nobody uses any more and keeps it for
-// reuse, or closes it.
-func (w *writer) retireLocked(file *os.File) {
-	if len(w.idle) < maxIdleSpools && file.Truncate(0) == nil {
-		w.idle = append(w.idle, file)
-		return
-	}
-	file.Close()
-}
 
 // dropSpoolLocked frees f's spool (closed once its last reader is done).
 func (w *writer) dropSpoolLocked(f *wfile) {
@@ -317,7 +289,7 @@ func (w *writer) dropSpoolLocked(f *wfile) {
 	w.releaseLocked(sp.reserved)
 	sp.reserved = 0
 	if sp.refs == 0 {
-		w.retireLocked(sp.f)
+		w.retireLocked(sp)
 	}
 }
 
@@ -336,7 +308,7 @@ func (w *writer) unref(sp *spoolFile) {
 	defer w.mu.Unlock()
 	sp.refs--
 	if sp.refs == 0 && sp.dropped {
-		w.retireLocked(sp.f)
+		w.retireLocked(sp)
 	}
 }
 
@@ -379,16 +351,11 @@ func (w *writer) materializeLocked(ctx context.Context, f *wfile) error {
 	if int64(len(data)) != size {
 		return fmt.Errorf("%s/%s changed on the gateway while being opened for writing (%d bytes, expected %d)", f.ds.id, key, len(data), size)
 	}
-	if err := w.reserveLocked(ctx, size); err != nil {
-		return err
-	}
-	sp, err := w.spoolLocked(f)
+	sp, err := w.growLocked(ctx, f, size)
 	if err != nil {
-		w.releaseLocked(size)
 		return err
 	}
-	sp.reserved += size
-	if _, err := sp.f.WriteAt(data, 0); err != nil {
+	if _, err := sp.WriteAt(data, 0); err != nil {
 		return fmt.Errorf("write spool: %w", err)
 	}
 	return nil
@@ -411,7 +378,7 @@ func (w *writer) write(ctx context.Context, f *wfile, data []byte, off int64) (i
 	}
 	w.refLocked(sp)
 	w.mu.Unlock()
-	n, err := sp.f.WriteAt(data, off)
+	n, err := sp.WriteAt(data, off)
 	w.unref(sp)
 	w.mu.Lock()
 	f.size = max(f.size, off+int64(n))
@@ -454,6 +421,9 @@ func (w *writer) growLocked(ctx context.Context, f *wfile, end int64) (*spoolFil
 		}
 		sp.reserved += need
 	}
+	if err := w.placeLocked(sp, end); err != nil {
+		return nil, err
+	}
 	return sp, nil
 }
 
@@ -485,7 +455,7 @@ func (w *writer) truncate(ctx context.Context, f *wfile, size int64) error {
 	if err != nil {
 		return err
 	}
-	if err := sp.f.Truncate(size); err != nil {
+	if err := sp.Truncate(size); err != nil {
 		return fmt.Errorf("write spool: %w", err)
 	}
 	f.size, f.dirty, f.mtime = size, true, w.opt.now()
@@ -504,7 +474,7 @@ func (w *writer) read(ctx context.Context, f *wfile, dest []byte, off int64) ([]
 			return nil, nil
 		}
 		n := min(int64(len(dest)), size-off)
-		m, err := sp.f.ReadAt(dest[:n], off)
+		m, err := sp.ReadAt(dest[:n], off)
 		if err != nil && !errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("write spool: %w", err)
 		}
@@ -625,16 +595,24 @@ func (w *writer) start(j *job) {
 	var body io.ReaderAt
 	var data []byte
 	if sp != nil {
-		body = sp.f
-		if size <= w.opt.cacheBytes/4 {
-			// Read once: sent from memory, then kept in the cache so that
-			// the mount reads its own writes as a fetched chunk.
+		body = sp
+		if mem, ok := sp.bytes(); ok {
+			// Sent from memory, then handed to the cache (the spool lets
+			// it go), so that the mount reads its own writes as a fetched
+			// chunk.
+			data = mem[:size:size]
+			body = bytes.NewReader(data)
+		} else if size <= w.opt.cacheBytes/4 {
+			// Read once: sent from memory, then kept in the cache.
 			data = make([]byte, size)
-			if _, rerr := sp.f.ReadAt(data, 0); rerr != nil && !errors.Is(rerr, io.EOF) {
+			if _, rerr := sp.ReadAt(data, 0); rerr != nil && !errors.Is(rerr, io.EOF) {
 				data = nil
 			} else {
 				body = bytes.NewReader(data)
 			}
+		}
+		if data != nil && int64(len(data)) > w.opt.cacheBytes/4 {
+			data = data[:0:0] // sent, but too large to keep: not cached
 		}
 	}
 	var err error
