@@ -22,6 +22,19 @@ type Datasource struct {
 	// Modified is the catalog's "modified" time, zero when absent or
 	// unreadable: a stable mtime for the datasource's files.
 	Modified time.Time
+	// Tags are properties.tags; nil when absent.
+	Tags []string
+	// Variables are the names of the data variables (the keys of
+	// properties.schema.data_vars), sorted; nil when the schema has none or
+	// cannot be read.
+	Variables []string
+	// BBox is the bounding box of Geometry, whatever its type: west, south,
+	// east, north. nil when there is no geometry or it cannot be read.
+	BBox []float64
+	// Container is properties.container when the catalog gives one of
+	// ContainerDataset, ContainerDataFrame or ContainerGeoDataFrame; ""
+	// otherwise (often: Stage tells).
+	Container string
 }
 
 // Query narrows the catalog; zero fields are not sent.
@@ -74,6 +87,9 @@ type feature struct {
 		TStart      json.RawMessage `json:"tstart"`
 		TEnd        json.RawMessage `json:"tend"`
 		Modified    json.RawMessage `json:"modified"`
+		Tags        json.RawMessage `json:"tags"`
+		Schema      json.RawMessage `json:"schema"`
+		Container   json.RawMessage `json:"container"`
 	} `json:"properties"`
 }
 
@@ -94,6 +110,13 @@ func (f *feature) datasource() Datasource {
 	}
 	if g := bytes.TrimSpace(f.Geometry); len(g) > 0 && string(g) != "null" {
 		ds.Geometry = g
+		ds.BBox = geometryBBox(g)
+	}
+	ds.Tags = jsonTags(f.Properties.Tags)
+	ds.Variables = schemaVariables(f.Properties.Schema)
+	switch c := jsonText(f.Properties.Container); c {
+	case ContainerDataset, ContainerDataFrame, ContainerGeoDataFrame:
+		ds.Container = c
 	}
 	return ds
 }

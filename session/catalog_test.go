@@ -50,7 +50,8 @@ func TestCatalog(t *testing.T) {
 	tend := time.Date(2020, 12, 31, 23, 0, 0, 0, time.UTC)
 	require.Len(t, list, 5)
 	assert.Equal(t, Datasource{ID: "era5_wind10m", Name: "ERA5 wind", Description: "10 m wind", Driver: "zarr",
-		TStart: &tstart, TEnd: &tend, Geometry: json.RawMessage(`{"type": "Point", "coordinates": [1, 2]}`)}, list[0])
+		TStart: &tstart, TEnd: &tend, Geometry: json.RawMessage(`{"type": "Point", "coordinates": [1, 2]}`),
+		Tags: []string{"x"}, BBox: []float64{1, 2, 1, 2}}, list[0])
 	assert.Equal(t, Datasource{ID: "from_props", Name: "P"}, list[1])
 	assert.Equal(t, Datasource{ID: "era5.wind", Name: "dotted",
 		Modified: time.Date(2024, 5, 6, 5, 8, 9, 500_000_000, time.UTC)}, list[2])

@@ -1,7 +1,8 @@
 // Package session is the Datamesh HTTP client: configuration, auth headers,
 // retries, the datasource catalog, the session lifecycle (acquire, renew,
-// close, finalise) and read and write access to the Zarr keys of a
-// datasource.
+// close, finalise), read and write access to the Zarr keys of a
+// datasource, staged queries (Stage, QueryStore) and streamed tables
+// (OpenTable, OpenQueryTable).
 //
 // It knows nothing of Zarr trees or FUSE. Errors are *Error values that match
 // io/fs sentinels through errors.Is, so callers map them without string

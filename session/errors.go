@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/oceanum-dmfs/dmfs/zarr"
 )
@@ -39,6 +41,14 @@ var (
 	// ErrNotFinalised is the cause of a finalise that found the session
 	// already gone: its staged writes were discarded by the gateway.
 	ErrNotFinalised = errors.New("datamesh session already closed or expired; its writes were not finalised")
+	// ErrNoData is the cause of a Stage answered 204: the query matched no
+	// data.
+	ErrNoData = errors.New("datamesh query matched no data")
+	// ErrBadQuery is the cause of a Stage the gateway refused as a bad
+	// query: 400, 422, or another 4xx that has its own meaning nowhere else
+	// (not 401, 403, 404, 408, 409, 410 or 429). The *Error carries the
+	// gateway's detail.
+	ErrBadQuery = errors.New("datamesh query refused")
 )
 
 // Error is every failure of a Datamesh request.
@@ -106,11 +116,31 @@ func (e *Error) Is(target error) bool {
 	return false
 }
 
+// maxDetail bounds a detail, so that a huge body cannot flood a log line.
+const maxDetail = 512
+
 // parseDetail returns the "detail" of a JSON error body: a string as is,
-// anything else (FastAPI validation lists) as compact JSON. Bounded, so a
-// huge body cannot flood a log line.
-func parseDetail(body []byte) string {
-	const maxDetail = 512
+// anything else (FastAPI validation lists) as compact JSON; cleaned (see
+// detailText) and bounded.
+func parseDetail(body []byte) string { return truncateDetail(detailText(body)) }
+
+// detail is parseDetail with the client's token, should the gateway quote
+// it, replaced by REDACTED before the detail is cut.
+func (c *Client) detail(body []byte) string {
+	s := detailText(body)
+	if tok := string(c.token); tok != "" && s != "" {
+		s = strings.ReplaceAll(s, tok, redacted)
+		if cred, ok := strings.CutPrefix(tok, "Bearer "); ok && cred != "" {
+			s = strings.ReplaceAll(s, cred, redacted)
+		}
+	}
+	return truncateDetail(s)
+}
+
+// detailText is the whole detail of a JSON error body, on one line: runs of
+// white space become one space, other control characters and invalid UTF-8
+// are replaced, so that it reads safely in a terminal and a log line.
+func detailText(body []byte) string {
 	var doc struct {
 		Detail json.RawMessage `json:"detail"`
 	}
@@ -121,9 +151,24 @@ func parseDetail(body []byte) string {
 	if json.Unmarshal(doc.Detail, &s) != nil {
 		s = string(doc.Detail)
 	}
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) > maxDetail {
-		s = s[:maxDetail] + "..."
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsSpace(r) || unicode.IsPrint(r) {
+			return r
+		}
+		return unicode.ReplacementChar
+	}, strings.ToValidUTF8(s, string(unicode.ReplacementChar)))
+	return strings.Join(strings.Fields(s), " ")
+}
+
+// truncateDetail cuts s to maxDetail bytes, on a rune boundary, marking the
+// cut.
+func truncateDetail(s string) string {
+	if len(s) <= maxDetail {
+		return s
 	}
-	return s
+	n := maxDetail
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "..."
 }

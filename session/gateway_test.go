@@ -30,16 +30,21 @@ type fakeGateway struct {
 	// acquireStatus, when set, answers an acquire with that status (0: a
 	// session) for the n-th acquire, from 1.
 	acquireStatus func(n int32) int
-	// zarrAuth decides the status for a zarr request with session id sid:
-	// 0 lets the request through to zarr. Default: 401 unless sid is open.
+	// zarrAuth decides the status for a zarr, /oceanql/ or /data/ request
+	// with session id sid: 0 lets the request through to its handler.
+	// Default: 401 unless sid is open.
 	zarrAuth func(sid string) int
 	zarr     http.HandlerFunc // serves authorised zarr requests
+	// api serves authorised /oceanql/ and /data/ requests (stage, tables),
+	// which zarrAuth decides too.
+	api http.HandlerFunc
 	// trace, when set, is called with each request once it is answered.
 	trace   func(r *http.Request)
 	catalog http.HandlerFunc // serves /datasource/...
 
 	acquires atomic.Int32
 	zarrReqs atomic.Int32
+	apiReqs  atomic.Int32
 
 	mu           sync.Mutex
 	open         map[string]bool
@@ -98,8 +103,15 @@ func (g *fakeGateway) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		g.mu.Unlock()
 		w.WriteHeader(status)
-	case strings.HasPrefix(r.URL.Path, "/zarr/"):
-		g.zarrReqs.Add(1)
+	case strings.HasPrefix(r.URL.Path, "/zarr/") || strings.HasPrefix(r.URL.Path, "/oceanql/") ||
+		strings.HasPrefix(r.URL.Path, "/data/"):
+		handler := g.zarr
+		if strings.HasPrefix(r.URL.Path, "/zarr/") {
+			g.zarrReqs.Add(1)
+		} else {
+			g.apiReqs.Add(1)
+			handler = g.api
+		}
 		sid := r.Header.Get("X-DATAMESH-SESSIONID")
 		status := 0
 		if g.zarrAuth != nil {
@@ -116,11 +128,11 @@ func (g *fakeGateway) serve(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, status, map[string]string{"detail": "Session ID required"})
 			return
 		}
-		if g.zarr == nil {
+		if handler == nil {
 			http.NotFound(w, r)
 			return
 		}
-		g.zarr(w, r)
+		handler(w, r)
 	case strings.HasPrefix(r.URL.Path, "/datasource/") && g.catalog != nil:
 		g.catalog(w, r)
 	default:

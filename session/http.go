@@ -76,6 +76,9 @@ type request struct {
 	readBody bool  // read the whole body of a 2xx answer
 	maxBody  int64 // bound on that body
 	noRetry  bool  // one try only (the caller has its own schedule)
+	// stream hands a 2xx body to the caller unread (response.stream),
+	// with the attempt's context and timeout, instead of reading it.
+	stream bool
 	// body, when set, is sent whole from offset 0 with each attempt
 	// (bodySize bytes, as Content-Length): a ReaderAt, so that retries
 	// re-send it without holding it in memory.
@@ -89,6 +92,9 @@ type response struct {
 	header http.Header
 	size   int64  // Content-Length, -1 if absent
 	body   []byte // the 2xx body when readBody, else the (bounded) error body
+	// stream is the unread 2xx body of a request with stream set; whoever
+	// holds the response must close it.
+	stream *stream
 }
 
 // newTransport is the client's transport; onSurplus is told when a
@@ -145,6 +151,9 @@ func (c *Client) do(ctx context.Context, r request) (*response, error) {
 	for attempt := 0; ; attempt++ {
 		resp, err := c.attempt(ctx, r, attempt)
 		if ctx.Err() != nil {
+			if resp != nil && resp.stream != nil {
+				_ = resp.stream.Close()
+			}
 			return nil, c.errorFor(r, 0, "", context.Cause(ctx))
 		}
 		if isPermanent(err) {
@@ -280,15 +289,26 @@ func (b *idleBody) Read(p []byte) (int, error) {
 // attempt sends r once and reads the body. r.timeout bounds the wait for the
 // answer's headers and then each gap between bytes of the body (a timer
 // reset as bytes arrive cancels the attempt when it fires). A nil error
-// means an answer with a complete body.
+// means an answer with a complete body, or, for r.stream and a 2xx, with
+// its body in resp.stream, unread: the attempt's context, timer and
+// connection are then the stream's, released when it is closed.
 func (c *Client) attempt(ctx context.Context, r request, n int) (*response, error) {
 	start := time.Now()
 	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
+	handed := false // the stream owns ctx, the timer and the body
+	defer func() {
+		if !handed {
+			cancel(nil)
+		}
+	}()
 	var idle *time.Timer
 	if r.timeout >= 0 {
 		idle = time.AfterFunc(r.timeout, func() { cancel(errIdle{r.timeout}) })
-		defer idle.Stop()
+		defer func() {
+			if !handed {
+				idle.Stop()
+			}
+		}()
 	}
 	// The timer's cancellation surfaces as context.Canceled from net/http;
 	// its cause says it was the timeout.
@@ -342,7 +362,11 @@ func (c *Client) attempt(ctx context.Context, r request, n int) (*response, erro
 	}
 	// Closing a body not read to its end closes the connection rather than
 	// draining it: an answer refused for its size is never read.
-	defer res.Body.Close()
+	defer func() {
+		if !handed {
+			_ = res.Body.Close()
+		}
+	}()
 	c.answered.Store(true)
 	var body io.Reader = res.Body
 	if idle != nil {
@@ -351,6 +375,13 @@ func (c *Client) attempt(ctx context.Context, r request, n int) (*response, erro
 	}
 	resp := &response{status: res.StatusCode, header: res.Header, size: res.ContentLength}
 	switch {
+	case res.StatusCode/100 == 2 && r.stream:
+		if idle != nil {
+			idle.Stop() // from now on, the stream times each Read
+		}
+		resp.stream = &stream{body: res.Body, ctx: ctx, cancel: cancel, idle: idle, timeout: r.timeout,
+			size: res.ContentLength, errorFor: func(err error) error { return c.errorFor(r, res.StatusCode, "", err) }}
+		handed = true
 	case res.StatusCode/100 == 2 && r.readBody:
 		resp.body, err = readBody(body, res.ContentLength, r.maxBody)
 		if err != nil {
@@ -500,7 +531,7 @@ func (c *Client) errorFor(r request, status int, detail string, err error) *Erro
 
 // statusError describes an answer with an unexpected status.
 func (c *Client) statusError(r request, resp *response) *Error {
-	return c.errorFor(r, resp.status, parseDetail(resp.body), nil)
+	return c.errorFor(r, resp.status, c.detail(resp.body), nil)
 }
 
 func pathOf(raw string) string {

@@ -14,19 +14,40 @@ import (
 	"github.com/oceanum-dmfs/dmfs/zarr"
 )
 
-// Store reads the Zarr keys of one datasource through the gateway, with the
-// client's current session, and writes them when Config.Write is set (see
-// Put). It satisfies zarr.Store and zarr.Lister.
+// Store reads the Zarr keys of one datasource, or of one staged query's
+// results, through the gateway, with the client's current session, and
+// writes a datasource's keys when Config.Write is set (see Put). It
+// satisfies zarr.Store and zarr.Lister.
 type Store struct {
-	c  *Client
+	c *Client
+	// id is the datasource id, or the qhash of a query store.
 	id string
+	// path is the store's folder below the gateway URL, escaped, with a
+	// trailing "/": "/zarr/{id}/" or "/zarr/query/{qhash}/".
+	path string
+	// invalid, when set, says why id may not be sent: every call fails
+	// with it before anything is sent.
+	invalid error
+	// query marks a query store: read-only.
+	query bool
 	// goneLogged makes a 410 (datasource removed) one log line, not one per key.
 	goneLogged sync.Once
 }
 
-// Store returns the key store of datasource id. An id that ValidID refuses
-// makes every call fail.
-func (c *Client) Store(id string) *Store { return &Store{c: c, id: id} }
+// Store returns the key store of datasource id: {gateway}/zarr/{id}/. An id
+// that ValidID refuses makes every call fail.
+func (c *Client) Store(id string) *Store {
+	return &Store{c: c, id: id, path: "/zarr/" + pathEscape(id) + "/", invalid: checkID(id)}
+}
+
+// QueryStore returns the key store of the results of a staged query (see
+// Stage): {gateway}/zarr/query/{qhash}/, read with the same limits, timeouts,
+// retries and status semantics as a datasource's Store. It is read-only:
+// Put, Delete and Clear fail with ErrReadOnly. A qhash that Stage would
+// refuse makes every call fail, without a request.
+func (c *Client) QueryStore(qhash string) *Store {
+	return &Store{c: c, id: qhash, path: "/zarr/query/" + pathEscape(qhash) + "/", invalid: checkQHash(qhash), query: true}
+}
 
 // Get returns the whole value of key: at most Config.MaxObjectSize bytes, or
 // the caller's smaller limit carried by ctx; a larger value fails with
@@ -75,14 +96,18 @@ func (s *Store) List(ctx context.Context, prefix string) ([]string, error) {
 func (s *Store) noteGone(err error) {
 	if errors.Is(err, ErrGone) {
 		s.goneLogged.Do(func() {
-			s.c.log.Warn("datamesh datasource is gone (410); reads of its keys fail", "datasource", s.id, "error", err.Error())
+			what := "datasource"
+			if s.query {
+				what = "query"
+			}
+			s.c.log.Warn("datamesh "+what+" is gone (410); reads of its keys fail", what, s.id, "error", err.Error())
 		})
 	}
 }
 
 // keyURL is the gateway URL of key, or of folder key when list is set.
 func (s *Store) keyURL(key string, list bool) string {
-	u := s.c.gateway + "/zarr/" + pathEscape(s.id) + "/"
+	u := s.c.gateway + s.path
 	if key != "" {
 		u += escapeKey(key)
 		if list {
@@ -98,46 +123,56 @@ func ctxLimit(ctx context.Context) (int64, bool) { return zarr.SizeLimit(ctx) }
 
 // request sends one zarr request with the current session and reads a 2xx
 // body of at most maxBody bytes (none when maxBody < 0). On a 401 the
-// session is renewed once (shared with every concurrent caller that saw the
-// same session refused) and the request is retried once.
+// session is renewed once (see sessionDo) and the request is retried once.
 func (s *Store) request(ctx context.Context, op, method, key string, maxBody int64) (*response, error) {
 	list := op == "list"
 	// Every zarr request, .zmetadata and listings included, gets the chunk
 	// read timeout, as in the Python client: metadata can be large too.
 	r := request{op: op, method: method, url: s.keyURL(key, list), readBody: maxBody >= 0,
 		maxBody: maxBody, timeout: s.c.cfg.ChunkReadTimeout}
-	if err := checkID(s.id); err != nil {
-		return nil, s.c.errorFor(r, 0, "", err)
+	if s.invalid != nil {
+		return nil, s.c.errorFor(r, 0, "", s.invalid)
 	}
 	if err := checkKey(key, list); err != nil {
 		return nil, s.c.errorFor(r, 0, "", err)
 	}
+	resp, err := s.c.sessionDo(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	if resp.status != http.StatusOK {
+		return nil, s.c.statusError(r, resp)
+	}
+	return resp, nil
+}
+
+// sessionDo sends r with the current session (see do) and returns the last
+// answer, whatever its status. On a 401 the session is renewed once (shared
+// with every concurrent caller that saw the same session refused) and r is
+// sent again, once, with the new session.
+func (c *Client) sessionDo(ctx context.Context, r request) (*response, error) {
 	for try := 0; ; try++ {
-		id, err := s.c.sessionID()
+		id, err := c.sessionID()
 		if err != nil {
-			return nil, s.c.errorFor(r, 0, "", err)
+			return nil, c.errorFor(r, 0, "", err)
 		}
 		r.sessionID = id
-		resp, err := s.c.do(ctx, r)
+		resp, err := c.do(ctx, r)
 		if err != nil {
 			return nil, err
 		}
-		switch {
-		case resp.status == http.StatusOK:
+		if resp.status != http.StatusUnauthorized || try > 0 {
 			return resp, nil
-		case resp.status == http.StatusUnauthorized && try == 0:
-			if err := s.c.recoverUnauthorized(ctx, id); err != nil {
-				if ctx.Err() != nil || errors.Is(err, ErrClosed) {
-					return nil, s.c.errorFor(r, 0, "", err)
-				}
-				// The renewal's own error says why (bad token: permission;
-				// gateway down: neither).
-				return nil, fmt.Errorf("datamesh %s %s %s: session refused and not renewed: %w",
-					op, method, redactURL(r.url), err)
-			}
-			continue
 		}
-		return nil, s.c.statusError(r, resp)
+		if err := c.recoverUnauthorized(ctx, id); err != nil {
+			if ctx.Err() != nil || errors.Is(err, ErrClosed) {
+				return nil, c.errorFor(r, 0, "", err)
+			}
+			// The renewal's own error says why (bad token: permission;
+			// gateway down: neither).
+			return nil, fmt.Errorf("datamesh %s %s %s: session refused and not renewed: %w",
+				r.op, r.method, redactURL(r.url), err)
+		}
 	}
 }
 

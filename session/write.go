@@ -306,6 +306,9 @@ func (c *Client) WriteReport() WriteReport { return c.writes.report(c.Info().ID)
 // 401/403, ErrSessionLost when the session dropped with writes staged in it,
 // ErrReadOnly unless Config.Write. Every failure is recorded in WriteReport.
 func (s *Store) Put(ctx context.Context, key string, body io.ReaderAt, size int64) error {
+	if err := s.queryReadOnly("put", http.MethodPost, key); err != nil {
+		return err
+	}
 	if size < 0 || (body == nil && size > 0) {
 		err := &Error{Op: "put", Method: http.MethodPost, URL: redactURL(s.keyURL(key, false)),
 			Err: fmt.Errorf("invalid body: %d bytes", size)}
@@ -326,8 +329,22 @@ func (s *Store) Clear(ctx context.Context) error {
 	return s.mutate(ctx, "clear", http.MethodDelete, "", nil, 0)
 }
 
+// queryReadOnly refuses a write to a query store: its results are the
+// gateway's, not a datasource. Not a failed write of the mount: nothing was
+// staged or sent.
+func (s *Store) queryReadOnly(op, method, key string) error {
+	if !s.query {
+		return nil
+	}
+	return &Error{Op: op, Method: method, URL: redactURL(s.keyURL(key, false)),
+		Err: fmt.Errorf("query results are read-only: %w", ErrReadOnly)}
+}
+
 // mutate sends one write, records its outcome, and returns its error.
 func (s *Store) mutate(ctx context.Context, op, method, key string, body io.ReaderAt, size int64) error {
+	if err := s.queryReadOnly(op, method, key); err != nil {
+		return err
+	}
 	name := s.id + "/" + key
 	err := s.mutateOnce(ctx, op, method, key, body, size, name)
 	if err != nil && !(method == http.MethodDelete && errors.Is(err, fs.ErrNotExist)) {
@@ -352,8 +369,8 @@ func (s *Store) mutateOnce(ctx context.Context, op, method, key string, body io.
 	if !s.c.cfg.Write {
 		return s.c.errorFor(r, 0, "", ErrReadOnly)
 	}
-	if err := checkID(s.id); err != nil {
-		return s.c.errorFor(r, 0, "", err)
+	if s.invalid != nil {
+		return s.c.errorFor(r, 0, "", s.invalid)
 	}
 	if err := checkKey(key, clearAll); err != nil {
 		return s.c.errorFor(r, 0, "", err)
@@ -399,7 +416,7 @@ func (s *Store) mutateOnce(ctx context.Context, op, method, key string, body io.
 		if w.lost(id) {
 			// No status: a lost session is a failed write (EIO), not a
 			// permission problem.
-			return s.c.errorFor(r, 0, parseDetail(resp.body), fmt.Errorf("session %s: %w", id, ErrSessionLost))
+			return s.c.errorFor(r, 0, s.c.detail(resp.body), fmt.Errorf("session %s: %w", id, ErrSessionLost))
 		}
 		if rerr != nil {
 			if ctx.Err() != nil || errors.Is(rerr, ErrClosed) {
