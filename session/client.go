@@ -22,9 +22,12 @@ const (
 	renewLead = 60 * time.Second
 	// minRenewInterval is the least time between two requests for a session
 	// made by renewal, scheduled or after a 401: whatever a gateway answers,
-	// dmfs never acquires and closes sessions faster than this. A session
-	// shorter than twice this is renewed only this long after it began.
-	minRenewInterval = 10 * time.Second
+	// dmfs never acquires and closes sessions faster than this, except for
+	// sessions shorter than twice this: those are renewed halfway through
+	// their life (see renewSpacing), never sooner than
+	// minShortRenewInterval.
+	minRenewInterval      = 10 * time.Second
+	minShortRenewInterval = 2 * time.Second
 	// maxRenewBackoff caps the wait before retrying a failed scheduled
 	// renewal; the waits double from minRenewInterval.
 	maxRenewBackoff = 5 * time.Minute
@@ -511,7 +514,7 @@ func (c *Client) untilRenewal(failures int) (time.Duration, bool) {
 	if failures > 0 {
 		wait = renewBackoff(failures)
 	}
-	return max(wait, spacingWait(cur.acquired, lastAsk, now)), true
+	return max(wait, spacingWait(cur.acquired, lastAsk, now, renewSpacing(cur.info, cur.acquired))), true
 }
 
 // renewBackoff is the wait after the given number of failed renewals in a
@@ -526,12 +529,27 @@ func renewBackoff(failures int) time.Duration {
 
 // spacingWait is how long until a new session may be requested: not before
 // minRenewInterval after the one in use was acquired or the last request.
-func spacingWait(acquired, lastAsk, now time.Time) time.Duration {
+func spacingWait(acquired, lastAsk, now time.Time, interval time.Duration) time.Duration {
 	last := acquired
 	if lastAsk.After(last) {
 		last = lastAsk
 	}
-	return last.Add(minRenewInterval).Sub(now)
+	return last.Add(interval).Sub(now)
+}
+
+// renewSpacing is the least time between two requests for sessions:
+// minRenewInterval, or half the lifetime of a shorter session (at least
+// minShortRenewInterval), so that a short session is renewed (and its
+// writes made final at the checkpoint) before it ends.
+func renewSpacing(info Info, acquired time.Time) time.Duration {
+	lifetime := info.EndTime.Sub(info.CreationTime)
+	if info.CreationTime.IsZero() || lifetime <= 0 {
+		lifetime = info.EndTime.Sub(acquired)
+	}
+	if info.EndTime.IsZero() || lifetime >= 2*minRenewInterval {
+		return minRenewInterval
+	}
+	return max(lifetime/2, minShortRenewInterval)
 }
 
 // renewalWait is when to renew a session acquired at acquired: renewLead
@@ -587,7 +605,7 @@ func (c *Client) recoverUnauthorized(ctx context.Context, rejected string) error
 // closes. renewMu is held, so the session in use stays.
 func (c *Client) waitSpacing(id string) error {
 	c.mu.RLock()
-	wait := spacingWait(c.cur.acquired, c.lastAsk, c.clock.Now())
+	wait := spacingWait(c.cur.acquired, c.lastAsk, c.clock.Now(), renewSpacing(c.cur.info, c.cur.acquired))
 	c.mu.RUnlock()
 	if wait <= 0 {
 		return nil

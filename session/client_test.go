@@ -564,7 +564,7 @@ func TestRenewLoopKeepsTheMinimumInterval(t *testing.T) {
 	clk := newFakeClock(time.Now().Truncate(time.Second))
 	g := newFakeGateway(t)
 	g.now = clk.Now
-	g.lifetime = 2 * time.Second
+	g.lifetime = time.Second
 	c := newClockClient(t, testConfig(g.srv.URL, nil), clk)
 	_, err := c.Acquire(t.Context(), time.Hour)
 	require.NoError(t, err)
@@ -572,7 +572,7 @@ func TestRenewLoopKeepsTheMinimumInterval(t *testing.T) {
 	const rounds = 5
 	for i := int32(1); i <= rounds; i++ {
 		wait := clk.waitArmed(t, func(time.Duration) bool { return true })
-		assert.Equal(t, minRenewInterval, wait, "round %d", i)
+		assert.Equal(t, minShortRenewInterval, wait, "round %d", i)
 		// The loop waits on that timer and nothing else: just before it
 		// fires, no session was asked for.
 		clk.Advance(wait - time.Millisecond)
@@ -581,7 +581,26 @@ func TestRenewLoopKeepsTheMinimumInterval(t *testing.T) {
 		require.Eventually(t, func() bool { return c.Info().ID == fmt.Sprintf("s%d", i+1) },
 			5*time.Second, time.Millisecond, "round %d", i)
 	}
-	assert.Equal(t, int32(rounds+1), g.acquires.Load(), "one session per minRenewInterval")
+	assert.Equal(t, int32(rounds+1), g.acquires.Load(), "one session per minShortRenewInterval")
+}
+
+// A session shorter than twice minRenewInterval is renewed halfway
+// through its life, before it ends (its writes are made final then).
+func TestRenewSpacing(t *testing.T) {
+	at := time.Unix(1_700_000_000, 0)
+	for _, c := range []struct {
+		lifetime, spacing, renewAt time.Duration
+	}{
+		{time.Hour, minRenewInterval, time.Hour - renewLead},
+		{20 * time.Second, minRenewInterval, 10 * time.Second},
+		{10 * time.Second, 5 * time.Second, 5 * time.Second},
+		{time.Second, minShortRenewInterval, minShortRenewInterval}, // never faster
+	} {
+		info := Info{CreationTime: at, EndTime: at.Add(c.lifetime)}
+		spacing := renewSpacing(info, at)
+		assert.Equal(t, c.spacing, spacing, "lifetime %s", c.lifetime)
+		assert.Equal(t, c.renewAt, max(renewalWait(info, at, at), spacingWait(at, time.Time{}, at, spacing)), "lifetime %s", c.lifetime)
+	}
 }
 
 // A failing renewal, whether refused or answered with unusable times, is
