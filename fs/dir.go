@@ -83,6 +83,12 @@ func (n *dirNode) resolve(ctx context.Context) (*listing, syscall.Errno) {
 		if writing && (errors.Is(err, zarr.ErrNotZarr) || isNotExist(err)) {
 			return empty(n.ds.modTime())
 		}
+		if n.path == "" && !n.chunks && errors.Is(err, zarr.ErrNotZarr) {
+			// A listed datasource that holds no store (cleared, or not
+			// written yet) is an empty directory, not a name that fails.
+			n.ds.opt.Logger.Debug("datasource holds no Zarr store: empty", "datasource", n.ds.id, "err", err)
+			return empty(n.ds.modTime())
+		}
 		return nil, errnoOf(ctx, n.ds.opt.Logger, "metadata", n.ds.id, err)
 	}
 	h := v.h

@@ -969,3 +969,14 @@ func TestListerGetsSizesByGetWhenHeadSaysNothing(t *testing.T) {
 	assert.Equal(t, heads, heads2, "no HEAD once the gateway showed it gives no size")
 	assert.Equal(t, 1, f.store.getCount("grid/1.0"))
 }
+
+// A listed datasource that holds no Zarr store (cleared, say) is an empty
+// directory: a name the root lists never fails to open.
+func TestDatasourceWithoutStoreIsEmpty(t *testing.T) {
+	f := newFixture(t)
+	f.cat.listed = append(f.cat.listed, "hollow")
+	f.cat.stores["hollow"] = newMemStore(nil)
+	assert.Empty(t, f.list(t, "hollow"))
+	_, _, errno := f.lookup(t, f.root, "hollow/.zgroup")
+	assert.Equal(t, syscall.ENOENT, errno)
+}

@@ -323,12 +323,14 @@ func (n *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 	if upload && !commit {
 		w.scheduleLocked(f, 0)
 	}
+	f.renamed = f.dirty && !upload
+	failed := w.failedBeforeLocked(n.ds)
 	w.mu.Unlock()
 	f.mu.Unlock()
 	if upload && commit {
 		return w.errno(ctx, "rename", f, w.upload(ctx, f))
 	}
-	return 0
+	return w.errno(ctx, "rename", f, failed)
 }
 
 // renameNoReplace is RENAME_NOREPLACE.

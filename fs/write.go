@@ -116,8 +116,17 @@ type wfile struct {
 	everSent bool // some version of it reached the gateway under key
 	shadows  bool // the gateway had a value of key before this file
 	err      error
+	// writeErr is why a write to it failed (the spool was full, say): it
+	// is not uploaded, and the mount not finalised, until it is truncated
+	// or removed; its content is not what its writer meant.
+	writeErr error
 	mtime    time.Time
 	detached bool // no longer in the overlay (replaced, removed)
+	// renamed: moved into place while a handle was still open (FUSE's
+	// RELEASE comes after close() returns, and may follow the rename): its
+	// upload is queued without the write-back delay once the last handle
+	// goes.
+	renamed bool
 }
 
 // job is one upload of one wfile.
@@ -373,6 +382,9 @@ func (w *writer) write(ctx context.Context, f *wfile, data []byte, off int64) (i
 	end := off + int64(len(data))
 	sp, err := w.growLocked(ctx, f, end)
 	if err != nil {
+		if ctx.Err() == nil {
+			f.writeErr = err
+		}
 		w.mu.Unlock()
 		return 0, err
 	}
@@ -383,11 +395,12 @@ func (w *writer) write(ctx context.Context, f *wfile, data []byte, off int64) (i
 	w.mu.Lock()
 	f.size = max(f.size, off+int64(n))
 	f.dirty, f.mtime = true, w.opt.now()
-	w.mu.Unlock()
 	if err != nil {
-		return n, fmt.Errorf("write spool: %w", err)
+		err = fmt.Errorf("write spool: %w", err)
+		f.writeErr = err
 	}
-	return n, nil
+	w.mu.Unlock()
+	return n, err
 }
 
 // prepareLocked readies f for a change: no upload running, its gateway
@@ -437,7 +450,7 @@ func (w *writer) truncate(ctx context.Context, f *wfile, size int64) error {
 		if err := w.waitIdleLocked(ctx, f); err != nil {
 			return err
 		}
-		f.err = nil
+		f.err, f.writeErr = nil, nil
 		if f.size != 0 || f.spool != nil {
 			w.dropSpoolLocked(f)
 			f.size, f.dirty = 0, true
@@ -588,7 +601,7 @@ func (w *writer) start(j *job) {
 		w.mu.Lock()
 	}
 	w.inflight[ck] = j
-	key, size, sp := f.key, f.size, w.refLocked(f.spool)
+	key, size, sp, writeErr := f.key, f.size, w.refLocked(f.spool), f.writeErr
 	f.dirty = false
 	w.mu.Unlock()
 
@@ -617,6 +630,8 @@ func (w *writer) start(j *job) {
 	}
 	var err error
 	switch {
+	case writeErr != nil:
+		err = fmt.Errorf("%s/%s not uploaded: a write to it failed (%v); truncate or remove it", f.ds.id, key, writeErr)
 	case f.ds.writer == nil:
 		err = fmt.Errorf("%s/%s: %w", f.ds.id, key, zarr.ErrReadOnly)
 	case sp == nil && size > 0:
@@ -735,17 +750,37 @@ var errUploadFailed = errors.New("upload failed")
 func (w *writer) closed(ctx context.Context, f *wfile) error {
 	w.mu.Lock()
 	key, dirty := f.key, f.dirty
-	if !dirty || isPartial(key) || f.detached {
+	if !dirty || f.detached {
 		w.mu.Unlock()
 		return nil
 	}
 	if !isCommit(key) {
-		w.scheduleLocked(f, w.wo.WriteBack)
+		if !isPartial(key) {
+			delay := w.wo.WriteBack
+			if f.renamed && f.writers == 0 {
+				delay, f.renamed = 0, false
+			}
+			w.scheduleLocked(f, delay)
+		}
+		err := w.failedBeforeLocked(f.ds)
 		w.mu.Unlock()
-		return nil
+		return err
 	}
 	w.mu.Unlock()
 	return w.commit(ctx, f)
+}
+
+// failedBeforeLocked is the error of every later close and rename in a
+// datasource where an upload failed for good, so that a writer that does
+// not wait for uploads (dask threads writing chunks after the metadata, cp
+// going on to the next file) still fails instead of finishing unaware; the
+// session is not finalised anyway.
+func (w *writer) failedBeforeLocked(ds *datasource) error {
+	if ds.ov.failures == 0 {
+		return nil
+	}
+	return fmt.Errorf("an earlier upload of datasource %s failed (%s; %d in all): the session will not be finalised: %w",
+		ds.id, ds.ov.firstErr, ds.ov.failures, errUploadFailed)
 }
 
 // commit uploads a consolidated metadata file after everything else of its

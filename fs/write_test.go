@@ -406,7 +406,9 @@ func TestRemoveDatasourceWithAllowDelete(t *testing.T) {
 }
 
 func TestFailedUploadFailsTheConsolidatedMetadata(t *testing.T) {
-	m := mountWrite(t, WriteOptions{})
+	// Uploads wait for the barrier (a failure seen earlier would fail the
+	// next close already: TestAFailedUploadFailsLaterClosesAndRenames).
+	m := mountWrite(t, WriteOptions{WriteBack: time.Hour})
 	d := filepath.Join(m.dir, "bad_run")
 	require.NoError(t, os.Mkdir(d, 0o755))
 	m.store("bad_run").set(func(s *writeStore) { s.failKeys = "v/1" })
@@ -455,9 +457,45 @@ func TestSpoolFullWaitsForUploadsThenENOSPC(t *testing.T) {
 	sum := m.finish(t)
 	assert.True(t, sum.OK(), "%+v", sum)
 	assert.Equal(t, 40, m.store("big_run").totalPuts())
-	// One file larger than the spool can never be spooled.
+	// One file larger than the spool can never be spooled; left there, its
+	// truncated content is never uploaded, and the mount not finalised.
 	err := os.WriteFile(filepath.Join(d, "huge"), bytes.Repeat([]byte("h"), 2<<20), 0o644)
 	assert.ErrorIs(t, err, syscall.ENOSPC)
+	sum = m.finish(t)
+	assert.False(t, sum.OK())
+	require.Len(t, sum.Failed, 1)
+	assert.Equal(t, "big_run/huge", sum.Failed[0].Key)
+	assert.Contains(t, sum.Failed[0].Err.Error(), "a write to it failed")
+	assert.NotContains(t, m.store("big_run").putKeys(), "huge")
+}
+
+// Once an upload of a datasource failed for good, later closes and
+// renames there fail too: a writer that does not wait for its uploads
+// (dask threads, cp) learns of it before it ends.
+func TestAFailedUploadFailsLaterClosesAndRenames(t *testing.T) {
+	m := mountWrite(t, WriteOptions{WriteBack: time.Hour})
+	d := filepath.Join(m.dir, "sticky_run")
+	require.NoError(t, os.Mkdir(d, 0o755))
+	m.store("sticky_run").set(func(s *writeStore) { s.failKeys = "v/0" })
+	require.NoError(t, os.MkdirAll(filepath.Join(d, "v"), 0o755))
+	tmp := filepath.Join(d, "v", "0.aa.partial")
+	require.NoError(t, os.WriteFile(tmp, []byte("a"), 0o644))
+	require.NoError(t, os.Rename(tmp, filepath.Join(d, "v", "0")), "the failing upload is queued, not waited for")
+	require.Eventually(t, func() bool { return m.store("sticky_run").totalPuts() == 1 }, 10*time.Second, 5*time.Millisecond)
+	var err error
+	for start := time.Now(); time.Since(start) < 10*time.Second; time.Sleep(5 * time.Millisecond) {
+		if err = os.WriteFile(filepath.Join(d, "v", "1.bb.partial"), []byte("b"), 0o644); errors.Is(err, syscall.EIO) {
+			break
+		}
+	}
+	require.ErrorIs(t, err, syscall.EIO, "the close of a later file fails: %s", m.log.String())
+	err = os.Rename(filepath.Join(d, "v", "1.bb.partial"), filepath.Join(d, "v", "1"))
+	assert.ErrorIs(t, err, syscall.EIO, "and its rename")
+	err = os.WriteFile(filepath.Join(d, "other"), []byte("c"), 0o644)
+	assert.ErrorIs(t, err, syscall.EIO)
+	sum := m.finish(t)
+	assert.False(t, sum.OK())
+	assert.Equal(t, "sticky_run/v/0", sum.Failed[0].Key)
 }
 
 func TestUploadsRunInParallel(t *testing.T) {
