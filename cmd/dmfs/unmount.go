@@ -82,6 +82,9 @@ func runUnmount(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	if !ok {
 		fmt.Fprintf(stderr, "dmfs unmount: %s is not mounted\n", mp)
 		closeLeftoverAfterUnmount(ctx, dir, mp, &lo, stderr) // unmounted by hand after its process was killed
+		if code, reported := reportUnmountedWrites(ctx, dir, mp, &lo, stderr); reported {
+			return code
+		}
 		return exitNotMounted
 	}
 	if !isDmfsMount(m) {

@@ -468,3 +468,29 @@ func unmountOutcome(res writeResult, found bool, logPath string) ([]string, int)
 	}
 	return lines, res.code()
 }
+
+// reportUnmountedWrites is `dmfs unmount` of a --write mount unmounted by
+// other means (umount, fusermount3 -u, or umount -l after a SIGKILL): the
+// outcome its process left is reported, once its process is gone, with
+// exit 8 when its writes were not finalised. reported is false when there
+// is no outcome to report, or it was finalised (the unmount then exits as
+// for any path not mounted).
+func reportUnmountedWrites(ctx context.Context, dir *statedir.Dir, mp string, lo *leftoverOptions, stderr io.Writer) (code int, reported bool) {
+	if dir == nil {
+		return 0, false
+	}
+	res, ok := readResultRecord(dir, mp, unmountWarning(stderr))
+	if !ok {
+		return 0, false
+	}
+	if !res.Done {
+		// Still uploading (umount by hand), or killed: wait, then report.
+		return unmountWrites(ctx, dir, mp, res, lo, stderr), true
+	}
+	dir.Remove(resultRecordName(mp))
+	lines, code := unmountOutcome(res, true, res.Log)
+	for _, l := range lines {
+		fmt.Fprintf(stderr, "dmfs unmount: %s\n", l)
+	}
+	return code, code != exitOK
+}

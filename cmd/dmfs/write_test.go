@@ -395,3 +395,42 @@ func TestMountRemovesAnEarlierResult(t *testing.T) {
 	_, err := os.Lstat(dir.File(resultRecordName(mp)))
 	assert.ErrorIs(t, err, os.ErrNotExist)
 }
+
+// `dmfs unmount` of a write mount that was unmounted by other means
+// (umount -l after a SIGKILL) reports what its process left.
+func TestUnmountOfAnUnmountedWriteMountReportsItsOutcome(t *testing.T) {
+	dead := exec.Command("true")
+	require.NoError(t, dead.Run())
+	cases := []struct {
+		name     string
+		record   *writeResult
+		code     int
+		reported bool
+		want     string
+	}{
+		{"killed while pending", &writeResult{PID: dead.Process.Pid}, exitWrite, true, "ended before it finished"},
+		{"not finalised", &writeResult{PID: dead.Process.Pid, Done: true, Failed: []failedKey{{Key: "ds/k", Error: "500"}}}, exitWrite, true, `"ds/k": 500`},
+		{"finalised", &writeResult{PID: dead.Process.Pid, Done: true, Finalised: true, Uploaded: 2}, exitOK, false, "writes finalised: 2 files uploaded"},
+		{"no record", nil, 0, false, ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dir := openStateDir(t)
+			mp := t.TempDir()
+			if c.record != nil {
+				require.NoError(t, writeResultRecord(dir, mp, *c.record))
+			}
+			var stderr bytes.Buffer
+			code, reported := reportUnmountedWrites(context.Background(), dir, mp, &leftoverOptions{}, &stderr)
+			assert.Equal(t, c.reported, reported, stderr.String())
+			if reported {
+				assert.Equal(t, c.code, code)
+			}
+			if c.want != "" {
+				assert.Contains(t, stderr.String(), c.want)
+			}
+			_, err := os.Lstat(dir.File(resultRecordName(mp)))
+			assert.ErrorIs(t, err, os.ErrNotExist, "the record is removed once read")
+		})
+	}
+}
