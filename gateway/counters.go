@@ -47,6 +47,18 @@ type Counters struct {
 	Unauthenticated int64 `json:"unauthenticated"`
 	// Writes counts staged, committed and discarded writes.
 	Writes WriteCounters `json:"writes"`
+	// QueryKeys counts GET and HEAD of staged query results per key
+	// ("QHASH/KEY GET"), like ZarrKeys and within the same cap.
+	QueryKeys      map[string]int64 `json:"query_keys"`
+	QueryKeysOther int64            `json:"query_keys_other"`
+	// Stages counts stage requests (POST /oceanql/stage/ and POST
+	// /oceanql/) per normalised query that parsed, whatever the answer
+	// (200, 204 or a refusal), keyed by the query in the mount's path form:
+	// ID@time=START,END@bbox=W,S,E,N@level=LO,HI@vars=a,b (times resolved,
+	// RFC 3339 UTC; only the parts the query has). At most ZarrKeysMax
+	// entries; others count in StagesOther.
+	Stages      map[string]int64 `json:"stages"`
+	StagesOther int64            `json:"stages_other"`
 }
 
 // WriteCounters counts the write protocol. Every staged key ends committed
@@ -120,6 +132,8 @@ func (cs *counterSet) reset() {
 		ZarrKeys:      map[string]int64{},
 		ZarrKeysMax:   cs.maxKeys,
 		Writes:        WriteCounters{Sessions: map[string]string{}},
+		QueryKeys:     map[string]int64{},
+		Stages:        map[string]int64{},
 	}
 	for _, r := range allRoutes {
 		cs.c.ByRoute[r] = 0
@@ -144,6 +158,34 @@ func (cs *counterSet) record(route string, status int, zarrKey string) {
 			cs.c.ZarrKeysOther++
 		}
 	}
+}
+
+// recordQueryKey counts one authenticated request for a query result key.
+func (cs *counterSet) recordQueryKey(route string, status int, key string) {
+	cs.record(route, status, "")
+	if key == "" {
+		return
+	}
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	cs.c.QueryKeysOther += boundedAdd(cs.c.QueryKeys, key, cs.maxKeys)
+}
+
+// stage counts one stage request for a normalised query.
+func (cs *counterSet) stage(query string) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	cs.c.StagesOther += boundedAdd(cs.c.Stages, query, cs.maxKeys)
+}
+
+// boundedAdd counts key in m unless m is full or key too long; it returns
+// 1 when it did not.
+func boundedAdd(m map[string]int64, key string, max int) int64 {
+	if _, seen := m[key]; seen || (len(key) <= MaxCounterKeyBytes && len(m) < max) {
+		m[key]++
+		return 0
+	}
+	return 1
 }
 
 // sent counts the body bytes of an authenticated answer.
@@ -185,6 +227,8 @@ func (cs *counterSet) snapshot(open int64) Counters {
 	out.ByStatus = copyMap(cs.c.ByStatus)
 	out.ByRouteStatus = copyMap(cs.c.ByRouteStatus)
 	out.ZarrKeys = copyMap(cs.c.ZarrKeys)
+	out.QueryKeys = copyMap(cs.c.QueryKeys)
+	out.Stages = copyMap(cs.c.Stages)
 	out.Sessions.Open = open
 	out.Writes.Sessions = make(map[string]string, len(cs.c.Writes.Sessions))
 	for k, v := range cs.c.Writes.Sessions {

@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -60,6 +62,13 @@ type datasource struct {
 	links map[string]string
 
 	name, description string
+	// container is "dataset" for a Zarr store, "dataframe" or
+	// "geodataframe" for a table (a folder holding data.parquet).
+	container string
+	// table is set for a tabular datasource.
+	table *tableInfo
+	// metaFiles are the files whose newest mtime is "modified".
+	metaFiles []string
 	// The catalog Feature, JSON, is featureHead + modified + featureTail.
 	featureHead, featureTail []byte
 	// loadModified is modified() at startup, for when no metadata file can
@@ -106,17 +115,17 @@ func loadDatasources(dir string, log *slog.Logger) ([]*datasource, error) {
 			continue
 		case !e.IsDir():
 			continue
-		case !isZarrStore(path):
-			log.Info("skipping folder that is not a Zarr store", "folder", path)
+		case !isZarrStore(path) && !isTable(path):
+			log.Info("skipping folder that is neither a Zarr store nor a table (data.parquet)", "folder", path)
 			continue
 		}
 		if err := checkID(e.Name()); err != nil {
-			log.Warn("skipping Zarr store whose name cannot be a datasource id", "folder", path, "reason", err)
+			log.Warn("skipping datasource whose name cannot be a datasource id", "folder", path, "reason", err)
 			continue
 		}
 		ds, err := loadDatasource(e.Name(), path)
 		if err != nil {
-			log.Warn("skipping unreadable Zarr store", "folder", path, "err", err)
+			log.Warn("skipping unreadable datasource", "folder", path, "err", err)
 			continue
 		}
 		out = append(out, ds)
@@ -142,17 +151,107 @@ func loadDatasource(id, dir string) (*datasource, error) {
 		return nil, err
 	}
 	ds.root = root
+	ov, err := readOverrides(root)
+	if err != nil {
+		root.Close()
+		return nil, err
+	}
+	if !isZarrStore(dir) && isTable(dir) {
+		if err := loadTable(ds, ov); err != nil {
+			root.Close()
+			return nil, err
+		}
+		ds.loadModified = ds.modified()
+		return ds, nil
+	}
+	if ov.Container != nil && *ov.Container != containerDataset {
+		root.Close()
+		return nil, fmt.Errorf("%s: a Zarr store's container is %q, not %q", overridesFile, containerDataset, *ov.Container)
+	}
+	ds.container, ds.metaFiles = containerDataset, rootMetadata
 	meta, err := readStoreMeta(ds)
 	if err != nil {
+		root.Close()
 		return nil, fmt.Errorf("metadata: %w", err)
 	}
 	ds.name, ds.description = meta.title(id), meta.description()
-	ds.featureHead, ds.featureTail, err = meta.feature(ds)
+	ov.applyNames(&ds.name, &ds.description)
+	ds.featureHead, ds.featureTail, err = meta.feature(ds, ov)
 	if err != nil {
+		root.Close()
 		return nil, fmt.Errorf("catalog entry: %w", err)
 	}
 	ds.loadModified = ds.modified()
 	return ds, nil
+}
+
+// Containers, as the stage answer names them.
+const (
+	containerDataset      = "dataset"
+	containerDataFrame    = "dataframe"
+	containerGeoDataFrame = "geodataframe"
+)
+
+// overridesFile is the optional file in a datasource folder that sets
+// catalog properties: {"name", "description", "driver", "tags"} and, for a
+// table, "container" ("dataframe" or "geodataframe").
+const overridesFile = "datasource.json"
+
+// dsOverrides is a datasource.json.
+type dsOverrides struct {
+	Name        *string  `json:"name"`
+	Description *string  `json:"description"`
+	Driver      *string  `json:"driver"`
+	Tags        []string `json:"tags"`
+	Container   *string  `json:"container"`
+}
+
+// readOverrides reads datasource.json (none: no overrides). Unknown
+// fields are an error, so that a typo does not pass unseen.
+func readOverrides(root *os.Root) (*dsOverrides, error) {
+	ov := &dsOverrides{}
+	raw, err := root.ReadFile(overridesFile)
+	if errors.Is(err, fs.ErrNotExist) {
+		return ov, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", overridesFile, err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(ov); err != nil {
+		return nil, fmt.Errorf("%s: %w", overridesFile, err)
+	}
+	if ov.Driver != nil && *ov.Driver == "" {
+		return nil, fmt.Errorf("%s: empty driver", overridesFile)
+	}
+	return ov, nil
+}
+
+// apply sets the overridden Feature properties.
+func (ov *dsOverrides) apply(props map[string]any) {
+	if ov.Name != nil {
+		props["name"] = *ov.Name
+	}
+	if ov.Description != nil {
+		props["description"] = *ov.Description
+	}
+	if ov.Driver != nil {
+		props["driver"] = *ov.Driver
+	}
+	if ov.Tags != nil {
+		props["tags"] = ov.Tags
+	}
+}
+
+// applyNames sets the overridden name and description (used by search).
+func (ov *dsOverrides) applyNames(name, description *string) {
+	if ov.Name != nil {
+		*name = *ov.Name
+	}
+	if ov.Description != nil {
+		*description = *ov.Description
+	}
 }
 
 // modified is the newest mtime of the store's root metadata files, read
@@ -161,7 +260,7 @@ func loadDatasource(id, dir string) (*datasource, error) {
 // metadata is rewritten.
 func (ds *datasource) modified() time.Time {
 	var newest time.Time
-	for _, name := range rootMetadata {
+	for _, name := range ds.metaFiles {
 		if fi, err := ds.root.Stat(name); err == nil && fi.Mode().IsRegular() && fi.ModTime().After(newest) {
 			newest = fi.ModTime()
 		}
@@ -249,6 +348,8 @@ func (ds *datasource) listFolder(folder string) ([]listEntry, error) {
 	for _, d := range des {
 		key := path.Join(folder, d.Name())
 		switch {
+		case key == overridesFile:
+			// datasource.json configures the gateway; it is not a key.
 		case d.IsDir():
 			out = append(out, listEntry{name: d.Name(), isDir: true})
 		case d.Type().IsRegular():

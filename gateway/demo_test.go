@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/parquet-go/parquet-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -164,7 +165,7 @@ func TestWriteDemoIdempotent(t *testing.T) {
 	require.NoError(t, err)
 	assert.NotEqual(t, old, fi.ModTime(), "new options: rewritten")
 	s := newServer(t, Config{Dir: dir})
-	assert.Equal(t, []string{"demo_grid", "demo_sparse", "demo_stations"}, s.datasourceIDs())
+	assert.Equal(t, []string{"demo_archive", "demo_grid", "demo_sparse", "demo_stations", "demo_table"}, s.datasourceIDs())
 	f := getFeature(t, s, "demo_grid")
 	steps := int(12 << 20 / (demoLat * demoLon * 4 * demoVars))
 	assert.Equal(t, float64(steps), f.Properties["schema"].(map[string]any)["dims"].(map[string]any)["time"])
@@ -180,4 +181,56 @@ func TestWriteDemoIdempotent(t *testing.T) {
 	for _, e := range entries {
 		assert.NotContains(t, e.Name(), ".tmp")
 	}
+}
+
+// TestDemoArchiveAndTable checks the datasources made for queries: a
+// long daily archive chunked in time (latitude descending, longitude in
+// -180..180) and a table with several row groups.
+func TestDemoArchiveAndTable(t *testing.T) {
+	s := newServer(t, Config{Token: testToken})
+	f := getFeature(t, s, demoArchiveID)
+	assert.Equal(t, "zarr", f.Properties["driver"])
+	assert.Equal(t, "2015-01-01T00:00:00Z", f.Properties["tstart"])
+	assert.Equal(t, "2017-12-31T00:00:00Z", f.Properties["tend"])
+	assert.JSONEq(t, `{"type":"Polygon","coordinates":[[[-180,-90],[160,-90],[160,90],[-180,90],[-180,-90]]]}`, string(f.Geometry))
+	for _, v := range demoArchiveVars {
+		entries, err := os.ReadDir(filepath.Join(demoDir, demoArchiveID, v.name))
+		require.NoError(t, err)
+		assert.Len(t, entries, 2+(demoArchiveDays+demoArchiveChunk-1)/demoArchiveChunk, "metadata and one chunk per 60 days")
+	}
+	shape, _, lat := zarrRead(t, filepath.Join(demoDir, demoArchiveID), "sst")
+	assert.Equal(t, []int{demoArchiveDays, demoArchiveLat, demoArchiveLon}, shape)
+	assert.Equal(t, demoArchiveValue(0, 1095, 18, 17), lat[len(lat)-1])
+	assert.Equal(t, 90.0, demoArchiveLatAt(0))
+	assert.Equal(t, -90.0, demoArchiveLatAt(demoArchiveLat-1))
+
+	tf := getFeature(t, s, demoTableID)
+	assert.Equal(t, "onsql", tf.Properties["driver"])
+	assert.Equal(t, "Demo station observations", tf.Properties["name"], "from its datasource.json")
+	assert.Equal(t, []any{"demo", "table"}, tf.Properties["tags"])
+	assert.Equal(t, "2020-01-01T00:00:00Z", tf.Properties["tstart"])
+	assert.Equal(t, "2020-01-30T23:00:00Z", tf.Properties["tend"])
+	assert.JSONEq(t, `{"type":"Polygon","coordinates":[[[170.5,-45.87],[176.17,-45.87],[176.17,-36.85],[170.5,-36.85],[170.5,-45.87]]]}`, string(tf.Geometry))
+	schema := tf.Properties["schema"].(map[string]any)
+	assert.ElementsMatch(t, []string{"time", "latitude", "longitude", "station", "value"}, keys(schema["data_vars"]))
+	assert.Equal(t, map[string]any{"index": float64(demoStationSteps * len(demoStationsPos))}, schema["dims"])
+
+	path := filepath.Join(demoDir, demoTableID, tableFile)
+	rows, err := parquet.ReadFile[tableRow](path)
+	require.NoError(t, err)
+	want := demoTableRows()
+	require.Len(t, rows, len(want))
+	for i := range want {
+		require.True(t, want[i].Time.Equal(rows[i].Time))
+		require.Equal(t, want[i].Station, rows[i].Station)
+		require.Equal(t, want[i].Value, rows[i].Value)
+	}
+	fh, err := os.Open(path)
+	require.NoError(t, err)
+	defer fh.Close()
+	fi, err := fh.Stat()
+	require.NoError(t, err)
+	pf, err := parquet.OpenFile(fh, fi.Size())
+	require.NoError(t, err)
+	assert.Len(t, pf.RowGroups(), (len(want)+demoTableRowGroup-1)/demoTableRowGroup)
 }

@@ -26,6 +26,8 @@ import (
 	"sync"
 	"time"
 	"unicode/utf8"
+
+	"golang.org/x/sync/singleflight"
 )
 
 // Config configures a Server.
@@ -80,6 +82,11 @@ type Config struct {
 	// writes of matching keys always fail with 500.
 	WriteFailKeys []string
 
+	// QueryDir holds staged query results, one per qhash ("": a temporary
+	// folder that Close removes). Results found there are served after a
+	// restart too.
+	QueryDir string
+
 	// The limits of the http.Server that NewHTTPServer builds, so that
 	// clients that send slowly, never read or sit idle release their
 	// connection (0: the Default* value below).
@@ -121,11 +128,11 @@ const writeStep = 256 << 10
 func (c Config) String() string {
 	return fmt.Sprintf("gateway.Config{Dir:%q Token:%s Latency:%s FailRate:%g FailCodes:%v RetryAfter:%s Seed:%d "+
 		"SessionTTL:%s SessionIdle:%s HeadWithoutLength:%t MaxSessions:%d "+
-		"MaxCounterKeys:%d StagingDir:%q MaxWriteBytes:%d WriteFailRate:%g WriteFailKeys:%q "+
+		"MaxCounterKeys:%d StagingDir:%q MaxWriteBytes:%d WriteFailRate:%g WriteFailKeys:%q QueryDir:%q "+
 		"ReadHeaderTimeout:%s ReadTimeout:%s WriteTimeout:%s IdleTimeout:%s MaxHeaderBytes:%d}",
 		c.Dir, redacted(c.Token), c.Latency, c.FailRate, c.FailCodes, c.RetryAfter, c.Seed,
 		c.SessionTTL, c.SessionIdle, c.HeadWithoutLength, c.MaxSessions,
-		c.MaxCounterKeys, c.StagingDir, c.MaxWriteBytes, c.WriteFailRate, c.WriteFailKeys,
+		c.MaxCounterKeys, c.StagingDir, c.MaxWriteBytes, c.WriteFailRate, c.WriteFailKeys, c.QueryDir,
 		c.ReadHeaderTimeout, c.ReadTimeout, c.WriteTimeout, c.IdleTimeout, c.MaxHeaderBytes)
 }
 
@@ -195,6 +202,16 @@ type Server struct {
 	// for reapWrites to discard.
 	endedMu sync.Mutex
 	ended   []string
+
+	// Staged queries (stage.go): results live in queryDir, made by New
+	// when ownQueryDir.
+	queryDir    string
+	ownQueryDir bool
+	queriesMu   sync.Mutex
+	queries     map[string]*queryResult
+	stageFlight singleflight.Group
+	// now resolves relative query times.
+	now func() time.Time
 }
 
 // String describes s without its token.
@@ -285,6 +302,33 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("gateway: staging folder: %w", err)
 	}
 	s.writes = newWriteStore(staging)
+	s.queries, s.now = map[string]*queryResult{}, time.Now
+	if cfg.QueryDir != "" {
+		if err := os.MkdirAll(cfg.QueryDir, 0o755); err != nil {
+			_ = os.RemoveAll(staging)
+			return nil, fmt.Errorf("gateway: query folder: %w", err)
+		}
+		s.queryDir = cfg.QueryDir
+		// Results in DIR would be served as datasources at the next start.
+		if real, err := filepath.EvalSymlinks(cfg.QueryDir); err == nil {
+			if abs, err := filepath.Abs(real); err == nil && within(s.dir, abs) {
+				_ = os.RemoveAll(staging)
+				return nil, fmt.Errorf("gateway: query folder %q is inside the datasource folder %q", cfg.QueryDir, cfg.Dir)
+			}
+		}
+	} else {
+		if s.queryDir, err = os.MkdirTemp("", "dmfs-queries-"); err != nil {
+			_ = os.RemoveAll(staging)
+			return nil, fmt.Errorf("gateway: query folder: %w", err)
+		}
+		s.ownQueryDir = true
+	}
+	// Temporary results a crash left behind.
+	if old, _ := filepath.Glob(filepath.Join(s.queryDir, ".tmp-*")); len(old) > 0 {
+		for _, o := range old {
+			_ = os.RemoveAll(o)
+		}
+	}
 	s.sessions.onEnd = func(id string) {
 		if s.writes.has(id) {
 			s.endedMu.Lock()
@@ -300,9 +344,10 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Close discards every staged write and removes the staging folder.
+// Close discards every staged write and removes the staging folder, and
+// the query folder when New made it.
 func (s *Server) Close() error {
-	return os.RemoveAll(s.writes.base)
+	return errors.Join(os.RemoveAll(s.writes.base), s.removeOwnQueryDir())
 }
 
 // NewHTTPServer returns an http.Server for s with the limits of its Config.
@@ -346,19 +391,32 @@ const (
 	routeZarrList       = "zarr_list"
 	routeZarrWrite      = "zarr_write"
 	routeZarrDelete     = "zarr_delete"
-	routeQuery          = "query"
-	routeOther          = "other"
+	// routeQuery counts /zarr/query/ requests that name no result key
+	// (no qhash, or a method other than GET and HEAD).
+	routeQuery         = "query"
+	routeStage         = "stage"
+	routeQueryZarrGet  = "query_zarr_get"
+	routeQueryZarrHead = "query_zarr_head"
+	routeQueryZarrList = "query_zarr_list"
+	routeData          = "data"
+	routeOceanQL       = "oceanql"
+	routeOther         = "other"
 )
 
 var allRoutes = []string{routeSessionAcquire, routeSessionGet, routeSessionDelete, routeCatalog,
-	routeDatasource, routeZarrGet, routeZarrHead, routeZarrList, routeZarrWrite, routeZarrDelete, routeQuery}
+	routeDatasource, routeZarrGet, routeZarrHead, routeZarrList, routeZarrWrite, routeZarrDelete, routeQuery,
+	routeStage, routeQueryZarrGet, routeQueryZarrHead, routeQueryZarrList, routeData, routeOceanQL}
 
 // request is what routing found out about one request.
 type request struct {
 	route   string
 	handler func(w http.ResponseWriter, r *http.Request, q *request)
-	// arg is the session id, datasource id or zarr datasource id.
+	// arg is the session id, datasource id or zarr datasource id (for a
+	// query result, "query/QHASH").
 	arg string
+	// qhash is the staged query of /zarr/query/{qhash}/ and
+	// /oceanql/{qhash}.
+	qhash string
 	// key is the decoded zarr key (folder keys end in "/"); keyErr is why it
 	// could not be decoded.
 	key    string
@@ -419,6 +477,13 @@ func (s *Server) count(r *http.Request, q *request, status int) {
 	zarrKey := ""
 	switch q.route {
 	case routeZarrGet, routeZarrHead, routeZarrWrite, routeZarrDelete:
+	case routeQueryZarrGet, routeQueryZarrHead:
+		key := ""
+		if q.keyErr == nil {
+			key = q.qhash + "/" + q.key + " " + r.Method
+		}
+		s.counters.recordQueryKey(q.route, status, key)
+		return
 	default:
 		s.counters.record(q.route, status, "")
 		return
@@ -507,6 +572,30 @@ func (s *Server) route(r *http.Request) *request {
 		return methodNotAllowed(routeDatasource)
 	case strings.HasPrefix(p, "/zarr/"):
 		return s.routeZarr(r)
+	case p == "/oceanql/stage/" || p == "/oceanql/stage":
+		if r.Method == http.MethodPost {
+			return &request{route: routeStage, handler: s.serveStage}
+		}
+		return methodNotAllowed(routeStage)
+	case p == "/oceanql/" || p == "/oceanql":
+		if r.Method == http.MethodPost {
+			return &request{route: routeOceanQL, handler: s.serveOceanQL}
+		}
+		return methodNotAllowed(routeOceanQL)
+	case strings.HasPrefix(p, "/oceanql/"):
+		qhash := strings.TrimSuffix(strings.TrimPrefix(p, "/oceanql/"), "/")
+		if r.Method == http.MethodGet || r.Method == http.MethodHead {
+			return &request{route: routeOceanQL, handler: s.serveOceanQL, arg: qhash, qhash: qhash}
+		}
+		return methodNotAllowed(routeOceanQL)
+	case strings.HasPrefix(p, "/data/"):
+		q := &request{route: routeData, handler: s.serveData}
+		id, err := pathUnescape(strings.TrimSuffix(strings.TrimPrefix(r.URL.EscapedPath(), "/data/"), "/"))
+		q.arg, q.keyErr = id, err
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			return methodNotAllowed(routeData)
+		}
+		return q
 	}
 	return &request{route: routeOther, handler: func(w http.ResponseWriter, _ *http.Request, _ *request) {
 		writeDetail(w, http.StatusNotFound, "Not found.")
@@ -517,8 +606,8 @@ func (s *Server) route(r *http.Request) *request {
 // query results are never mistaken for a datasource called "query".
 func (s *Server) routeZarr(r *http.Request) *request {
 	escaped := strings.TrimPrefix(r.URL.EscapedPath(), "/zarr/")
-	if strings.HasPrefix(escaped, "query/") {
-		return &request{route: routeQuery, handler: s.serveQuery}
+	if rest, ok := strings.CutPrefix(escaped, "query/"); ok {
+		return routeQueryZarr(r, rest, s.serveQueryZarr)
 	}
 	q := &request{route: routeZarrGet, handler: s.serveZarr}
 	switch r.Method {

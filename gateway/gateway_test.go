@@ -422,9 +422,11 @@ func TestQueryRoutedBeforeDatasource(t *testing.T) {
 	assert.Equal(t, 200, w.Code)
 
 	c := s.Counters()
-	assert.Equal(t, int64(3), c.ByRoute[routeQuery])
+	assert.Equal(t, int64(1), c.ByRoute[routeQuery], "no qhash/key in the path")
+	assert.Equal(t, int64(2), c.ByRoute[routeQueryZarrGet])
 	assert.Equal(t, int64(0), c.ByRoute[routeZarrGet])
 	assert.Empty(t, c.ZarrKeys)
+	assert.Equal(t, map[string]int64{"abc123/.zmetadata GET": 2}, c.QueryKeys)
 }
 
 func TestFaultInjection(t *testing.T) {
@@ -518,7 +520,8 @@ func TestCounters(t *testing.T) {
 	var raw map[string]json.RawMessage
 	require.NoError(t, json.Unmarshal(w.Body.Bytes(), &raw))
 	for _, k := range []string{"requests", "by_route", "by_status", "by_route_status", "zarr_keys", "zarr_keys_other",
-		"zarr_keys_max", "sessions", "zarr_without_session", "bytes_sent", "unauthenticated"} {
+		"zarr_keys_max", "sessions", "zarr_without_session", "bytes_sent", "unauthenticated",
+		"query_keys", "query_keys_other", "stages", "stages_other"} {
 		assert.Contains(t, raw, k)
 	}
 	var c Counters
@@ -527,6 +530,7 @@ func TestCounters(t *testing.T) {
 	assert.Equal(t, map[string]int64{
 		"session_acquire": 1, "session_get": 1, "session_delete": 0, "catalog": 1, "datasource": 1,
 		"zarr_get": 4, "zarr_head": 2, "zarr_list": 1, "zarr_write": 0, "zarr_delete": 0, "query": 0,
+		"stage": 0, "query_zarr_get": 0, "query_zarr_head": 0, "query_zarr_list": 0, "data": 0, "oceanql": 0,
 	}, c.ByRoute)
 	assert.Equal(t, map[string]int64{"200": 9, "404": 1, "401": 1}, c.ByStatus)
 	assert.Equal(t, int64(2), c.ByRouteStatus["zarr_get 200"])
@@ -642,7 +646,7 @@ func TestLoadSkipsNonDatasources(t *testing.T) {
 	s := newServer(t, Config{Dir: fixtureDir(t), Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	assert.Equal(t, []string{"Bad.Name", "links", "query", "v3store"}, s.datasourceIDs())
 	assert.Contains(t, logs.String(), "symlinked")
-	assert.Contains(t, logs.String(), "not a Zarr store")
+	assert.Contains(t, logs.String(), "neither a Zarr store nor a table")
 
 	_, err := New(Config{Dir: filepath.Join(t.TempDir(), "missing")})
 	assert.ErrorContains(t, err, "missing")

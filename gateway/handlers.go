@@ -109,15 +109,6 @@ func (s *Server) serveDatasource(w http.ResponseWriter, _ *http.Request, q *requ
 	writeRawJSON(w, http.StatusOK, ds.featureJSON())
 }
 
-// serveQuery answers /zarr/query/...: staged OceanQL queries are not
-// implemented, so no query exists.
-func (s *Server) serveQuery(w http.ResponseWriter, _ *http.Request, q *request) {
-	if !s.checkZarrSession(w, q) {
-		return
-	}
-	writeDetail(w, http.StatusNotFound, "Query not found")
-}
-
 func (s *Server) serveZarr(w http.ResponseWriter, r *http.Request, q *request) {
 	if !s.checkZarrSession(w, q) {
 		return
@@ -146,6 +137,10 @@ func (s *Server) serveZarr(w http.ResponseWriter, r *http.Request, q *request) {
 	if ds == nil {
 		return
 	}
+	if ds.table != nil {
+		writeDetail(w, http.StatusNotFound, fmt.Sprintf("Datasource %q is a table (container %s): GET /data/%s", ds.id, ds.container, ds.id))
+		return
+	}
 	if q.route == routeZarrList {
 		s.serveListing(w, r, ds, strings.TrimSuffix(q.key, "/"))
 		return
@@ -157,6 +152,11 @@ func (s *Server) serveZarr(w http.ResponseWriter, r *http.Request, q *request) {
 func (s *Server) serveCommittedKey(w http.ResponseWriter, r *http.Request, q *request, ds *datasource) {
 	if ds.escaping[q.key] {
 		writeDetail(w, http.StatusBadRequest, fmt.Sprintf("refused key %q: it leads outside the datasource", q.key))
+		return
+	}
+	if q.key == overridesFile {
+		// The gateway's configuration of the datasource, not a key of it.
+		writeDetail(w, http.StatusNotFound, fmt.Sprintf("Key %q not found in %q", q.key, q.arg))
 		return
 	}
 	// The key is looked up on disk, not in the startup index: a chunk a

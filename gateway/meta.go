@@ -6,12 +6,15 @@ import (
 	"compress/zlib"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -368,8 +371,9 @@ func (sm *storeMeta) array(names ...string) *arrayMeta {
 
 // feature builds the store's catalog entry, in two parts that its
 // "modified" time joins. The bounding box and the time range are read from
-// small 1-D coordinates when they decode cheaply.
-func (sm *storeMeta) feature(ds *datasource) (head, tail []byte, err error) {
+// small 1-D coordinates when they decode cheaply. ov (datasource.json) may
+// set the name, description, driver and tags.
+func (sm *storeMeta) feature(ds *datasource, ov *dsOverrides) (head, tail []byte, err error) {
 	var geometry any
 	lat, lon := sm.array("lat", "latitude"), sm.array("lon", "longitude")
 	if lat != nil && lon != nil {
@@ -387,7 +391,7 @@ func (sm *storeMeta) feature(ds *datasource) (head, tail []byte, err error) {
 			}
 		}
 	}
-	props, err := json.Marshal(map[string]any{
+	props := map[string]any{
 		"name":        sm.title(ds.id),
 		"description": sm.description(),
 		"driver":      "zarr",
@@ -395,11 +399,20 @@ func (sm *storeMeta) feature(ds *datasource) (head, tail []byte, err error) {
 		"tend":        tend,
 		"schema":      sm.schema(),
 		"tags":        []string{},
-	})
+	}
+	ov.apply(props)
+	return buildFeature(ds.id, geometry, props)
+}
+
+// buildFeature makes a catalog Feature in two parts that its "modified"
+// time joins at each answer, so that it follows the data without
+// rebuilding the rest.
+func buildFeature(id string, geometry any, props map[string]any) (head, tail []byte, err error) {
+	propsJSON, err := json.Marshal(props)
 	if err != nil {
 		return nil, nil, err
 	}
-	id, err := json.Marshal(ds.id)
+	idJSON, err := json.Marshal(id)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -407,10 +420,8 @@ func (sm *storeMeta) feature(ds *datasource) (head, tail []byte, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	// "modified" goes between head and tail at each answer, so that it
-	// follows the store's metadata without rebuilding the rest.
-	head = fmt.Appendf(nil, `{"type":"Feature","id":%s,"geometry":%s,"properties":{"modified":"`, id, geom)
-	tail = append([]byte(`",`), props[1:]...) // props is a non-empty object
+	head = fmt.Appendf(nil, `{"type":"Feature","id":%s,"geometry":%s,"properties":{"modified":"`, idJSON, geom)
+	tail = append([]byte(`",`), propsJSON[1:]...) // props is a non-empty object
 	tail = append(tail, '}')
 	return head, tail, nil
 }
@@ -445,20 +456,39 @@ func minMax(v []float64) (lo, hi float64, ok bool) {
 
 // cfTimeRange decodes "UNITS since REF" for the standard calendars.
 func cfTimeRange(attrs map[string]any, vals []float64) (start, end time.Time, ok bool) {
+	t0, step, ok := cfTimeUnits(attrs)
+	if !ok {
+		return start, end, false
+	}
+	lo, hi, ok := minMax(vals)
+	if !ok {
+		return start, end, false
+	}
+	return t0.Add(time.Duration(lo * float64(step))), t0.Add(time.Duration(hi * float64(step))), true
+}
+
+// cfTimeUnits reads a CF time coordinate's "UNITS since REF" (standard
+// calendars only): the reference time and the unit.
+func cfTimeUnits(attrs map[string]any) (t0 time.Time, step time.Duration, ok bool) {
 	units, _ := attrs["units"].(string)
 	if cal, ok := attrs["calendar"].(string); ok {
 		switch strings.ToLower(cal) {
 		case "standard", "gregorian", "proleptic_gregorian":
 		default:
-			return start, end, false
+			return t0, 0, false
 		}
 	}
 	unit, ref, found := strings.Cut(units, " since ")
 	if !found {
-		return start, end, false
+		return t0, 0, false
 	}
-	var step time.Duration
 	switch strings.ToLower(strings.TrimSpace(unit)) {
+	case "nanoseconds", "nanosecond", "ns":
+		step = time.Nanosecond
+	case "microseconds", "microsecond", "us":
+		step = time.Microsecond
+	case "milliseconds", "millisecond", "ms":
+		step = time.Millisecond
 	case "seconds", "second", "s":
 		step = time.Second
 	case "minutes", "minute", "min":
@@ -468,9 +498,8 @@ func cfTimeRange(attrs map[string]any, vals []float64) (start, end time.Time, ok
 	case "days", "day", "d":
 		step = 24 * time.Hour
 	default:
-		return start, end, false
+		return t0, 0, false
 	}
-	var t0 time.Time
 	var err error
 	ref = strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(ref), "Z"))
 	for _, layout := range []string{"2006-01-02 15:04:05", "2006-01-02T15:04:05", "2006-01-02 15:04", "2006-01-02", "2006-1-2 15:04:05", "2006-1-2"} {
@@ -479,13 +508,9 @@ func cfTimeRange(attrs map[string]any, vals []float64) (start, end time.Time, ok
 		}
 	}
 	if err != nil {
-		return start, end, false
+		return t0, 0, false
 	}
-	lo, hi, ok := minMax(vals)
-	if !ok {
-		return start, end, false
-	}
-	return t0.Add(time.Duration(lo * float64(step))), t0.Add(time.Duration(hi * float64(step))), true
+	return t0, step, true
 }
 
 // maxCoordBytes bounds what the catalog reads of a coordinate.
@@ -510,10 +535,12 @@ func readArray1D(ds *datasource, a *arrayMeta) ([]float64, error) {
 	}
 	for ci := 0; ci*c < n; ci++ {
 		key := a.chunkKey(ci)
-		if _, ok := ds.files[key]; !ok {
+		// Read from disk, not the startup index: a coordinate appended to
+		// since (a pipeline writing into the store) is read whole.
+		raw, err := ds.root.ReadFile(key)
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
 			continue
 		}
-		raw, err := ds.root.ReadFile(key)
 		if err != nil {
 			return nil, err
 		}

@@ -299,6 +299,9 @@ func (s *Server) serveZarrWrite(w http.ResponseWriter, r *http.Request, q *reque
 	case ds != nil && ds.gone():
 		writeDetail(w, http.StatusGone, fmt.Sprintf("Datasource %q was removed", q.arg))
 		return
+	case ds != nil && ds.table != nil:
+		writeDetail(w, http.StatusBadRequest, fmt.Sprintf("Datasource %q is a table: dmfs serve writes Zarr stores only", q.arg))
+		return
 	case ds == nil && !newIDRule.MatchString(q.arg):
 		writeDetail(w, http.StatusBadRequest,
 			fmt.Sprintf("Invalid datasource id %q: a new id must match ^[a-z0-9_-]{3,80}$", q.arg))
@@ -620,7 +623,7 @@ func (s *Server) datasourceForCommit(id string) (*datasource, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	return &datasource{id: id, dir: dir, root: root, files: map[string]int64{},
+	return &datasource{id: id, dir: dir, root: root, files: map[string]int64{}, container: containerDataset, metaFiles: rootMetadata,
 		escaping: map[string]bool{}, links: map[string]string{}}, true, nil
 }
 

@@ -47,6 +47,8 @@ type serveOptions struct {
 	maxWriteSize  string
 	writeFailRate float64
 	writeFailKeys []string
+
+	queryDir string
 }
 
 func (o *serveOptions) addFlags(fs *pflag.FlagSet) {
@@ -70,13 +72,17 @@ func (o *serveOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.maxWriteSize, "max-write-size", "1GiB", "largest body of one key written (413 beyond)")
 	fs.Float64Var(&o.writeFailRate, "write-fail-rate", 0, "fraction of zarr write requests answered 503 with Retry-After, seeded by --seed (0 to 1)")
 	fs.StringArrayVar(&o.writeFailKeys, "write-fail-keys", nil, "writes of keys matching this glob (KEY or ID/KEY) always fail with 500 (repeatable)")
+	fs.StringVar(&o.queryDir, "query-dir", "", "folder for staged query results, one per qhash, kept across restarts (default: a temporary folder removed at exit)")
 }
 
 const serveUsage = `Usage: dmfs serve [flags] DIR
        dmfs serve --demo [flags] [DIR]
 
 Serves every Zarr store (v2 or v3) in a subfolder of DIR as a Datamesh
-datasource whose id is the folder name, over the Datamesh HTTP protocol.
+datasource whose id is the folder name, over the Datamesh HTTP protocol; a
+subfolder holding data.parquet is a table. Queries (POST /oceanql/stage/)
+are answered with real subsets, read at /zarr/query/{qhash}/ (datasets) or
+/oceanql/{qhash}?f=parquet (tables).
 
 The token: --token-file or --token, else $DATAMESH_TOKEN. When none is given, any non-empty token is accepted; a request without a token is always
 refused. Every endpoint needs it, GET /_dmfs/counters included. The token is never logged.
@@ -234,6 +240,7 @@ func (o *serveOptions) config(dir, token string, logger *slog.Logger) gateway.Co
 		SessionTTL: o.sessionTTL, SessionIdle: o.sessionIdle, HeadWithoutLength: o.headNoLen,
 		MaxSessions: o.maxSessions, Logger: logger,
 		StagingDir: o.stagingDir, WriteFailRate: o.writeFailRate, WriteFailKeys: o.writeFailKeys,
+		QueryDir: o.queryDir,
 	}
 }
 

@@ -47,7 +47,8 @@ func TestServeHelp(t *testing.T) {
 		"--demo-size", "--latency", "--fail-rate", "--seed", "(default 1)", "--session-ttl", "--max-sessions",
 		"--fail-codes", "(default [503])", "--fail-retry-after", "(default 1s)", "--session-idle", "--head-without-length",
 		"--log-level", `(default "info")`, "any non-empty token", "/_dmfs/counters included",
-		"--staging-dir", "--max-write-size", `(default "1GiB")`, "--write-fail-rate", "--write-fail-keys"} {
+		"--staging-dir", "--max-write-size", `(default "1GiB")`, "--write-fail-rate", "--write-fail-keys",
+		"--query-dir", "/oceanql/stage/", "data.parquet"} {
 		assert.Contains(t, stderr.String(), want)
 	}
 }
@@ -333,4 +334,88 @@ func TestServeWriteFlags(t *testing.T) {
 	left, err := os.ReadDir(staging)
 	require.NoError(t, err)
 	assert.Empty(t, left, "the server's staging folder is removed at exit")
+}
+
+func TestServeQueryDir(t *testing.T) {
+	assert.Empty(t, parseServeConfig(t).QueryDir)
+	assert.Equal(t, "/q", parseServeConfig(t, "--query-dir", "/q").QueryDir)
+
+	// A tiny dataset: 3 hourly steps of one variable, uncompressed.
+	dir := t.TempDir()
+	files := map[string]string{
+		".zgroup":      `{"zarr_format":2}`,
+		"time/.zarray": `{"zarr_format":2,"shape":[3],"chunks":[3],"dtype":"<i8","compressor":null,"fill_value":null,"order":"C","filters":null}`,
+		"time/.zattrs": `{"_ARRAY_DIMENSIONS":["time"],"units":"hours since 2020-01-01 00:00:00"}`,
+		"x/.zarray":    `{"zarr_format":2,"shape":[3],"chunks":[2],"dtype":"|u1","compressor":null,"fill_value":0,"order":"C","filters":null}`,
+		"x/.zattrs":    `{"_ARRAY_DIMENSIONS":["time"]}`,
+		"time/0":       string([]byte{0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0}),
+		"x/0":          "\x0a\x0b",
+		"x/1":          "\x0c\x00",
+	}
+	for name, content := range files {
+		p := filepath.Join(dir, "series", filepath.FromSlash(name))
+		require.NoError(t, os.MkdirAll(filepath.Dir(p), 0o755))
+		require.NoError(t, os.WriteFile(p, []byte(content), 0o644))
+	}
+	t.Setenv("DATAMESH_TOKEN", "tok")
+	t.Setenv("TMPDIR", t.TempDir())
+	do := func(addr, method, path, body, session string) (int, []byte) {
+		req, err := http.NewRequest(method, "http://"+addr+path, strings.NewReader(body))
+		require.NoError(t, err)
+		req.Header.Set("X-DATAMESH-TOKEN", "tok")
+		if session != "" {
+			req.Header.Set("X-DATAMESH-SESSIONID", session)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp.StatusCode, b
+	}
+	session := func(addr string) string {
+		code, b := do(addr, http.MethodGet, "/session/", "", "")
+		require.Equal(t, 200, code)
+		var sess struct{ ID string }
+		require.NoError(t, json.Unmarshal(b, &sess))
+		return sess.ID
+	}
+	stageSeries := func(addr string) string {
+		code, b := do(addr, http.MethodPost, "/oceanql/stage/",
+			`{"datasource":"series","timefilter":{"type":"range","times":["2020-01-01T01:00:00",null]}}`, session(addr))
+		require.Equal(t, 200, code, string(b))
+		var st struct{ QHash, Container string }
+		require.NoError(t, json.Unmarshal(b, &st))
+		assert.Equal(t, "dataset", st.Container)
+		return st.QHash
+	}
+
+	// With --query-dir: the result is there, and served after a restart.
+	qdir := t.TempDir()
+	addr, _, _, stop := startServe(t, "--query-dir", qdir, dir)
+	qhash := stageSeries(addr)
+	assert.FileExists(t, filepath.Join(qdir, qhash, ".zmetadata"))
+	assert.Equal(t, exitOK, stop())
+	addr, _, _, stop = startServe(t, "--query-dir", qdir, dir)
+	code, b := do(addr, http.MethodGet, "/zarr/query/"+qhash+"/x/0", "", session(addr))
+	assert.Equal(t, 200, code)
+	assert.Equal(t, []byte{0x0b, 0x0c}, b, "times 1 and 2 of x, one chunk of 2")
+	assert.Equal(t, exitOK, stop())
+
+	// Without: a temporary folder, removed at exit.
+	addr, _, _, stop = startServe(t, dir)
+	stageSeries(addr)
+	tmp, err := os.ReadDir(os.Getenv("TMPDIR"))
+	require.NoError(t, err)
+	var found bool
+	for _, e := range tmp {
+		found = found || strings.HasPrefix(e.Name(), "dmfs-queries-")
+	}
+	assert.True(t, found)
+	assert.Equal(t, exitOK, stop())
+	tmp, err = os.ReadDir(os.Getenv("TMPDIR"))
+	require.NoError(t, err)
+	for _, e := range tmp {
+		assert.False(t, strings.HasPrefix(e.Name(), "dmfs-queries-"), "removed at exit: %s", e.Name())
+	}
 }
