@@ -305,6 +305,13 @@ func (n *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 		w.opt.Logger.Debug("rename of a file already on the gateway: EXDEV (mv copies it)", "path", n.fullPath(name))
 		return syscall.EXDEV
 	}
+	if err := w.failedBeforeLocked(n.ds); err != nil {
+		// Refused before anything moves: the writer then removes its
+		// temporary file, as after any failed rename.
+		w.mu.Unlock()
+		f.mu.Unlock()
+		return w.errno(ctx, "rename", f, err)
+	}
 	ov := n.ds.ov
 	shadows := target != nil
 	if old := ov.files[newKey]; old != nil {
@@ -324,13 +331,12 @@ func (n *dirNode) Rename(ctx context.Context, name string, newParent gofs.InodeE
 		w.scheduleLocked(f, 0)
 	}
 	f.renamed = f.dirty && !upload
-	failed := w.failedBeforeLocked(n.ds)
 	w.mu.Unlock()
 	f.mu.Unlock()
 	if upload && commit {
 		return w.errno(ctx, "rename", f, w.upload(ctx, f))
 	}
-	return w.errno(ctx, "rename", f, failed)
+	return 0
 }
 
 // renameNoReplace is RENAME_NOREPLACE.
