@@ -256,15 +256,23 @@ func (w *writer) reserveLocked(ctx context.Context, n int64) error {
 			return syscall.ENOSPC
 		}
 		w.kickLocked(nil)
-		ch := w.changed
-		w.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			w.mu.Lock()
-			return ctx.Err()
+		if err := w.waitChangedLocked(ctx); err != nil {
+			return err
 		}
-		w.mu.Lock()
+	}
+}
+
+// waitChangedLocked waits, with w.mu released, until spool space is freed
+// or a job ends, or ctx is done.
+func (w *writer) waitChangedLocked(ctx context.Context) error {
+	ch := w.changed
+	w.mu.Unlock()
+	defer w.mu.Lock()
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
@@ -726,15 +734,9 @@ func (w *writer) barrier(ctx context.Context, ds *datasource, except *wfile) err
 		if n <= 0 {
 			break
 		}
-		ch := w.changed
-		w.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			w.mu.Lock()
-			return ctx.Err()
+		if err := w.waitChangedLocked(ctx); err != nil {
+			return err
 		}
-		w.mu.Lock()
 	}
 	if ds.ov.failures > 0 {
 		return fmt.Errorf("%d upload(s) of datasource %s failed (first: %s): %w", ds.ov.failures, ds.id, ds.ov.firstErr, errUploadFailed)

@@ -109,24 +109,34 @@ func (s *Server) serveDatasource(w http.ResponseWriter, _ *http.Request, q *requ
 	writeRawJSON(w, http.StatusOK, ds.featureJSON())
 }
 
-func (s *Server) serveZarr(w http.ResponseWriter, r *http.Request, q *request) {
+// zarrRequestOK answers a /zarr/ request that cannot be served (no
+// session, an injected failure, no key part: notFound, a refused key) and
+// says whether it can.
+func (s *Server) zarrRequestOK(w http.ResponseWriter, q *request, notFound string) bool {
 	if !s.checkZarrSession(w, q) {
-		return
+		return false
 	}
 	if code := s.injectFailure(); code != 0 {
 		s.writeInjectedFailure(w, code)
-		return
+		return false
 	}
 	if errors.Is(q.keyErr, errNoKey) {
-		writeDetail(w, http.StatusNotFound, "Not found.")
-		return
+		writeDetail(w, http.StatusNotFound, notFound)
+		return false
 	}
 	if q.keyErr != nil {
 		writeDetail(w, http.StatusBadRequest, q.keyErr.Error())
-		return
+		return false
 	}
 	if err := checkKey(q.key); err != nil {
 		writeDetail(w, http.StatusBadRequest, fmt.Sprintf("refused key %q: %v", q.key, err))
+		return false
+	}
+	return true
+}
+
+func (s *Server) serveZarr(w http.ResponseWriter, r *http.Request, q *request) {
+	if !s.zarrRequestOK(w, q, "Not found.") {
 		return
 	}
 	if st, d := s.writes.stageFor(q.sessionID, q.arg); st != nil {

@@ -631,6 +631,12 @@ func (a *arrayMeta) decode(raw []byte) ([]byte, error) {
 }
 
 func decompress(id string, raw []byte) ([]byte, error) {
+	return decompressAtMost(id, raw, maxCoordBytes+1)
+}
+
+// decompressAtMost undoes a zlib or gzip compressor, reading at most limit
+// bytes of what it gives.
+func decompressAtMost(id string, raw []byte, limit int64) ([]byte, error) {
 	var r io.ReadCloser
 	var err error
 	switch id {
@@ -645,7 +651,7 @@ func decompress(id string, raw []byte) ([]byte, error) {
 		return nil, err
 	}
 	defer r.Close()
-	return io.ReadAll(io.LimitReader(r, maxCoordBytes+1))
+	return io.ReadAll(io.LimitReader(r, limit))
 }
 
 func decodeNumber(b []byte, order binary.ByteOrder, kind byte) float64 {

@@ -441,23 +441,7 @@ func (s *Server) serveTableResult(w http.ResponseWriter, r *http.Request, qr *qu
 // serveQueryZarr answers GET/HEAD /zarr/query/{qhash}/{key}, with the same
 // key and listing semantics as /zarr/{id}/.
 func (s *Server) serveQueryZarr(w http.ResponseWriter, r *http.Request, q *request) {
-	if !s.checkZarrSession(w, q) {
-		return
-	}
-	if code := s.injectFailure(); code != 0 {
-		s.writeInjectedFailure(w, code)
-		return
-	}
-	if errors.Is(q.keyErr, errNoKey) {
-		writeDetail(w, http.StatusNotFound, "Query not found")
-		return
-	}
-	if q.keyErr != nil {
-		writeDetail(w, http.StatusBadRequest, q.keyErr.Error())
-		return
-	}
-	if err := checkKey(q.key); err != nil {
-		writeDetail(w, http.StatusBadRequest, fmt.Sprintf("refused key %q: %v", q.key, err))
+	if !s.zarrRequestOK(w, q, "Query not found") {
 		return
 	}
 	qr := s.lookupQuery(q.qhash)

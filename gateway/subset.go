@@ -1031,26 +1031,13 @@ func subsetArrayChunks(ctx context.Context, eg *errgroup.Group, root *os.Root, a
 
 // decodeChunk decompresses a chunk that must hold exactly n bytes.
 func decodeChunk(compID string, raw []byte, n int) ([]byte, error) {
-	var r io.ReadCloser
-	var err error
-	switch compID {
-	case "":
+	if compID == "" {
 		if len(raw) != n {
 			return nil, fmt.Errorf("chunk has %d bytes, expected %d", len(raw), n)
 		}
 		return raw, nil
-	case "zlib":
-		r, err = zlib.NewReader(bytes.NewReader(raw))
-	case "gzip":
-		r, err = gzip.NewReader(bytes.NewReader(raw))
-	default:
-		return nil, fmt.Errorf("compressor %q is not supported", compID)
 	}
-	if err != nil {
-		return nil, err
-	}
-	defer r.Close()
-	out, err := io.ReadAll(io.LimitReader(r, int64(n)+1))
+	out, err := decompressAtMost(compID, raw, int64(n)+1)
 	if err != nil {
 		return nil, err
 	}
