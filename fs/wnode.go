@@ -188,9 +188,10 @@ func (h *whandle) Release(ctx context.Context) syscall.Errno {
 	w, f := h.w, h.f
 	w.mu.Lock()
 	f.writers--
-	// (A store's consolidated metadata is uploaded at its close or at
-	// the end, never behind its writer's back.)
-	pending := f.dirty && f.job == nil && f.writers == 0 && !f.detached && !isCommit(f.key)
+	// (A store's consolidated metadata is uploaded at its close, its
+	// rename into place, or at the end, never behind its writer's back.
+	// A rename that came before this RELEASE, as FUSE allows, is one.)
+	pending := f.dirty && f.job == nil && f.writers == 0 && !f.detached && (!isCommit(f.key) || f.renamed)
 	w.mu.Unlock()
 	if pending {
 		go w.closed(w.life, f)

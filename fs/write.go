@@ -768,6 +768,7 @@ func (w *writer) closed(ctx context.Context, f *wfile) error {
 		w.mu.Unlock()
 		return err
 	}
+	f.renamed = false
 	w.mu.Unlock()
 	return w.commit(ctx, f)
 }
