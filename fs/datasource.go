@@ -46,8 +46,14 @@ const sequentialSlack = 4
 // new opens), files get a new mtime, and the kernel is told to forget the
 // old entries.
 type datasource struct {
-	id    string
+	id string
+	// ns names the datasource in the cache and the inode table: its id, or
+	// for a query the staged qhash (a name staged again to another qhash
+	// shares nothing with the old one).
+	ns    string
 	store zarr.Store
+	// kind says what the datasource holds (nil: a Zarr store); see kind.go.
+	kind  *kindState
 	opt   *Options
 	load  singleflight.Group // one metadata load at a time
 	lists singleflight.Group // one listing per chunk folder at a time
@@ -106,7 +112,7 @@ func newDatasource(id string, store zarr.Store, opt *Options, modified time.Time
 	if modified.IsZero() {
 		modified = opt.started
 	}
-	return &datasource{id: id, store: store, opt: opt, arrays: map[string]*arrayState{}, listings: map[string]*chunkListing{},
+	return &datasource{id: id, ns: id, store: store, opt: opt, arrays: map[string]*arrayState{}, listings: map[string]*chunkListing{},
 		cur: version{modTime: modified.Truncate(time.Second)}}
 }
 
@@ -205,10 +211,10 @@ func (d *datasource) bumpLocked() {
 // afterBump drops what the old version left: its cached chunks, its inode
 // ranges and the kernel's entries.
 func (d *datasource) afterBump(gen uint64, why string) {
-	d.opt.inodes.forget(inodePrefix(d.id, gen-1))
+	d.opt.inodes.forget(inodePrefix(d.ns, gen-1))
 	d.opt.Logger.Info("datasource changed on the server; serving its new version",
 		"datasource", d.id, "why", why, "version", gen)
-	d.opt.Cache.Invalidate(d.id + "/")
+	d.opt.Cache.Invalidate(d.ns + "/")
 	if d.forget != nil {
 		d.forget()
 	}
@@ -374,7 +380,7 @@ func (d *datasource) listedAbsent(path string, i int64) bool {
 }
 
 // cacheKey names a chunk in the shared cache.
-func (d *datasource) cacheKey(key string) string { return d.id + "/" + key }
+func (d *datasource) cacheKey(key string) string { return d.ns + "/" + key }
 
 func (d *datasource) fetcher(key string) cache.FetchFunc {
 	return func(ctx context.Context) ([]byte, error) {

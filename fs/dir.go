@@ -124,7 +124,7 @@ func (n *dirNode) resolve(ctx context.Context) (*listing, syscall.Errno) {
 		}
 	}
 	// Numbers are per version: a changed store's files are new inodes.
-	l.inoBase = n.ds.opt.inodes.base(inodePrefix(n.ds.id, v.gen)+n.path, uint64(l.len()))
+	l.inoBase = n.ds.opt.inodes.base(inodePrefix(n.ds.ns, v.gen)+n.path, uint64(l.len()))
 	return l, 0
 }
 
@@ -137,6 +137,9 @@ func (n *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 		if in, errno, done := n.lookupWritten(ctx, name, out); done {
 			return in, errno
 		}
+	}
+	if in, errno, done := n.lookupSourceRoot(ctx, name, out); done {
+		return in, errno
 	}
 	l, errno := n.resolve(ctx)
 	if errno != 0 {
@@ -204,12 +207,19 @@ func (n *dirNode) chunkPath(l *listing) string { return joinKey(l.arr.Path, n.ch
 // list), less those known missing. Entries keep their grid inode numbers
 // either way, so tools that sort by inode read chunks in key order.
 func (n *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
+	extra, store, errno := n.sourceRootEntries(ctx)
+	if errno != 0 {
+		return nil, errno
+	}
+	if !store {
+		return gofs.NewListDirStream(append(dotEntries(n.EmbeddedInode()), extra...)), 0
+	}
 	l, errno := n.resolve(ctx)
 	if errno != 0 {
 		return nil, errno
 	}
 	s := &dirStream{l: l, ds: n.ds}
-	s.fixed = dotEntries(n.EmbeddedInode())
+	s.fixed = append(dotEntries(n.EmbeddedInode()), extra...)
 	if f := l.folder; f != nil {
 		// Entry i keeps inode number inoBase+i even when a name too long
 		// to serve is left out.

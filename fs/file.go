@@ -63,7 +63,7 @@ func (f *metaFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	if f.w != nil {
 		return f.w.gatewayOpen(ctx, f.ds, f.key, int64(len(f.data)), f.data, flags)
 	}
-	return openFile(flags)
+	return f.openReadOnly(flags)
 }
 
 // Setattr: a write mount truncates through an overlay file.
@@ -122,7 +122,7 @@ func (f *chunkFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, ui
 	if f.w != nil {
 		return f.w.gatewayOpen(ctx, f.ds, f.key(), f.size, nil, flags)
 	}
-	return openFile(flags)
+	return f.openReadOnly(flags)
 }
 
 // Setattr: a write mount truncates through an overlay file.

@@ -6,6 +6,9 @@ package fs
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -29,7 +32,34 @@ type Catalog interface {
 	Datasource(ctx context.Context, id string) (Entry, error)
 	// Store gives read access to one datasource's Zarr keys.
 	Store(id string) zarr.Store
+	// Stage stages an OceanQL query (JSON) and says what it holds: errors
+	// match ErrNoData (nothing matched), ErrBadQuery (refused, with the
+	// gateway's reason) or fs.ErrNotExist (no such datasource).
+	Stage(ctx context.Context, query []byte) (Staged, error)
+	// QueryStore gives read access to the Zarr keys of a staged dataset.
+	QueryStore(qhash string) zarr.Store
+	// OpenTable streams a table: the whole of datasource id when qhash is
+	// "", else the staged query qhash. size is -1 when unknown.
+	OpenTable(ctx context.Context, id, qhash string) (body io.ReadCloser, size int64, err error)
 }
+
+// Staged is a staged query.
+type Staged struct {
+	QHash     string
+	Container string // ContainerDataset, or a table: "dataframe", "geodataframe"
+}
+
+// ContainerDataset is the container of a Zarr store; the others are tables.
+const ContainerDataset = "dataset"
+
+var (
+	// ErrNoData is the cause of a Stage error when the query matched
+	// nothing.
+	ErrNoData = errors.New("no data")
+	// ErrBadQuery is the cause of a Stage error when the gateway refused
+	// the query.
+	ErrBadQuery = errors.New("query refused")
+)
 
 // Entry is one datasource of the catalog.
 type Entry struct {
@@ -38,6 +68,25 @@ type Entry struct {
 	// "modified"), the mtime of its files; zero when the catalog does not
 	// say, and the mount's start is used.
 	Modified time.Time
+	// Info is what the catalog says of it, shown in .datasource.json; nil
+	// when it said nothing (the datasource is then taken to be a dataset).
+	Info *Info
+}
+
+// Info describes a datasource in its .datasource.json file.
+type Info struct {
+	ID          string     `json:"id"`
+	Name        string     `json:"name,omitempty"`
+	Description string     `json:"description,omitempty"`
+	Driver      string     `json:"driver,omitempty"`
+	Container   string     `json:"container,omitempty"`
+	TimeStart   *time.Time `json:"tstart,omitempty"`
+	TimeEnd     *time.Time `json:"tend,omitempty"`
+	BBox        []float64  `json:"bbox,omitempty"` // W, S, E, N
+	Variables   []string   `json:"variables,omitempty"`
+	Tags        []string   `json:"tags,omitempty"`
+	// Query is the OceanQL query of a query directory.
+	Query json.RawMessage `json:"query,omitempty"`
 }
 
 // Options configure the tree.
@@ -55,6 +104,13 @@ type Options struct {
 	UID, GID    uint32
 	// Write makes the mount writable (nil: read-only).
 	Write *WriteOptions
+	// TableDir is a private folder for tables too large to hold in memory
+	// while they are served (files there are unlinked at once); "" keeps
+	// every table in memory.
+	TableDir string
+	// Queries are OceanQL queries (JSON) mounted at fixed names
+	// (--query NAME=FILE), beside the query paths any name ID@... stages.
+	Queries map[string][]byte
 	// writer is the write side, when Write is set.
 	writer *writer
 	// now is the clock, for tests.
@@ -199,9 +255,20 @@ const loadTimeout = 2 * time.Minute
 // from any one caller, so an interrupted `ls` does not fail the others
 // waiting on it; each caller waits only as long as its own ctx allows.
 func shared[T any](ctx context.Context, g *singleflight.Group, key string, load func(context.Context) (T, error)) (T, error) {
+	return sharedFor(ctx, g, key, loadTimeout, load)
+}
+
+// sharedFor is shared with its own bound on the load (0: none, for
+// downloads that the store's timeout between bytes bounds instead).
+func sharedFor[T any](ctx context.Context, g *singleflight.Group, key string, timeout time.Duration, load func(context.Context) (T, error)) (T, error) {
 	ch := g.DoChan(key, func() (any, error) {
-		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), loadTimeout)
+		lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		defer cancel()
+		if timeout > 0 {
+			var stop context.CancelFunc
+			lctx, stop = context.WithTimeout(lctx, timeout)
+			defer stop()
+		}
 		return load(lctx)
 	})
 	var zero T

@@ -98,6 +98,16 @@ type memCatalog struct {
 	lookups  int
 	err      error     // returned by every catalog call when set (an outage)
 	modified time.Time // every datasource's modified time
+
+	// Queries and tables (query_test.go), guarded by qmu.
+	qmu      sync.Mutex
+	infos    map[string]*Info      // Entry.Info by id
+	staged   map[string]Staged     // by the query's JSON
+	stageErr map[string]error      // by the query's JSON
+	stages   []string              // every query staged, in order
+	queries  map[string]zarr.Store // by qhash
+	tables   map[string][]byte     // by id, or "id?qhash"
+	opens    int                   // OpenTable calls
 }
 
 func (c *memCatalog) Datasources(ctx context.Context) ([]Entry, error) {
@@ -106,7 +116,7 @@ func (c *memCatalog) Datasources(ctx context.Context) ([]Entry, error) {
 	}
 	var out []Entry
 	for _, id := range c.listed {
-		out = append(out, Entry{ID: id, Modified: c.modified})
+		out = append(out, Entry{ID: id, Modified: c.modified, Info: c.infos[id]})
 	}
 	return out, nil
 }
@@ -118,7 +128,7 @@ func (c *memCatalog) Datasource(ctx context.Context, id string) (Entry, error) {
 	}
 	for _, h := range append(append([]string{}, c.listed...), c.hidden...) {
 		if h == id {
-			return Entry{ID: id, Modified: c.modified}, nil
+			return Entry{ID: id, Modified: c.modified, Info: c.infos[id]}, nil
 		}
 	}
 	return Entry{}, fmt.Errorf("datasource %s: %w", id, iofs.ErrNotExist)
@@ -339,7 +349,7 @@ func TestSparseArrayListsOnlyChunksThatExist(t *testing.T) {
 
 func TestListingCostsOneMetadataRequest(t *testing.T) {
 	f := newFixture(t)
-	assert.Equal(t, []string{".zattrs", ".zgroup", ".zmetadata", "grid", "line"}, f.list(t, "alpha"))
+	assert.Equal(t, []string{infoName, ".zattrs", ".zgroup", ".zmetadata", "grid", "line"}, f.list(t, "alpha"))
 	assert.Equal(t, []string{".zarray", ".zattrs", "0.0", "0.1", "0.2", "1.0", "1.1", "1.2"}, f.list(t, "alpha/grid"))
 	assert.Equal(t, []string{".zarray", ".zattrs", "0", "1", "2"}, f.list(t, "alpha/line"))
 
@@ -976,7 +986,7 @@ func TestDatasourceWithoutStoreIsEmpty(t *testing.T) {
 	f := newFixture(t)
 	f.cat.listed = append(f.cat.listed, "hollow")
 	f.cat.stores["hollow"] = newMemStore(nil)
-	assert.Empty(t, f.list(t, "hollow"))
+	assert.Equal(t, []string{infoName}, f.list(t, "hollow"), "its description only")
 	_, _, errno := f.lookup(t, f.root, "hollow/.zgroup")
 	assert.Equal(t, syscall.ENOENT, errno)
 }

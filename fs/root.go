@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	iofs "io/fs"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -32,10 +34,13 @@ type Root struct {
 	known    map[string]time.Time
 	missing  map[string]time.Time
 	sources  map[string]*datasource
-	modified map[string]time.Time // the catalog's modified, by id
-	made     map[string]bool      // datasources made by mkdir in this (write) mount
-	removed  map[string]bool      // datasources removed through this mount
-	load     singleflight.Group   // one catalog request at a time
+	modified map[string]time.Time  // the catalog's modified, by id
+	infos    map[string]*Info      // what the catalog says, by id
+	stages   map[string]stageEntry // staged query paths, by name
+	stageRun singleflight.Group    // one stage per name at a time
+	made     map[string]bool       // datasources made by mkdir in this (write) mount
+	removed  map[string]bool       // datasources removed through this mount
+	load     singleflight.Group    // one catalog request at a time
 
 	mounted atomic.Bool // kernel notifications only reach a mounted tree
 }
@@ -63,7 +68,7 @@ func safeName(id string) bool {
 func NewRoot(opt Options) *Root {
 	opt.fill()
 	return &Root{
-		writeOps: writeOps{opt.writer},
+		writeOps: writeOps{w: opt.writer, rw: opt.writer != nil},
 		made:     map[string]bool{},
 		removed:  map[string]bool{},
 		opt:      opt,
@@ -71,6 +76,8 @@ func NewRoot(opt Options) *Root {
 		missing:  map[string]time.Time{},
 		sources:  map[string]*datasource{},
 		modified: map[string]time.Time{},
+		infos:    map[string]*Info{},
+		stages:   map[string]stageEntry{},
 	}
 }
 
@@ -146,12 +153,14 @@ func (r *Root) catalog(ctx context.Context) ([]string, error) {
 // noteModified remembers the catalog's modified time of a datasource: its
 // files' mtime, the same across remounts (rsync -a copies nothing twice).
 func (r *Root) noteModified(e Entry) {
-	if e.Modified.IsZero() {
-		return
-	}
 	r.mu.Lock()
-	r.modified[e.ID] = e.Modified
-	r.mu.Unlock()
+	defer r.mu.Unlock()
+	if e.Info != nil {
+		r.infos[e.ID] = e.Info
+	}
+	if !e.Modified.IsZero() {
+		r.modified[e.ID] = e.Modified
+	}
 }
 
 // releaseIdle drops the metadata of datasources nobody used for a while, so
@@ -183,6 +192,10 @@ func (r *Root) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 	entries := dotEntries(r.EmbeddedInode())
 	for _, id := range ids {
 		entries = append(entries, fuse.DirEntry{Name: id, Mode: fuse.S_IFDIR, Ino: r.inoOf(id)})
+	}
+	// Query paths are never listed; the queries given at mount time are.
+	for _, name := range slices.Sorted(maps.Keys(r.opt.Queries)) {
+		entries = append(entries, fuse.DirEntry{Name: name, Mode: fuse.S_IFDIR, Ino: r.inoOf(name)})
 	}
 	return gofs.NewListDirStream(entries), 0
 }
@@ -234,11 +247,23 @@ func (r *Root) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	if len(name) > maxNameLen {
 		return nil, syscall.ENAMETOOLONG
 	}
+	if q, ok := r.opt.Queries[name]; ok {
+		return r.lookupQuery(ctx, name, q, out)
+	}
 	r.mu.Lock()
 	made, removed := r.made[name], r.removed[name]
+	_, listed := slices.BinarySearch(r.listed, name)
 	r.mu.Unlock()
 	if removed {
 		return nil, syscall.ENOENT
+	}
+	if !made && !listed && isQueryName(name) {
+		qn, err := parseQueryName(name)
+		if err != nil {
+			r.opt.Logger.Warn("not a query path: EINVAL", "name", fmt.Sprintf("%.300q", name), "reason", err)
+			return nil, syscall.EINVAL
+		}
+		return r.lookupQuery(ctx, name, qn.query, out)
 	}
 	if !made {
 		ok, err := r.exists(ctx, name)
@@ -272,6 +297,14 @@ func (r *Root) source(id string, created bool) *datasource {
 		}
 		ds.forget = func() { r.forgetEntries(id) }
 		ds.dropPages = func(key string) { r.dropPages(id, key) }
+		ds.kind = &kindState{
+			learn:     func(ctx context.Context) (string, error) { return r.learnContainer(ctx, id) },
+			info:      func(c string) *Info { return r.describe(id, c, nil) },
+			tableName: id + tableSuffix,
+			openTable: func(ctx context.Context) (io.ReadCloser, int64, error) {
+				return r.opt.Catalog.OpenTable(ctx, id, "")
+			},
+		}
 		r.sources[id] = ds
 	}
 	return ds

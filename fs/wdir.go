@@ -103,7 +103,7 @@ func (w *writer) mergeListing(ds *datasource, p string, s *dirStream) {
 // Create makes a file in the folder, open for writing.
 func (n *dirNode) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
 	w := n.w
-	if w == nil {
+	if w == nil || n.isTableDir(ctx) {
 		return nil, nil, 0, syscall.EROFS
 	}
 	if len(name) > maxNameLen {
@@ -129,7 +129,7 @@ func (n *dirNode) Create(ctx context.Context, name string, flags uint32, mode ui
 // Mkdir makes a folder: local until files are written into it.
 func (n *dirNode) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	w := n.w
-	if w == nil {
+	if w == nil || n.isTableDir(ctx) {
 		return nil, syscall.EROFS
 	}
 	if len(name) > maxNameLen {
@@ -167,6 +167,15 @@ func (n *dirNode) Unlink(ctx context.Context, name string) syscall.Errno {
 		return 0
 	}
 	w.mu.Unlock()
+	if f == nil && name == infoName && n.isSourceRoot() {
+		// Made from the catalog, not a key: it goes with the datasource
+		// (rm -r of a datasource removes it first).
+		if !w.wo.AllowDelete {
+			w.opt.Logger.Warn("delete refused: the mount was not given --allow-delete", "path", n.fullPath(name))
+			return syscall.EPERM
+		}
+		return 0
+	}
 	if f == nil && n.GetChild(name) == nil {
 		return syscall.ENOENT
 	}
@@ -225,6 +234,7 @@ func (n *dirNode) Rmdir(ctx context.Context, name string) syscall.Errno {
 
 // emptyDir is 0 when child is a folder with nothing in it.
 func emptyDir(ctx context.Context, child *gofs.Inode) syscall.Errno {
+	// A datasource's description file does not count: it is not a key.
 	if child == nil {
 		return syscall.ENOENT
 	}
@@ -242,7 +252,7 @@ func emptyDir(ctx context.Context, child *gofs.Inode) syscall.Errno {
 		if errno != 0 {
 			return errno
 		}
-		if e.Name != "." && e.Name != ".." {
+		if e.Name != "." && e.Name != ".." && !(e.Name == infoName && isSourceRootNode(child)) {
 			return syscall.ENOTEMPTY
 		}
 	}
@@ -497,4 +507,10 @@ func (r *Root) Setattr(ctx context.Context, fh gofs.FileHandle, in *fuse.SetAttr
 		return syscall.EROFS
 	}
 	return r.Getattr(ctx, fh, out)
+}
+
+// isSourceRootNode reports whether in is a datasource's top directory.
+func isSourceRootNode(in *gofs.Inode) bool {
+	d, ok := in.Operations().(*dirNode)
+	return ok && d.isSourceRoot()
 }

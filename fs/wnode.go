@@ -14,7 +14,23 @@ import (
 // read-only mount; in a write mount, through the handle of a file opened
 // for writing (whandle). Folders add the namespace operations (Create,
 // Mkdir, Unlink, Rmdir, Rename) themselves.
-type writeOps struct{ w *writer }
+type writeOps struct {
+	w *writer
+	// rw: the mount is writable, also where w is nil (the read-only parts
+	// of a write mount: query directories, tables, descriptions). Their
+	// opens and flushes must not answer ENOSYS, which the kernel takes as
+	// "never send OPEN (or FLUSH) again" for the whole mount.
+	rw bool
+}
+
+// openReadOnly answers the OPEN of a file that is never written: see
+// openFile; in a write mount it is opened without a handle instead.
+func (o writeOps) openReadOnly(flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	if o.rw && flags&writeFlags == 0 {
+		return nil, 0, 0
+	}
+	return openFile(flags)
+}
 
 var (
 	_ gofs.NodeSetattrer     = (*writeOps)(nil)
@@ -121,7 +137,7 @@ func (o writeOps) Flush(ctx context.Context, fh gofs.FileHandle) syscall.Errno {
 	if h, ok := fh.(*whandle); ok {
 		return h.flush(ctx)
 	}
-	if o.w == nil {
+	if o.w == nil && !o.rw {
 		return syscall.ENOSYS
 	}
 	return 0

@@ -437,6 +437,11 @@ func python(t *testing.T, script string, args ...string) string {
 }
 
 // readAll returns every regular file under dir by relative path.
+// infoFile is the read-only description every datasource directory of a
+// mount holds beside its keys.
+const infoFile = ".datasource.json"
+
+// readAll reads every file under dir but a top-level infoFile.
 func readAll(t *testing.T, dir string) map[string][]byte {
 	t.Helper()
 	files := map[string][]byte{}
@@ -445,6 +450,9 @@ func readAll(t *testing.T, dir string) map[string][]byte {
 			return err
 		}
 		rel, _ := filepath.Rel(dir, p)
+		if rel == infoFile {
+			return nil // the mount's description of a datasource, not a key
+		}
 		b, err := os.ReadFile(p)
 		files[rel] = b
 		return err

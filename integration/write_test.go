@@ -105,7 +105,10 @@ elif cmd == "failing":
     try:
         ds = make(6, 0, 0)
         if sys.argv[3] == "dask":
-            ds.chunk(CHUNKS).to_zarr(sys.argv[2], mode="w", consolidated=True)
+            # Enough chunks that the failure is known before the last of
+            # them is closed and renamed (dask writes them after
+            # .zmetadata, so only a later close or rename can fail).
+            make(160, 0, 0).chunk(CHUNKS).to_zarr(sys.argv[2], mode="w", consolidated=True)
         else:
             enc = {v: {"chunks": (4, 2, 5)} for v in ("temp", "count")}
             ds.to_zarr(sys.argv[2], mode="w", consolidated=True, encoding=enc)

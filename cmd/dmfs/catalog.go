@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	iofs "io/fs"
 	"slices"
 	"sync"
@@ -42,7 +44,7 @@ func (c *datameshCatalog) check(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("--datasource %s: %w", id, err)
 		}
-		entries[i] = fs.Entry{ID: id, Modified: ds.Modified}
+		entries[i] = entryOf(ds)
 	}
 	c.mu.Lock()
 	c.onlyEntries = entries
@@ -80,7 +82,7 @@ func (c *datameshCatalog) list(ctx context.Context) ([]fs.Entry, error) {
 	}
 	out := make([]fs.Entry, len(list))
 	for i, ds := range list {
-		out[i] = fs.Entry{ID: ds.ID, Modified: ds.Modified}
+		out[i] = entryOf(ds)
 	}
 	return out, nil
 }
@@ -90,7 +92,71 @@ func (c *datameshCatalog) Datasource(ctx context.Context, id string) (fs.Entry, 
 		return fs.Entry{}, fmt.Errorf("datasource %s is not mounted: %w", id, iofs.ErrNotExist)
 	}
 	ds, err := c.client.Datasource(ctx, id)
-	return fs.Entry{ID: id, Modified: ds.Modified}, err
+	if err != nil {
+		return fs.Entry{ID: id}, err
+	}
+	e := entryOf(ds)
+	e.ID = id
+	return e, nil
 }
 
 func (c *datameshCatalog) Store(id string) zarr.Store { return c.client.Store(id) }
+
+// ids are the datasource ids the startup check found.
+func (c *datameshCatalog) ids() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for _, e := range append(slices.Clone(c.checked), c.onlyEntries...) {
+		out = append(out, e.ID)
+	}
+	return out
+}
+
+// entryOf is a catalog Feature as the filesystem shows it.
+func entryOf(ds session.Datasource) fs.Entry {
+	return fs.Entry{ID: ds.ID, Modified: ds.Modified, Info: &fs.Info{
+		ID:          ds.ID,
+		Name:        ds.Name,
+		Description: ds.Description,
+		Driver:      ds.Driver,
+		Container:   ds.Container,
+		TimeStart:   ds.TStart,
+		TimeEnd:     ds.TEnd,
+		BBox:        ds.BBox,
+		Variables:   ds.Variables,
+		Tags:        ds.Tags,
+	}}
+}
+
+// Stage stages a query; the session's errors are given the causes the
+// filesystem maps (no data: ENOENT, refused: EINVAL).
+func (c *datameshCatalog) Stage(ctx context.Context, query []byte) (fs.Staged, error) {
+	st, err := c.client.Stage(ctx, query)
+	switch {
+	case errors.Is(err, session.ErrNoData):
+		return fs.Staged{}, fmt.Errorf("%w: %w", fs.ErrNoData, err)
+	case errors.Is(err, session.ErrBadQuery):
+		return fs.Staged{}, fmt.Errorf("%w: %w", fs.ErrBadQuery, err)
+	case err != nil:
+		return fs.Staged{}, err
+	}
+	return fs.Staged{QHash: st.QHash, Container: st.Container}, nil
+}
+
+func (c *datameshCatalog) QueryStore(qhash string) zarr.Store { return c.client.QueryStore(qhash) }
+
+// OpenTable streams a datasource's table, or a staged query's.
+func (c *datameshCatalog) OpenTable(ctx context.Context, id, qhash string) (io.ReadCloser, int64, error) {
+	var d *session.Download
+	var err error
+	if qhash == "" {
+		d, err = c.client.OpenTable(ctx, id)
+	} else {
+		d, err = c.client.OpenQueryTable(ctx, qhash)
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	return d, d.Size, nil
+}

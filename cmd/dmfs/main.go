@@ -40,6 +40,7 @@ const usage = `dmfs mounts Oceanum Datamesh datasources as a filesystem of Zarr 
 Usage:
   dmfs mount [flags] MOUNTPOINT     mount the datasources the token can see (read-only; --write to write)
   dmfs unmount [--lazy] MOUNTPOINT  unmount, wait for uploads, and close the session
+  dmfs ls [--search TEXT] [--json]  list the catalog: id, name, time range, container
   dmfs serve [flags] DIR            run a local Datamesh gateway over a folder of Zarr stores
   dmfs serve --demo [DIR]           ... over generated sample datasources
   dmfs version                      print the version
@@ -61,6 +62,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return runUnmount(ctx, args[1:], stdout, stderr)
 	case "serve":
 		return runServe(ctx, args[1:], stdout, stderr)
+	case "ls":
+		return runLs(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintf(stdout, "dmfs %s\n", version)
 		return exitOK

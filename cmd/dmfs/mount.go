@@ -71,6 +71,12 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
 		return exitUsage
 	}
+	queries, err := o.checkQueries()
+	if err != nil {
+		fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
+		return exitUsage
+	}
+	o.queryDocs = queries
 	if fd := os.Getenv(readyFDEnv); fd != "" {
 		return mountDaemon(ctx, &o, fd)
 	}
@@ -463,6 +469,14 @@ func serveMount(ctx context.Context, o *mountOptions, token func() (string, erro
 	if err := catalog.check(ctx); err != nil {
 		return fail(startupCode(err), err)
 	}
+	if err := checkQueryNames(o.queryDocs, catalog.ids()); err != nil {
+		return fail(exitUsage, err)
+	}
+	// Tables too large for memory are held there while they are served.
+	tables, code, err := privateDir(dir, "tables", "", "")
+	if err != nil {
+		return fail(code, err)
+	}
 
 	// Keep the heap near the cache budget so peak RSS stays bounded.
 	debug.SetMemoryLimit(int64(o.CacheSize) + 32<<20)
@@ -491,6 +505,8 @@ func serveMount(ctx context.Context, o *mountOptions, token func() (string, erro
 		UID:         uint32(os.Getuid()),
 		GID:         uint32(os.Getgid()),
 		Write:       write,
+		TableDir:    tables,
+		Queries:     o.queryDocs,
 	})
 	server, err := fs.Mount(mp, root, fs.MountOptions{
 		AllowOther:  o.AllowOther,

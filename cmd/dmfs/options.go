@@ -34,6 +34,9 @@ type mountOptions struct {
 	FuseDebug       bool
 	Foreground      bool
 	Mountpoint      string
+	// Queries are --query NAME=FILE; queryDocs the documents read.
+	Queries   []string
+	queryDocs map[string][]byte
 
 	// The write flags (DESIGN §3 "Writing"); all but Write need it.
 	Write           bool
@@ -76,6 +79,8 @@ func (o *mountOptions) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.BoolVar(&o.FuseDebug, "fuse-debug", false, "log every FUSE operation (very verbose)")
 	fs.BoolVarP(&o.Foreground, "foreground", "f", false,
 		"stay attached to the terminal and log to stderr, instead of returning once the mount is ready")
+	fs.StringArrayVar(&o.Queries, "query", nil,
+		"mount the OceanQL query (JSON) in FILE at NAME, as NAME=FILE (repeatable)")
 
 	o.SpoolSize = 4 << 30
 	fs.BoolVar(&o.Write, "write", false,

@@ -34,17 +34,17 @@ const (
 	maxResultText = 512 // bytes of one key or error kept in the record
 )
 
-// checkSpoolDir creates path (mode 0700) if it is missing and checks that it
-// is a directory of ours that group and others cannot enter: spool files
-// hold the data being written. A symlink is refused, not followed, like a
-// --log-file.
-func checkSpoolDir(path string) error {
+// checkPrivateDir creates path (mode 0700) if it is missing and checks that
+// it is a directory of ours that group and others cannot enter: the files
+// there hold data (being written, or tables being read). A symlink is
+// refused, not followed, like a --log-file. what names the folder in errors.
+func checkPrivateDir(what, path string) error {
 	if err := os.Mkdir(path, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-		return fmt.Errorf("spool folder: %w", err)
+		return fmt.Errorf("%s folder: %w", what, err)
 	}
 	fi, err := os.Lstat(path)
 	if err != nil {
-		return fmt.Errorf("spool folder: %w", err)
+		return fmt.Errorf("%s folder: %w", what, err)
 	}
 	st := fi.Sys().(*syscall.Stat_t)
 	var problem string
@@ -60,24 +60,37 @@ func checkSpoolDir(path string) error {
 	default:
 		return nil
 	}
-	return fmt.Errorf("spool folder %s %s (owner uid %d, mode %s)", path, problem, st.Uid, fi.Mode())
+	return fmt.Errorf("%s folder %s %s (owner uid %d, mode %s)", what, path, problem, st.Uid, fi.Mode())
 }
 
-// spoolDir returns the folder for spool files: --spool-dir, else "spool" in
-// the state folder, checked by checkSpoolDir. A bad --spool-dir is a usage
-// error; a bad default one is a state folder problem.
-func spoolDir(dir *statedir.Dir, given string) (string, int, error) {
+// checkSpoolDir is checkPrivateDir for the write spool.
+func checkSpoolDir(path string) error { return checkPrivateDir("spool", path) }
+
+// privateDir returns a private folder: given (a flag's value, named by flag
+// in errors), else the folder name in the state folder, checked by
+// checkPrivateDir. A bad given folder is a usage error; a bad default one
+// is a state folder problem.
+func privateDir(dir *statedir.Dir, name, flag, given string) (string, int, error) {
 	if given != "" {
-		if err := checkSpoolDir(given); err != nil {
-			return "", exitUsage, fmt.Errorf("--spool-dir: %w", err)
+		if err := checkPrivateDir(name, given); err != nil {
+			return "", exitUsage, fmt.Errorf("%s: %w", flag, err)
 		}
 		return given, exitOK, nil
 	}
-	path := dir.File("spool")
-	if err := checkSpoolDir(path); err != nil {
-		return "", exitFailure, fmt.Errorf("%w; or give --spool-dir", err)
+	path := dir.File(name)
+	if err := checkPrivateDir(name, path); err != nil {
+		if flag != "" {
+			err = fmt.Errorf("%w; or give %s", err, flag)
+		}
+		return "", exitFailure, err
 	}
 	return path, exitOK, nil
+}
+
+// spoolDir returns the folder for spool files: --spool-dir, else "spool" in
+// the state folder.
+func spoolDir(dir *statedir.Dir, given string) (string, int, error) {
+	return privateDir(dir, "spool", "--spool-dir", given)
 }
 
 // warnSpoolSpace warns when the spool folder's file system has less room
