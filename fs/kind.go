@@ -1,6 +1,7 @@
 package fs
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -151,7 +152,8 @@ func (n *dirNode) readOnlyOps() writeOps { return writeOps{rw: n.ds.opt.writer !
 // isTableDir reports whether n is a datasource directory showing a table
 // (or no data): nothing can be written there.
 func (n *dirNode) isTableDir(ctx context.Context) bool {
-	if n.ds.kind == nil || n.ds.isCreated() {
+	// A table's directory has no folders: only its top can be one.
+	if n.ds.kind == nil || !n.isSourceRoot() {
 		return false
 	}
 	c, err := n.ds.containerOf(ctx)
@@ -291,9 +293,12 @@ func (d *datasource) downloadTable(ctx context.Context) (*tableData, error) {
 	defer body.Close()
 	t := &tableData{ino: d.tableIno()}
 	var dst io.Writer
-	var mem *memWriter
+	var mem *bytes.Buffer
 	if d.opt.TableDir == "" || (size >= 0 && size <= tableMemory) {
-		mem = &memWriter{}
+		mem = &bytes.Buffer{}
+		if size > 0 && size <= tableMemory { // a size from the gateway: bounded before it is trusted
+			mem.Grow(int(size)) // one allocation, no copy per growth
+		}
 		dst = mem
 	} else {
 		f, err := os.CreateTemp(d.opt.TableDir, "table-")
@@ -319,16 +324,12 @@ func (d *datasource) downloadTable(ctx context.Context) (*tableData, error) {
 	}
 	t.size = n
 	if mem != nil {
-		t.mem = mem.b
+		t.mem = mem.Bytes()
 	}
 	d.opt.Logger.Info("table downloaded", "datasource", d.id, "file", k.tableName, "bytes", n,
 		"duration", d.opt.now().Sub(start), "in_memory", t.file == nil)
 	return t, nil
 }
-
-type memWriter struct{ b []byte }
-
-func (m *memWriter) Write(p []byte) (int, error) { m.b = append(m.b, p...); return len(p), nil }
 
 // progressWriter counts bytes and calls log at most every `every`.
 type progressWriter struct {

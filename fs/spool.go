@@ -16,8 +16,8 @@ import (
 // memSpoolFile is the largest file spooled in memory.
 const memSpoolFile = 8 << 20
 
-// memSpoolShare is the most the spool holds in memory: a quarter of
-// --write-spool-size, at most memSpoolMax.
+// memSpoolMax caps the spool held in memory (see memShare: a quarter of
+// --write-spool-size, at most this).
 const memSpoolMax = 32 << 20
 
 // spoolFile holds one wfile's bytes; reference counted (writer.mu), so that

@@ -63,9 +63,6 @@ func checkPrivateDir(what, path string) error {
 	return fmt.Errorf("%s folder %s %s (owner uid %d, mode %s)", what, path, problem, st.Uid, fi.Mode())
 }
 
-// checkSpoolDir is checkPrivateDir for the write spool.
-func checkSpoolDir(path string) error { return checkPrivateDir("spool", path) }
-
 // privateDir returns a private folder: given (a flag's value, named by flag
 // in errors), else the folder name in the state folder, checked by
 // checkPrivateDir. A bad given folder is a usage error; a bad default one

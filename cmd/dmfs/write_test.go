@@ -79,12 +79,12 @@ func TestWriteFlagsAreChecked(t *testing.T) {
 func TestCheckSpoolDir(t *testing.T) {
 	base := t.TempDir()
 	missing := filepath.Join(base, "new")
-	require.NoError(t, checkSpoolDir(missing), "a missing folder is created")
+	require.NoError(t, checkPrivateDir("spool", missing), "a missing folder is created")
 	fi, err := os.Lstat(missing)
 	require.NoError(t, err)
 	assert.True(t, fi.IsDir())
 	assert.Equal(t, os.FileMode(0), fi.Mode().Perm()&0o077, "created private")
-	require.NoError(t, checkSpoolDir(missing), "and then taken as it is")
+	require.NoError(t, checkPrivateDir("spool", missing), "and then taken as it is")
 
 	dir := openStateDir(t)
 	path, code, err := spoolDir(dir, "")
