@@ -2,11 +2,39 @@
 // each key is fetched at most once at a time however many readers ask for it.
 //
 // It also remembers what is known about a key without its bytes (its size from a HEAD, or that it
-// does not exist) and runs bounded background prefetches for readahead. It knows nothing of Zarr,
-// FUSE or HTTP: callers hand it fetch functions.
+// does not exist). It knows nothing of Zarr, FUSE or HTTP: callers hand it fetch and head
+// functions.
+//
+// # Flights
+//
+// Every request the cache makes for a key is a flight: a body flight (a FetchFunc, which also
+// tells the size) or a size flight (a HeadFunc). There is at most one flight per key, in
+// Cache.flights, and whoever wants the key meanwhile waits for it. A flight is
+//
+//	queued  --worker or foreground caller-->  running  --> done
+//	   \--Invalidate, Put, Close--> done (abandoned, never run)
+//
+// Background requests (Prefetch, PrefetchSize) are queued for the cache's one worker pool and
+// dropped when the queue is full: they are hints. Foreground calls (GetOrFetch, SizeOrHead) start
+// at once, in a goroutine of their own, taking a queued flight of the key out of the queue.
+// Every goroutine is counted, so none outlives Close.
+//
+// A flight's answer is kept (cached, its size or absence recorded) only if it is still the key's
+// flight when it ends: Invalidate, Put and a superseding flight take it out of Cache.flights, so
+// no answer obtained before them is kept or handed to a caller who comes after them.
+//
+// A body answers a size question too, so the kinds meet:
+//   - SizeOrHead waits for a body flight of the key (starting it if queued) instead of a HEAD.
+//   - GetOrFetch turns a queued size flight into a body flight and starts it; a size flight
+//     already running is superseded by a new body flight started at once (the HEAD's answer
+//     goes to its own waiters only), so a reader never waits for a HEAD before its GET.
+//   - Prefetch does the same without starting anything: a queued size flight becomes a body
+//     flight in place; a running one is superseded by a queued body flight.
+//   - PrefetchSize does nothing if anything is known of the key or any flight exists.
 package cache
 
 import (
+	"container/list"
 	"context"
 	"errors"
 	"fmt"
@@ -30,7 +58,7 @@ const (
 	DefaultMissingTTL      = 5 * time.Minute
 )
 
-// prefetchQueuePerWorker bounds the prefetch queue: readahead is a hint, so requests beyond
+// prefetchQueuePerWorker bounds the background queue: prefetches are hints, so requests beyond
 // this backlog are dropped rather than queued behind slow fetches.
 const prefetchQueuePerWorker = 4
 
@@ -41,11 +69,18 @@ var ErrClosed = errors.New("cache: closed")
 // does not exist; the cache remembers that.
 type FetchFunc func(ctx context.Context) ([]byte, error)
 
+// HeadFunc asks the size of one key without its bytes. An error that matches fs.ErrNotExist
+// means the key does not exist; the cache remembers that.
+type HeadFunc func(ctx context.Context) (int64, error)
+
 // Options configures a Cache. Zero fields take the Default* values.
 type Options struct {
-	MaxBytes        int64         // budget for cached bytes (see Cache for one exception)
-	MaxStatEntries  int           // number of keys whose size or absence is remembered
-	PrefetchWorkers int           // concurrent background prefetches
+	MaxBytes       int64 // budget for cached bytes (see Cache for one exception)
+	MaxStatEntries int   // number of keys whose size or absence is remembered
+	// PrefetchWorkers bounds the background flights (Prefetch, PrefetchSize) running at once;
+	// the queue holds a few times as many. Workers are started as work is queued and end when
+	// the queue is empty, so a large bound costs nothing while idle.
+	PrefetchWorkers int
 	FetchTimeout    time.Duration // limit for each shared fetch or head, detached from callers
 	// MissingTTL is how long a not-found answer is believed: a sparse chunk may be written
 	// later without any metadata change, and must then appear.
@@ -84,16 +119,20 @@ func (s StatState) String() string {
 type Stats struct {
 	Hits            int64 // GetOrFetch/Get answered from cache (bytes, or known missing)
 	Misses          int64 // GetOrFetch calls that had to fetch or wait for a fetch
-	Fetches         int64 // body fetches started (by GetOrFetch or prefetch)
+	Fetches         int64 // body fetches started (foreground or background)
 	FetchErrors     int64 // body fetches that failed other than with not-found
-	Heads           int64 // head calls started by SizeOrHead
-	PrefetchStarted int64 // prefetches a worker began fetching
-	PrefetchDropped int64 // prefetch requests dropped because the queue was full
+	Heads           int64 // head calls started (by SizeOrHead or PrefetchSize)
+	PrefetchStarted int64 // background flights (Prefetch, PrefetchSize) a worker began
+	PrefetchDropped int64 // background requests dropped because the queue was full
 	Evictions       int64 // entries evicted to respect MaxBytes
 	Bytes           int64 // bytes currently cached within MaxBytes
 	OversizeBytes   int64 // the one value larger than MaxBytes held besides, if any
 	MaxBytes        int64
 	Entries         int // values currently cached
+	PrefetchQueued  int // background flights waiting for a worker now
+	Running         int // background flights a worker is running now
+	Foreground      int // flights started by GetOrFetch or SizeOrHead running now
+	Workers         int // worker goroutines alive now (at most Options.PrefetchWorkers)
 }
 
 // Cache is a byte-bounded LRU of fetched values with single-flight fetches. It is safe for
@@ -103,30 +142,35 @@ type Stats struct {
 // held besides it (one at a time), so that a file read in many pieces, such as a big shard,
 // is not fetched again for every piece.
 type Cache struct {
+	// Constant after New.
 	maxBytes   int64
 	timeout    time.Duration
 	missingTTL time.Duration
+	maxWorkers int
+	maxQueued  int
 	log        *slog.Logger
 	now        func() time.Time // Options.Now
 	onWait     func()           // tests: called when a caller starts waiting for a shared call
+	closeCtx   context.Context  // cancelled by Close: ends every running flight
+	closeFn    context.CancelFunc
+	closeOnce  sync.Once
+	// goroutines counts workers and foreground flights. Add is called only under mu while the
+	// cache is open, and Close sets closed under mu before Wait, so no Add races the Wait.
+	goroutines sync.WaitGroup
 
-	mu    sync.Mutex
+	mu    sync.Mutex // guards what follows, and the fields of every flight marked so
 	data  *simplelru.LRU[string, dataEntry]
 	bytes int64
 	// oversizeKey/oversize: the most recent value larger than maxBytes.
 	oversizeKey string
 	oversize    dataEntry
 	stat        *simplelru.LRU[string, statEntry]
-	flights     map[string]*flight     // body fetches queued or running
-	heads       map[string]*headFlight // SizeOrHead calls running
+	flights     map[string]*flight // the flight of each key, queued or running
+	queue       list.List          // of *flight: background flights waiting for a worker
+	workers     int                // worker goroutines alive
+	busy        int                // workers running a flight
+	foreground  int                // flights running in goroutines of their own
 	closed      bool
-
-	queue     chan *flight
-	closeCtx  context.Context
-	closeFn   context.CancelFunc
-	closeOnce sync.Once
-	workers   sync.WaitGroup // prefetch workers
-	running   sync.WaitGroup // fetch and head goroutines outside the workers
 
 	hits, misses, fetches, fetchErrors, headCalls atomic.Int64
 	prefetchStarted, prefetchDropped, evictions   atomic.Int64
@@ -145,29 +189,43 @@ type statEntry struct {
 	until   time.Time // a missing mark is forgotten after this
 }
 
-// flight is one body fetch, shared by every caller that wants the key meanwhile.
+// flightKind says what a flight asks for.
+type flightKind uint8
+
+const (
+	kindBody flightKind = iota // the bytes (and so the size) of the key: fetch
+	kindSize                   // the size of the key only: head
+)
+
+func (k flightKind) String() string {
+	if k == kindSize {
+		return "head"
+	}
+	return "fetch"
+}
+
+// flight is one request for a key, shared by every caller that wants the key meanwhile.
 type flight struct {
-	key     string
-	fetch   FetchFunc
-	parent  context.Context // values for the fetch context; never its cancellation
-	started bool            // guarded by Cache.mu; false while queued for a prefetch worker
-	// stale is set, under Cache.mu, by Invalidate, which also takes the flight out of
-	// Cache.flights: its result is not kept, and no caller after the invalidation joins it.
-	stale bool
-	at    time.Time // when the fetch started, for the entry's age
-	done  chan struct{}
-	val   []byte
-	err   error
+	key string
+	// Guarded by Cache.mu until the flight starts, then read only by the goroutine running it.
+	kind   flightKind
+	fetch  FetchFunc       // kindBody
+	head   HeadFunc        // kindSize
+	parent context.Context // values for the request context; never its cancellation
+
+	// Guarded by Cache.mu.
+	queued     *list.Element // in Cache.queue while waiting for a worker
+	started    bool
+	foreground bool // run in a goroutine of its own rather than by a worker
+
+	// Written before done is closed, read after.
+	done chan struct{}
+	val  []byte // kindBody
+	size int64  // the size answered: len(val) for a body
+	err  error
 }
 
-type headFlight struct {
-	stale bool // guarded by Cache.mu; as flight.stale
-	done  chan struct{}
-	size  int64
-	err   error
-}
-
-// New returns a Cache with its prefetch workers running. Call Close to stop them.
+// New returns a Cache. Its workers start as background work is queued; call Close to end them.
 func New(opt Options) *Cache {
 	if opt.MaxBytes <= 0 {
 		opt.MaxBytes = DefaultMaxBytes
@@ -201,25 +259,20 @@ func New(opt Options) *Cache {
 		panic(err)
 	}
 	closeCtx, closeFn := context.WithCancel(context.Background())
-	c := &Cache{
+	return &Cache{
 		maxBytes:   opt.MaxBytes,
 		timeout:    opt.FetchTimeout,
 		missingTTL: opt.MissingTTL,
+		maxWorkers: opt.PrefetchWorkers,
+		maxQueued:  prefetchQueuePerWorker * opt.PrefetchWorkers,
 		log:        opt.Logger,
 		now:        opt.Now,
 		data:       data,
 		stat:       stat,
 		flights:    make(map[string]*flight),
-		heads:      make(map[string]*headFlight),
-		queue:      make(chan *flight, prefetchQueuePerWorker*opt.PrefetchWorkers),
 		closeCtx:   closeCtx,
 		closeFn:    closeFn,
 	}
-	c.workers.Add(opt.PrefetchWorkers)
-	for range opt.PrefetchWorkers {
-		go c.prefetchWorker()
-	}
-	return c
 }
 
 // statLocked returns what is remembered of key's size or absence, forgetting a missing mark
@@ -255,7 +308,8 @@ func notFound(key string) error {
 // from ctx, under FetchTimeout, so a caller that gives up (ctx done, ctx.Err() returned at once)
 // does not fail the others, and the result is still cached. Failures are not cached, except
 // not-found, which is remembered (see Stat) and returned as an error matching fs.ErrNotExist.
-// The returned slice is shared and must not be modified.
+// A queued prefetch of key is started at once; a size request of key does not delay the fetch
+// (see the package comment). The returned slice is shared and must not be modified.
 func (c *Cache) GetOrFetch(ctx context.Context, key string, fetch FetchFunc) ([]byte, error) {
 	if fetch == nil {
 		return nil, fmt.Errorf("cache: GetOrFetch %q: nil fetch func", key)
@@ -280,13 +334,13 @@ func (c *Cache) GetOrFetch(ctx context.Context, key string, fetch FetchFunc) ([]
 		return nil, err
 	}
 	c.misses.Add(1)
-	f, ok := c.flights[key]
-	if !ok {
-		f = &flight{key: key, fetch: fetch, parent: ctx, done: make(chan struct{})}
-		c.flights[key] = f
+	f := c.flights[key]
+	if f == nil || (f.kind == kindSize && f.started) {
+		f = &flight{key: key, done: make(chan struct{})}
+		c.flights[key] = f // supersedes a running size flight: its answer is not kept
 	}
 	if !f.started {
-		f.fetch, f.parent = fetch, ctx
+		f.kind, f.fetch, f.head, f.parent = kindBody, fetch, nil, ctx
 		c.startLocked(f)
 	}
 	c.mu.Unlock()
@@ -307,18 +361,6 @@ func (c *Cache) waiting() {
 	}
 }
 
-// startLocked runs f now in its own goroutine. f is new, or queued for a prefetch worker: a
-// reader should not wait behind the readahead backlog, so the worker will skip it. c.mu must be
-// held and the cache open.
-func (c *Cache) startLocked(f *flight) {
-	f.started = true
-	c.running.Add(1)
-	go func() {
-		defer c.running.Done()
-		c.runFetch(f)
-	}()
-}
-
 // Get returns the cached bytes of key without fetching. A present key counts as a hit and as
 // recently used; an absent one is not counted as a miss (nothing was asked of the network).
 // The returned slice is shared and must not be modified.
@@ -332,11 +374,36 @@ func (c *Cache) Get(key string) ([]byte, bool) {
 	return v, ok
 }
 
-// Prefetch starts fetching key in the background, for readahead, and returns at once. It does
-// nothing if the key is cached, known missing or already being fetched, and drops the request
-// if the prefetch queue is full or the cache is closed.
+// Prefetch queues a background fetch of key, for readahead, and returns at once. It does
+// nothing if the key is cached, known missing or its body already being fetched, and drops the
+// request if the queue is full or the cache is closed. A size request of key queued meanwhile
+// becomes this fetch (see the package comment).
 func (c *Cache) Prefetch(key string, fetch FetchFunc) {
 	if fetch == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.getLocked(key, false); ok || c.closed {
+		return
+	}
+	if st, ok := c.statLocked(key, false); ok && st.missing {
+		return
+	}
+	f := c.flights[key]
+	switch {
+	case f == nil || (f.kind == kindSize && f.started):
+		c.enqueueLocked(&flight{key: key, kind: kindBody, fetch: fetch, parent: context.Background(), done: make(chan struct{})})
+	case f.kind == kindSize: // queued: the body will tell its size too
+		f.kind, f.fetch, f.head = kindBody, fetch, nil
+	}
+}
+
+// PrefetchSize queues a background size request of key (a HEAD sent ahead of a lister) and
+// returns at once. It does nothing if anything is known of the key (bytes, size, absence) or a
+// flight of it exists, and drops the request if the queue is full or the cache is closed.
+func (c *Cache) PrefetchSize(key string, head HeadFunc) {
+	if head == nil {
 		return
 	}
 	c.mu.Lock()
@@ -344,63 +411,96 @@ func (c *Cache) Prefetch(key string, fetch FetchFunc) {
 	if _, ok := c.getLocked(key, false); ok || c.closed || c.flights[key] != nil {
 		return
 	}
-	if st, ok := c.statLocked(key, false); ok && st.missing {
+	if _, ok := c.statLocked(key, false); ok {
 		return
 	}
-	f := &flight{key: key, fetch: fetch, parent: context.Background(), done: make(chan struct{})}
-	select {
-	case c.queue <- f:
-		c.flights[key] = f
-	default:
+	c.enqueueLocked(&flight{key: key, kind: kindSize, head: head, parent: context.Background(), done: make(chan struct{})})
+}
+
+// enqueueLocked queues f, a new flight, for a worker and makes it key's flight, or drops it if
+// the queue is full. It starts a worker if none is free to take f and the bound allows. c.mu
+// must be held and the cache open.
+func (c *Cache) enqueueLocked(f *flight) {
+	if c.queue.Len() >= c.maxQueued {
 		c.prefetchDropped.Add(1)
-		c.log.Debug("cache: prefetch dropped, queue full", "key", key)
+		c.log.Debug("cache: prefetch dropped, queue full", "key", f.key, "kind", f.kind)
+		return
+	}
+	f.queued = c.queue.PushBack(f)
+	c.flights[f.key] = f
+	// Workers not busy are about to take from the queue; a worker ends only when it finds the
+	// queue empty, under c.mu, so a queued flight always has a worker to come to it.
+	if c.workers < c.maxWorkers && c.queue.Len() > c.workers-c.busy {
+		c.workers++
+		c.goroutines.Add(1)
+		go c.worker()
 	}
 }
 
-func (c *Cache) prefetchWorker() {
-	defer c.workers.Done()
+// worker runs queued flights, oldest first, and ends when the queue is empty or the cache is
+// closed. Starting a goroutine costs far less than the request it runs, so none is kept idle.
+func (c *Cache) worker() {
+	defer c.goroutines.Done()
+	c.mu.Lock()
 	for {
-		select {
-		case <-c.closeCtx.Done():
-			return
-		case f := <-c.queue:
-			c.mu.Lock()
-			if f.started { // taken over by a GetOrFetch
-				c.mu.Unlock()
-				continue
-			}
-			if c.closed {
-				c.abandonLocked(f, ErrClosed)
-				c.mu.Unlock()
-				continue
-			}
-			if f.stale { // invalidated while queued: nobody waits for it
-				c.abandonLocked(f, errInvalidated)
-				c.mu.Unlock()
-				continue
-			}
-			f.started = true
+		e := c.queue.Front()
+		if e == nil || c.closed {
+			c.workers--
 			c.mu.Unlock()
-			c.prefetchStarted.Add(1)
-			c.runFetch(f)
+			return
 		}
+		f := e.Value.(*flight)
+		c.dequeueLocked(f)
+		f.started = true
+		c.busy++
+		c.mu.Unlock()
+		c.prefetchStarted.Add(1)
+		c.run(f)
+		c.mu.Lock()
+		c.busy--
 	}
 }
 
-// errInvalidated ends a queued prefetch that Invalidate made pointless. Nobody sees it: a caller
-// who wanted the key would have started the flight.
+// dequeueLocked takes f out of the queue, if it is there. c.mu must be held.
+func (c *Cache) dequeueLocked(f *flight) {
+	if f.queued != nil {
+		c.queue.Remove(f.queued)
+		f.queued = nil
+	}
+}
+
+// startLocked runs f now in a goroutine of its own. f is new, or queued: a caller should not
+// wait behind the background backlog, so f leaves the queue. c.mu must be held and the cache
+// open.
+func (c *Cache) startLocked(f *flight) {
+	c.dequeueLocked(f)
+	f.started, f.foreground = true, true
+	c.foreground++
+	c.goroutines.Add(1)
+	go func() {
+		defer c.goroutines.Done()
+		c.run(f)
+	}()
+}
+
+// errInvalidated ends a queued flight that Invalidate or Put made pointless. Nobody sees it: a
+// caller who wanted the key would have started the flight.
 var errInvalidated = errors.New("cache: invalidated")
 
-// abandonLocked ends a queued flight that will never run. c.mu must be held.
-func (c *Cache) abandonLocked(f *flight, err error) {
+// detachLocked makes f no longer key's flight: its answer will not be kept nor joined. A queued
+// f never runs. c.mu must be held.
+func (c *Cache) detachLocked(f *flight, err error) {
 	if c.flights[f.key] == f {
 		delete(c.flights, f.key)
 	}
-	f.err = err
-	close(f.done)
+	if f.queued != nil {
+		c.dequeueLocked(f)
+		f.err = err
+		close(f.done)
+	}
 }
 
-// fetchContext is the context of a shared fetch: the values of parent, none of its
+// fetchContext is the context of a shared request: the values of parent, none of its
 // cancellation, the fetch timeout, and cancelled by Close.
 func (c *Cache) fetchContext(parent context.Context) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), c.timeout)
@@ -408,49 +508,69 @@ func (c *Cache) fetchContext(parent context.Context) (context.Context, context.C
 	return ctx, func() { stop(); cancel() }
 }
 
-// runFetch performs f's fetch, records the result and releases its waiters.
-func (c *Cache) runFetch(f *flight) {
-	c.fetches.Add(1)
-	f.at = c.now()
+// run performs f's request, records the answer if f is still its key's flight, and releases
+// its waiters.
+func (c *Cache) run(f *flight) {
+	at := c.now() // the answer is at least this recent
 	ctx, cancel := c.fetchContext(f.parent)
 	start := time.Now()
-	val, err := callFetch(ctx, f.fetch)
+	var val []byte
+	var size int64
+	var err error
+	switch f.kind {
+	case kindBody:
+		c.fetches.Add(1)
+		val, err = call(ctx, f.kind, f.fetch)
+		size = int64(len(val))
+	case kindSize:
+		c.headCalls.Add(1)
+		size, err = call(ctx, f.kind, f.head)
+		if err == nil && size < 0 {
+			size, err = 0, fmt.Errorf("cache: head %q: negative size %d", f.key, size)
+		}
+	}
 	cancel()
+	if err != nil {
+		val, size = nil, 0
+	}
 
 	c.mu.Lock()
 	if c.flights[f.key] == f {
 		delete(c.flights, f.key)
-	}
-	switch {
-	case err == nil:
-		if !f.stale {
-			c.addLocked(f.key, dataEntry{val: val, at: f.at})
-			c.stat.Add(f.key, statEntry{size: int64(len(val)), at: f.at})
-		}
-	case errors.Is(err, fs.ErrNotExist):
-		if !f.stale {
+		switch {
+		case err == nil && f.kind == kindBody:
+			c.addLocked(f.key, dataEntry{val: val, at: at})
+			c.stat.Add(f.key, statEntry{size: size, at: at})
+		case err == nil:
+			c.stat.Add(f.key, statEntry{size: size, at: at})
+		case errors.Is(err, fs.ErrNotExist):
 			c.setMissingLocked(f.key)
 		}
-	default:
+	}
+	if err != nil && f.kind == kindBody && !errors.Is(err, fs.ErrNotExist) {
 		c.fetchErrors.Add(1)
 	}
-	f.val, f.err = val, err
+	if f.foreground {
+		c.foreground--
+	}
+	f.val, f.size, f.err = val, size, err
 	close(f.done)
 	c.mu.Unlock()
 
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		c.log.Debug("cache: fetch failed", "key", f.key, "duration", time.Since(start), "err", err)
+		c.log.Debug("cache: "+f.kind.String()+" failed", "key", f.key, "duration", time.Since(start), "err", err)
 	}
 }
 
-// callFetch turns a panic in a fetch func into an error: waiters must be released either way.
-func callFetch(ctx context.Context, fetch FetchFunc) (val []byte, err error) {
+// call turns a panic in a fetch or head func into an error: waiters must be released either way.
+func call[T any](ctx context.Context, kind flightKind, fn func(context.Context) (T, error)) (v T, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			val, err = nil, fmt.Errorf("cache: fetch panicked: %v", r)
+			var zero T
+			v, err = zero, fmt.Errorf("cache: %s panicked: %v", kind, r)
 		}
 	}()
-	return fetch(ctx)
+	return fn(ctx)
 }
 
 // getLocked returns the cached bytes of key, from the LRU (marked as recently used when touch)
@@ -565,11 +685,11 @@ func (c *Cache) SetMissing(key string) {
 
 // SizeOrHead returns the size of key from what the cache knows (bytes, size, missing), or else
 // calls head, one call per key at a time shared by concurrent callers, and records its answer.
-// If a body fetch of key is under way or queued for readahead, it waits for that (starting it
-// if queued) instead of calling head. A missing key
-// gives an error matching fs.ErrNotExist. Like GetOrFetch, a caller whose ctx is done returns
+// If a body fetch of key is under way or queued, it waits for that (starting it if queued)
+// instead of calling head; a queued size request of key is started at once. A missing key gives
+// an error matching fs.ErrNotExist. Like GetOrFetch, a caller whose ctx is done returns
 // ctx.Err() at once while the shared call goes on under FetchTimeout.
-func (c *Cache) SizeOrHead(ctx context.Context, key string, head func(ctx context.Context) (int64, error)) (int64, error) {
+func (c *Cache) SizeOrHead(ctx context.Context, key string, head HeadFunc) (int64, error) {
 	if head == nil {
 		return 0, fmt.Errorf("cache: SizeOrHead %q: nil head func", key)
 	}
@@ -589,88 +709,37 @@ func (c *Cache) SizeOrHead(ctx context.Context, key string, head func(ctx contex
 		c.mu.Unlock()
 		return 0, ErrClosed
 	}
-	if f, ok := c.flights[key]; ok {
-		// The body is on its way (or queued for readahead, so about to be fetched anyway):
-		// its length costs no extra request.
-		if !f.started {
-			c.startLocked(f)
-		}
+	if err := ctx.Err(); err != nil { // nobody would wait for the head
 		c.mu.Unlock()
-		c.waiting()
-		select {
-		case <-f.done:
-			if f.err != nil {
-				return 0, f.err
-			}
-			return int64(len(f.val)), nil
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		}
+		return 0, err
 	}
-	h, ok := c.heads[key]
-	if !ok {
-		h = &headFlight{done: make(chan struct{})}
-		c.heads[key] = h
-		c.running.Add(1)
-		go func() {
-			defer c.running.Done()
-			c.runHead(ctx, key, h, head)
-		}()
+	f := c.flights[key]
+	if f == nil {
+		f = &flight{key: key, kind: kindSize, done: make(chan struct{})}
+		c.flights[key] = f
+	}
+	if !f.started {
+		// A body, even one queued for readahead, is about to be fetched anyway: its length
+		// costs no extra request.
+		if f.kind == kindSize {
+			f.head, f.parent = head, ctx
+		}
+		c.startLocked(f)
 	}
 	c.mu.Unlock()
 
 	c.waiting()
 	select {
-	case <-h.done:
-		return h.size, h.err
+	case <-f.done:
+		return f.size, f.err
 	case <-ctx.Done():
 		return 0, ctx.Err()
 	}
 }
 
-func (c *Cache) runHead(parent context.Context, key string, h *headFlight, head func(ctx context.Context) (int64, error)) {
-	c.headCalls.Add(1)
-	at := c.now()
-	ctx, cancel := c.fetchContext(parent)
-	size, err := callHead(ctx, head)
-	cancel()
-	if err == nil && size < 0 {
-		size, err = 0, fmt.Errorf("cache: head %q: negative size %d", key, size)
-	}
-
-	c.mu.Lock()
-	if c.heads[key] == h {
-		delete(c.heads, key)
-	}
-	if !h.stale {
-		switch {
-		case err == nil:
-			c.stat.Add(key, statEntry{size: size, at: at})
-		case errors.Is(err, fs.ErrNotExist):
-			c.setMissingLocked(key)
-		}
-	}
-	h.size, h.err = size, err
-	close(h.done)
-	c.mu.Unlock()
-
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		c.log.Debug("cache: head failed", "key", key, "err", err)
-	}
-}
-
-func callHead(ctx context.Context, head func(ctx context.Context) (int64, error)) (size int64, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			size, err = 0, fmt.Errorf("cache: head panicked: %v", r)
-		}
-	}()
-	return head(ctx)
-}
-
-// Put stores val as the bytes of key, as a fetch would, replacing what was
-// known of it (a value written through the mount). A fetch of key under way
-// is not kept, and later callers do not join it.
+// Put stores val as the bytes of key, as a fetch would, replacing what was known of it (a value
+// written through the mount). A flight of key under way is not kept, and later callers do not
+// join it; a queued one is dropped.
 func (c *Cache) Put(key string, val []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -678,12 +747,7 @@ func (c *Cache) Put(key string, val []byte) {
 		return
 	}
 	if f, ok := c.flights[key]; ok {
-		f.stale = true
-		delete(c.flights, key)
-	}
-	if h, ok := c.heads[key]; ok {
-		h.stale = true
-		delete(c.heads, key)
+		c.detachLocked(f, errInvalidated)
 	}
 	c.stat.Remove(key)
 	c.addLocked(key, dataEntry{val: val, at: c.now()})
@@ -693,7 +757,7 @@ func (c *Cache) Put(key string, val []byte) {
 // and heads under way for such keys still answer the callers already waiting for them, but
 // their results are not kept, and callers that come after Invalidate start new ones rather than
 // join them: once Invalidate returns, no answer obtained before it can be cached or handed to a
-// new caller. Prefetches of such keys still queued are dropped.
+// new caller. Background requests of such keys still queued are dropped.
 func (c *Cache) Invalidate(prefix string) {
 	c.invalidate(func(k string) bool { return strings.HasPrefix(k, prefix) })
 }
@@ -721,14 +785,7 @@ func (c *Cache) invalidate(match func(key string) bool) {
 	}
 	for k, f := range c.flights {
 		if match(k) {
-			f.stale = true
-			delete(c.flights, k)
-		}
-	}
-	for k, h := range c.heads {
-		if match(k) {
-			h.stale = true
-			delete(c.heads, k)
+			c.detachLocked(f, errInvalidated)
 		}
 	}
 }
@@ -736,47 +793,41 @@ func (c *Cache) invalidate(match func(key string) bool) {
 // Stats returns a snapshot of the counters.
 func (c *Cache) Stats() Stats {
 	c.mu.Lock()
-	bytes, entries, oversize := c.bytes, c.data.Len(), int64(len(c.oversize.val))
-	c.mu.Unlock()
-	return Stats{
-		Hits:            c.hits.Load(),
-		Misses:          c.misses.Load(),
-		Fetches:         c.fetches.Load(),
-		FetchErrors:     c.fetchErrors.Load(),
-		Heads:           c.headCalls.Load(),
-		PrefetchStarted: c.prefetchStarted.Load(),
-		PrefetchDropped: c.prefetchDropped.Load(),
-		Evictions:       c.evictions.Load(),
-		Bytes:           bytes,
-		OversizeBytes:   oversize,
-		MaxBytes:        c.maxBytes,
-		Entries:         entries,
+	st := Stats{
+		Bytes:          c.bytes,
+		OversizeBytes:  int64(len(c.oversize.val)),
+		Entries:        c.data.Len(),
+		PrefetchQueued: c.queue.Len(),
+		Running:        c.busy,
+		Foreground:     c.foreground,
+		Workers:        c.workers,
 	}
+	c.mu.Unlock()
+	st.Hits = c.hits.Load()
+	st.Misses = c.misses.Load()
+	st.Fetches = c.fetches.Load()
+	st.FetchErrors = c.fetchErrors.Load()
+	st.Heads = c.headCalls.Load()
+	st.PrefetchStarted = c.prefetchStarted.Load()
+	st.PrefetchDropped = c.prefetchDropped.Load()
+	st.Evictions = c.evictions.Load()
+	st.MaxBytes = c.maxBytes
+	return st
 }
 
-// Close stops the prefetch workers, cancels queued prefetches and running fetches, and waits
-// for every goroutine of the cache to end (fetch funcs must honour their ctx). Cached bytes stay readable; fetches asked after
-// Close fail with ErrClosed. Close is idempotent.
+// Close drops queued background requests, cancels running flights, and waits for every
+// goroutine of the cache (workers and foreground flights) to end; fetch and head funcs must
+// honour their ctx. Cached bytes stay readable; requests made after Close fail with ErrClosed
+// or are ignored. Close is idempotent.
 func (c *Cache) Close() {
 	c.closeOnce.Do(func() {
 		c.mu.Lock()
 		c.closed = true
+		for e := c.queue.Front(); e != nil; e = c.queue.Front() {
+			c.detachLocked(e.Value.(*flight), ErrClosed)
+		}
 		c.mu.Unlock()
 		c.closeFn()
-		c.workers.Wait()
-		c.running.Wait()
-		// Nothing is queued after closed is set, and no worker is left to run what was.
-		for {
-			select {
-			case f := <-c.queue:
-				c.mu.Lock()
-				if !f.started {
-					c.abandonLocked(f, ErrClosed)
-				}
-				c.mu.Unlock()
-			default:
-				return
-			}
-		}
+		c.goroutines.Wait()
 	})
 }
