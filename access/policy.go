@@ -6,24 +6,24 @@
 //
 // Each array is in one of four states, from what was seen of it lately:
 //
-//	            Listed                      read of .zarray or a chunk
-//	  (any) ----------> lister ----------------------------------------> copier
-//	                      |   within copierWindow of the listing          |
-//	                      |                                               | reads in key order
-//	                      | read later than that                          v
-//	                      +-------------------------> reader: sequential <-> random
-//	                                                         in key order    out of order
+//		            Listed                      read of .zarray or a chunk
+//		  (any) ----------> lister ----------------------------------------> copier
+//		                      |   within copierWindow of the listing          |
+//		                      |                                               | reads in key order
+//		                      | read later than that                          v
+//		                      +-------------------------> reader: sequential <-> random
+//		                                                         in key order    out of order
 //
-//   - lister (ls -l, du): its chunks were listed and nothing of the array was read since. A
-//     lookup costs a HEAD (it stats and reads nothing), and the sizes of the next chunks are
-//     asked ahead, so that a lister that stats one file at a time finds them known. Every
-//     lookup keeps the state, however long the folder (within listerWindow of the last one).
-//   - copier (cp -r, tar, rsync): the array's metadata or a chunk was read right after the
-//     listing: every chunk from there on is fetched ahead at once, as deep as allowed.
-//   - sequential reader (cp, a dask job walking an array): each chunk read is at most
-//     sequentialSlack keys after the previous one (parallel readers are slightly out of
-//     order): the chunks that follow are fetched ahead.
-//   - random reader (xarray selecting a region): nothing is fetched ahead.
+//	  - lister (ls -l, du): its chunks were listed and nothing of the array was read since. A
+//	    lookup costs a HEAD (it stats and reads nothing), and the sizes of the next chunks are
+//	    asked ahead, so that a lister that stats one file at a time finds them known. Every
+//	    lookup keeps the state, however long the folder (within listerWindow of the last one).
+//	  - copier (cp -r, tar, rsync): the array's metadata or a chunk was read right after the
+//	    listing: every chunk from there on is fetched ahead at once, as deep as allowed.
+//	  - sequential reader (cp, a dask job walking an array): each chunk read is at most
+//	    sequentialSlack keys after the previous one (parallel readers are slightly out of
+//	    order): the chunks that follow are fetched ahead.
+//	  - random reader (xarray selecting a region): nothing is fetched ahead.
 //
 // A lookup outside the lister state costs a GET: a reader (xarray, dask) stats then opens, and
 // should pay exactly one request. Once a gateway's HEAD has answered without a size, every
