@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"time"
 )
 
 // Bounds on the per-key counters, so that a client asking for many or long
@@ -59,6 +60,11 @@ type Counters struct {
 	// entries; others count in StagesOther.
 	Stages      map[string]int64 `json:"stages"`
 	StagesOther int64            `json:"stages_other"`
+	// ZarrInFlight gauges the /zarr/ requests being answered at once
+	// (from arrival, Latency included, to the end of the answer): now, the
+	// most, and the time-weighted mean while busy. GET /_dmfs/trace has
+	// the same over time.
+	ZarrInFlight InFlight `json:"zarr_in_flight"`
 }
 
 // WriteCounters counts the write protocol. Every staged key ends committed
@@ -108,6 +114,7 @@ type SessionCounters struct {
 
 type counterSet struct {
 	maxKeys int
+	flight  *inFlightGauge // its own lock: taken twice per /zarr/ request
 
 	mu sync.Mutex
 	c  Counters
@@ -117,12 +124,13 @@ func newCounterSet(maxKeys int) *counterSet {
 	if maxKeys <= 0 {
 		maxKeys = DefaultMaxCounterKeys
 	}
-	cs := &counterSet{maxKeys: maxKeys}
+	cs := &counterSet{maxKeys: maxKeys, flight: newInFlightGauge(time.Now, TraceInterval, TraceSamples)}
 	cs.reset()
 	return cs
 }
 
 func (cs *counterSet) reset() {
+	cs.flight.reset()
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	cs.c = Counters{
@@ -220,9 +228,11 @@ func (cs *counterSet) zarrWithoutSession() {
 }
 
 func (cs *counterSet) snapshot(open int64) Counters {
+	flight := cs.flight.snapshot()
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	out := cs.c
+	out.ZarrInFlight = flight
 	out.ByRoute = copyMap(cs.c.ByRoute)
 	out.ByStatus = copyMap(cs.c.ByStatus)
 	out.ByRouteStatus = copyMap(cs.c.ByRouteStatus)
@@ -256,7 +266,7 @@ func (s *Server) serveCounters(w http.ResponseWriter, r *http.Request) {
 }
 
 // serveCountersReset answers POST /_dmfs/counters/reset, once ServeHTTP has
-// checked the token.
+// checked the token. It also starts a new in-flight window and trace.
 func (s *Server) serveCountersReset(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost {
 		writeDetail(w, http.StatusMethodNotAllowed, "use POST")

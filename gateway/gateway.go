@@ -435,7 +435,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	rec := &recorder{ResponseWriter: w, rc: http.NewResponseController(w), writeTimeout: s.cfg.WriteTimeout}
 	switch r.URL.Path {
-	case "/_dmfs/counters", "/_dmfs/counters/", "/_dmfs/counters/reset", "/_dmfs/counters/reset/":
+	case "/_dmfs/counters", "/_dmfs/counters/", "/_dmfs/counters/reset", "/_dmfs/counters/reset/",
+		"/_dmfs/trace", "/_dmfs/trace/":
 		// Not delayed and not counted, but behind the token: the per-key
 		// counters tell what was read.
 		detail, authenticated := s.authorise(r)
@@ -445,6 +446,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeDetail(rec, http.StatusUnauthorized, detail)
 		case strings.HasPrefix(r.URL.Path, "/_dmfs/counters/reset"):
 			s.serveCountersReset(rec, r)
+		case strings.HasPrefix(r.URL.Path, "/_dmfs/trace"):
+			s.serveTrace(rec, r)
 		default:
 			s.serveCounters(rec, r)
 		}
@@ -456,6 +459,21 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The request is counted as its answer starts, so that a client that
 	// has an answer finds it in the counters; the bytes once all are sent.
 	rec.onHeader = func(status int) { s.count(r, q, status) }
+	// In flight from arrival, so that Latency counts as the client sees
+	// it, to the end of the answer (even a handler's panic); only with a
+	// good token, like the other counters.
+	if strings.HasPrefix(r.URL.Path, "/zarr/") {
+		if _, ok := s.authorise(r); ok {
+			s.counters.flight.begin()
+			defer func() {
+				status := rec.status
+				if status == 0 { // a panic before any answer
+					status = http.StatusInternalServerError
+				}
+				s.counters.flight.end(status)
+			}()
+		}
+	}
 
 	s.serve(rec, r, q)
 

@@ -521,7 +521,7 @@ func TestCounters(t *testing.T) {
 	require.NoError(t, json.Unmarshal(w.Body.Bytes(), &raw))
 	for _, k := range []string{"requests", "by_route", "by_status", "by_route_status", "zarr_keys", "zarr_keys_other",
 		"zarr_keys_max", "sessions", "zarr_without_session", "bytes_sent", "unauthenticated",
-		"query_keys", "query_keys_other", "stages", "stages_other"} {
+		"query_keys", "query_keys_other", "stages", "stages_other", "zarr_in_flight"} {
 		assert.Contains(t, raw, k)
 	}
 	var c Counters

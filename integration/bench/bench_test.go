@@ -71,6 +71,10 @@ func TestParseOptions(t *testing.T) {
 		{"zero runs", []string{"--dmfs", "x", "--runs", "0"}, "at least 1"},
 		{"stray argument", []string{"--dmfs", "x", "extra"}, "unexpected arguments"},
 		{"bad only", []string{"--dmfs", "x", "--only", "writes"}, "--only"},
+		{"bad clients", []string{"--dmfs", "x", "--clients", "16,0"}, "--clients"},
+		{"bad peers", []string{"--dmfs", "x", "--peers-latency", "slow"}, "--peers-latency"},
+		{"bad faults", []string{"--dmfs", "x", "--faults-latency", "on"}, "--faults-latency"},
+		{"not a flag", []string{"--dmfs", "x", "--dmfs-flag", "max-connections=4"}, "--dmfs-flag"},
 		{"ok", []string{"--dmfs", "x", "--runs", "2", "--latency", "5ms"}, ""},
 	}
 	for _, tt := range tests {
@@ -82,10 +86,41 @@ func TestParseOptions(t *testing.T) {
 			}
 			require.NoError(t, err)
 			assert.Equal(t, 2, o.runs)
-			assert.Equal(t, 16, o.clients)
+			assert.Equal(t, []int{16, 64}, o.clients)
+			assert.Equal(t, 64, o.limitClients())
 			assert.Equal(t, []time.Duration{5 * time.Millisecond}, o.latencies)
+			assert.True(t, o.hasFaults)
+			assert.Equal(t, 20*time.Millisecond, o.faults)
+			assert.Empty(t, o.dmfsFlags)
 			assert.Equal(t, "go run ./integration/bench --dmfs x --runs 2 --latency 5ms", o.command)
 		})
+	}
+}
+
+func TestParseOptionsDefaultsAndLists(t *testing.T) {
+	o, err := parseOptions([]string{"--dmfs", "x"}, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, []time.Duration{20 * time.Millisecond, 100 * time.Millisecond, 0}, o.latencies)
+	assert.True(t, o.peersAt(20*time.Millisecond))
+	assert.True(t, o.peersAt(0))
+	assert.False(t, o.peersAt(100*time.Millisecond), "the slow peers skip 100ms by default")
+
+	o, err = parseOptions([]string{"--dmfs", "x", "--clients", "64, 8,64", "--peers-latency", "all",
+		"--faults-latency", "off", "--dmfs-flag=--max-connections=128", "--dmfs-flag", "--readahead=8"}, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, []int{8, 64}, o.clients, "sorted, without repeats")
+	assert.True(t, o.peersAt(100*time.Millisecond))
+	assert.False(t, o.hasFaults)
+	assert.Equal(t, []string{"--max-connections=128", "--readahead=8"}, o.dmfsFlags)
+}
+
+func TestParseClients(t *testing.T) {
+	got, err := parseClients("64,16")
+	require.NoError(t, err)
+	assert.Equal(t, []int{16, 64}, got)
+	for _, bad := range []string{"", "0", "-4", "16,", "many", "2000"} {
+		_, err := parseClients(bad)
+		assert.Error(t, err, bad)
 	}
 }
 
@@ -350,13 +385,23 @@ func TestTargetsAndTable(t *testing.T) {
 	const mib = 1 << 20
 	r := newLatencyResult(20 * time.Millisecond)
 	for i := range 3 {
-		r.add(mCpCold, sample{Seconds: 10, Bytes: 100e6, Requests: 1000, Gets: 1000, Chunks: 1000})
+		r.add(mCpCold, sample{Seconds: 10, Bytes: 100e6, Requests: 1000, Gets: 1000, Chunks: 1000,
+			InFlight: inFlight{Mean: 15.46, Max: int64(16 + i)}})
 		r.add(mCpWarm, sample{Seconds: 1, Bytes: 100e6, Requests: int64(i)}) // one run made requests
 		r.add(mCpColdSmall, sample{Seconds: 10, Bytes: 100e6, Chunks: 1000, RSS: 10*mib + 50*mib})
 		r.add(mLsR, sample{Seconds: 0.1, Requests: 2, Gets: 1, Chunks: 1000})
 		r.add(mLslR, sample{Seconds: 300, Capped: i == 0, Requests: 1001, Gets: 1, Heads: 1000, Chunks: 1000})
 		r.addRatio(ratioCpDirect, 0.9, 1)
-		r.addRatio(ratioCpRclone, float64(2+i), 1)
+		r.addRatio(ratioCpRclone, float64(9+i), 1)
+		r.addRatio(ratioMean, 2.5, 1)
+		r.Ratios[ratioLoadFetch] = append(r.Ratios[ratioLoadFetch], []float64{-0.1, 1.2, 1.25}[i])
+		r.Ratios[ratioMeanFetch] = append(r.Ratios[ratioMeanFetch], []float64{1, 1.3, 1}[i])
+		check := ""
+		if i == 2 {
+			check = "copy differs from the direct fetch: 1 of 1000 files differ: u/0.0"
+		}
+		r.add(mCpFaults, sample{Seconds: 12, Bytes: 100e6, Requests: 1100, Gets: 1100, Chunks: 1000, Checked: true, Check: check,
+			InFlight: inFlight{Mean: 7.25, Max: 40}})
 	}
 	r.addRatio(ratioLoad, 1, 0) // an unknown figure is not a ratio
 	met := map[string]bool{}
@@ -364,22 +409,121 @@ func TestTargetsAndTable(t *testing.T) {
 		met[tg.What] = tg.Met
 	}
 	assert.Equal(t, map[string]bool{
-		ratioCpDirect:                                          true,
-		ratioCpRclone:                                          false, // 2x in one run
-		mCpWarm + ": gateway requests":                         false,
-		mCpCold + ": requests per chunk":                       true,
-		mLsR + ": zarr requests":                               true,
-		mLslR + ": GETs / HEADs per chunk":                     true,
+		ratioCpDirect:                      true,
+		ratioCpRclone:                      false, // 9x in one run
+		ratioMean:                          true,
+		ratioLoadFetch:                     true,  // cold as fast as warm counts
+		ratioMeanFetch:                     false, // 1.3x in one run
+		targetFaultsOK:                     false,
+		mCpWarm + ": gateway requests":     false,
+		mCpCold + ": requests per chunk":   true,
+		mLsR + ": zarr requests":           true,
+		mLslR + ": GETs / HEADs per chunk": true,
 		"peak RSS − cache size (cache 1/10, reading all data)": true,
 	}, met)
 
 	var buf bytes.Buffer
-	r.writeTable(&buf)
+	r.writeTable(&buf, readOrder([]int{16, 64}, "t2m"))
 	out := buf.String()
-	assert.Contains(t, out, "| "+mCpCold+" | 10.00 | 10.0 | 1000 (GET 1000, HEAD 0) | 1.000 | — |")
+	assert.Contains(t, out, "| Operation | Time, s: median (min–max) | MB/s | Gateway requests | Requests per chunk | Fetches in flight per run: mean / max | Peak RSS, MiB | Checks |\n")
+	assert.Contains(t, out, "| "+mCpCold+" | 10.00 | 10.0 | 1000 (GET 1000, HEAD 0) | 1.000 | 15.5 / 16, 15.5 / 17, 15.5 / 18 | — | — |")
 	assert.Contains(t, out, "| "+mLslR+" | > 300.00 (capped in 1 of 3 runs) |")
-	assert.Contains(t, out, "| "+ratioCpRclone+" | 3.00x (2.00–4.00) |")
-	assert.NotContains(t, out, ratioLoad)
+	assert.Contains(t, out, "| "+mCpFaults+" | 12.00 | 8.3 | 1100 (GET 1100, HEAD 0) | 1.100 | 7.2 / 40, 7.2 / 40, 7.2 / 40 | — | **failed in 1 of 3 runs**: copy differs")
+	assert.Contains(t, out, "| "+ratioCpRclone+" | 10.00x (9.00–11.00) |")
+	assert.Contains(t, out, "| "+ratioLoadFetch+" | 1.20x (-0.10–1.25) |")
+	assert.NotContains(t, out, ratioLoad+" |")
+	assert.NotContains(t, out, directName(16, false), "no sample, no row")
+	// Rows keep the given order.
+	assert.Less(t, strings.Index(out, mCpCold+" |"), strings.Index(out, mLsR+" |"))
+	assert.Less(t, strings.Index(out, mLslR+" |"), strings.Index(out, mCpFaults+" |"))
+}
+
+func TestReadOrderNamesTheLimit(t *testing.T) {
+	assert.Equal(t, []string{"direct HTTP, 16 clients", "direct HTTP, 64 clients (the limit)", "direct HTTP, 64 clients, `t2m` chunks only"},
+		readOrder([]int{16, 64}, "t2m")[:3])
+	assert.Equal(t, "direct HTTP, 4 clients (the limit)", readOrder([]int{4}, "v")[0])
+}
+
+func TestWriteTrace(t *testing.T) {
+	// 1.2 s of 100 ms intervals: steps of 0.5 s, the last one short.
+	var tr trace
+	tr.IntervalSeconds = 0.1
+	for i := range 12 {
+		s := traceSample{T: float64(i+1) / 10, Mean: float64(2 * i), Max: int64(2*i + 1), Answers: map[string]int64{"200": 3}}
+		if i == 6 {
+			s.Answers["503"] = 2
+			s.Answers["429"] = 1
+		}
+		tr.Samples = append(tr.Samples, s)
+	}
+	var buf bytes.Buffer
+	writeTrace(&buf, tr)
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	require.Len(t, lines, 5, buf.String())
+	assert.Equal(t, "| until t, s | in flight: mean | max | mean, as a bar | 200 | 429 | 503 |", lines[0])
+	// Means 0..8 → 4, 10..18 → 14, 20..22 → 21 (the bar's full width).
+	assert.Equal(t, "| 0.5 | 4.0 | 9 | "+strings.Repeat("█", 6)+" | 15 | 0 | 0 |", lines[2])
+	assert.Equal(t, "| 1.0 | 14.0 | 19 | "+strings.Repeat("█", 20)+" | 15 | 1 | 2 |", lines[3])
+	assert.Equal(t, "| 1.2 | 21.0 | 23 | "+strings.Repeat("█", 30)+" | 6 | 0 | 0 |", lines[4])
+
+	// A long trace is summed into wider steps, at most traceLines.
+	long := trace{IntervalSeconds: 0.1, Dropped: 5}
+	for i := range 1000 {
+		long.Samples = append(long.Samples, traceSample{T: float64(i+1) / 10, Mean: 1, Max: 1})
+	}
+	buf.Reset()
+	writeTrace(&buf, long)
+	out := buf.String()
+	rows := strings.Count(out, "\n| ") // table rows after the header
+	assert.LessOrEqual(t, rows, traceLines+1)
+	assert.Contains(t, out, "| 100.0 | 1.0 | 1 |")
+	assert.Contains(t, out, "5 earlier ones are missing")
+
+	buf.Reset()
+	writeTrace(&buf, trace{IntervalSeconds: 0.1})
+	assert.Equal(t, "(no samples)\n", buf.String())
+}
+
+func TestCompareTree(t *testing.T) {
+	write := func(dir string, files map[string]string) {
+		for k, v := range files {
+			p := filepath.Join(dir, filepath.FromSlash(k))
+			require.NoError(t, os.MkdirAll(filepath.Dir(p), 0o755))
+			require.NoError(t, os.WriteFile(p, []byte(v), 0o644))
+		}
+	}
+	want := t.TempDir()
+	src := map[string]string{".zmetadata": `{"a": 1, "b": [1, 2]}`, "u/.zarray": `{"x":"y"}`, "u/0.0": "abc", "u/0.1": "de"}
+	write(want, src)
+	keys := slices.Sorted(maps.Keys(src))
+	tests := []struct {
+		name    string
+		change  func(dir string)
+		wantErr string
+	}{
+		{"same", func(string) {}, ""},
+		{"dmfs's catalog entry", func(d string) { write(d, map[string]string{".datasource.json": "{}"}) }, ""},
+		{"a key named like it, deeper", func(d string) { write(d, map[string]string{"u/.datasource.json": "{}"}) }, "1 extra: u/.datasource.json"},
+		{"metadata re-encoded", func(d string) { write(d, map[string]string{".zmetadata": "{\"b\":[1,2],\"a\":1}\n"}) }, ""},
+		{"metadata changed", func(d string) { write(d, map[string]string{"u/.zarray": `{"x":"z"}`}) }, "1 of 4 files differ: u/.zarray"},
+		{"a chunk byte", func(d string) { write(d, map[string]string{"u/0.1": "dE"}) }, "1 of 4 files differ: u/0.1"},
+		{"a chunk not json-compared", func(d string) { write(d, map[string]string{"u/0.0": ` "abc"`}) }, "u/0.0"},
+		{"missing", func(d string) { require.NoError(t, os.Remove(filepath.Join(d, "u", "0.0"))) }, "1 missing: u/0.0"},
+		{"extra", func(d string) { write(d, map[string]string{"u/0.2": "x"}) }, "1 extra: u/0.2"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := t.TempDir()
+			write(got, src)
+			tt.change(got)
+			err := compareTree(got, want, keys)
+			if tt.wantErr == "" {
+				require.NoError(t, err)
+				return
+			}
+			require.ErrorContains(t, err, tt.wantErr)
+		})
+	}
 }
 
 func TestGatewayClientDownloadsPostsAndFinalises(t *testing.T) {
@@ -515,7 +659,7 @@ func TestWriteTargetsAndTable(t *testing.T) {
 	const mib = 1 << 20
 	r := newLatencyResult(20 * time.Millisecond)
 	for i := range 3 {
-		r.add(mWDirect, sample{Seconds: 1, Bytes: 100e6, Requests: 101, Keys: 100, Posts: 100})
+		r.add(mWDirect, sample{Seconds: 1, Bytes: 100e6, Requests: 101, Keys: 100, Posts: 100, InFlight: inFlight{Mean: 63.9, Max: 64}})
 		r.add(mWCp, sample{Seconds: 1.2, Unmount: 0.2, Bytes: 100e6, Requests: 102, Keys: 100, Posts: 100, RSS: 80 * mib})
 		check := ""
 		if i == 1 {
@@ -545,9 +689,9 @@ func TestWriteTargetsAndTable(t *testing.T) {
 	var buf bytes.Buffer
 	r.writeWriteTable(&buf)
 	out := buf.String()
-	assert.Contains(t, out, "| "+mWDirect+" | 1.00 | — | 100.0 | 100 | 1.000 | 1 | — | ok |")
-	assert.Contains(t, out, "| "+mWCp+" | 1.20 | 0.20 | 83.3 | 100 | 1.000 | 2 | 80 | ok |")
-	assert.Contains(t, out, "| "+mWCpSmall+" | 2.00 | 0.10 | 50.0 | 100 | 1.010 | 1 | 73 (70–76) | **failed in 1 of 3 runs**: 1 key(s) not POSTed exactly once: a\\|b ×2 |")
+	assert.Contains(t, out, "| "+mWDirect+" | 1.00 | — | 100.0 | 100 | 1.000 | 1 | 63.9 / 64, 63.9 / 64, 63.9 / 64 | — | ok |")
+	assert.Contains(t, out, "| "+mWCp+" | 1.20 | 0.20 | 83.3 | 100 | 1.000 | 2 | — | 80 | ok |")
+	assert.Contains(t, out, "| "+mWCpSmall+" | 2.00 | 0.10 | 50.0 | 100 | 1.010 | 1 | — | 73 (70–76) | **failed in 1 of 3 runs**: 1 key(s) not POSTed exactly once: a\\|b ×2 |")
 	assert.Contains(t, out, "| "+ratioWXr+" | 2.97x (1.98–3.96) |")
 	assert.NotContains(t, out, mWCp0)
 	assert.NotContains(t, out, ratioWCp0)

@@ -32,16 +32,18 @@ type gatewayProc struct {
 }
 
 // startGateway runs `dmfs serve --demo` on a free loopback port and waits
-// until it has written its address (after the demo data is generated).
-func startGateway(ctx context.Context, dmfs, dataDir, tokenFile, size string, latency time.Duration, logPath string) (*gatewayProc, error) {
+// until it has written its address (after the demo data is generated);
+// extra flags follow (the faults row's --fail-rate ...).
+func startGateway(ctx context.Context, dmfs, dataDir, tokenFile, size string, latency time.Duration, logPath string, extra ...string) (*gatewayProc, error) {
 	addrFile := filepath.Join(filepath.Dir(logPath), fmt.Sprintf("gateway-%d.addr", time.Now().UnixNano()))
 	logf, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
 	defer logf.Close()
-	cmd := exec.Command(dmfs, "serve", "--demo", "--demo-size", size, "--addr", "127.0.0.1:0",
-		"--addr-file", addrFile, "--token-file", tokenFile, "--latency", latency.String(), dataDir)
+	args := append([]string{"serve", "--demo", "--demo-size", size, "--addr", "127.0.0.1:0",
+		"--addr-file", addrFile, "--token-file", tokenFile, "--latency", latency.String()}, extra...)
+	cmd := exec.Command(dmfs, append(args, dataDir)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
@@ -181,6 +183,7 @@ func (c *gatewayClient) clearDatasource(ctx context.Context, ds, session string)
 type counters struct {
 	Requests  int64            `json:"requests"`
 	ByRoute   map[string]int64 `json:"by_route"`
+	ByStatus  map[string]int64 `json:"by_status"`
 	BytesSent int64            `json:"bytes_sent"`
 	// ZarrKeys counts requests per key: "DSID/KEY GET".
 	ZarrKeys map[string]int64 `json:"zarr_keys"`
@@ -188,6 +191,32 @@ type counters struct {
 	// key too long): a write check cannot trust ZarrKeys then.
 	ZarrKeysOther int64         `json:"zarr_keys_other"`
 	Writes        writeCounters `json:"writes"`
+	// ZarrInFlight: the /zarr/ requests the gateway answered at once.
+	ZarrInFlight inFlight `json:"zarr_in_flight"`
+}
+
+// inFlight is the gateway's zarr_in_flight counter: Mean is time-weighted
+// over the time at least one request was in flight.
+type inFlight struct {
+	Max         int64   `json:"max"`
+	Mean        float64 `json:"mean"`
+	BusySeconds float64 `json:"busy_seconds"`
+}
+
+// trace is GET /_dmfs/trace: the in-flight count over time since the
+// counters were reset.
+type trace struct {
+	IntervalSeconds float64       `json:"interval_seconds"`
+	Dropped         int64         `json:"dropped"`
+	Samples         []traceSample `json:"samples"`
+}
+
+type traceSample struct {
+	T        float64          `json:"t"` // end of the interval, seconds since the reset
+	InFlight int64            `json:"in_flight"`
+	Max      int64            `json:"max"`
+	Mean     float64          `json:"mean"`
+	Answers  map[string]int64 `json:"answers"`
 }
 
 // writeCounters is the part of the gateway's write counters the write
@@ -240,6 +269,21 @@ func (c *gatewayClient) counters(ctx context.Context) (counters, error) {
 	var out counters
 	if err := json.Unmarshal(body, &out); err != nil {
 		return counters{}, fmt.Errorf("counters: %w", err)
+	}
+	return out, nil
+}
+
+func (c *gatewayClient) trace(ctx context.Context) (trace, error) {
+	body, err := c.do(ctx, http.MethodGet, "/_dmfs/trace", "", http.StatusOK)
+	if err != nil {
+		return trace{}, err
+	}
+	var out trace
+	if err := json.Unmarshal(body, &out); err != nil {
+		return trace{}, fmt.Errorf("trace: %w", err)
+	}
+	if out.IntervalSeconds <= 0 {
+		return trace{}, fmt.Errorf("trace: interval %g s", out.IntervalSeconds)
 	}
 	return out, nil
 }

@@ -5,8 +5,9 @@
 // every key directly with parallel clients and to_zarr the way the Datamesh
 // Python client writes. It writes the results as Markdown.
 //
-//	go run ./integration/bench --dmfs /tmp/dmfs --size 1GiB --runs 3 --latency 20ms,0ms --out docs/benchmarks.md
+//	go run ./integration/bench --dmfs /tmp/dmfs --size 1GiB --runs 2 --latency 20ms,100ms,0ms --out docs/benchmarks.md
 //	go run ./integration/bench --dmfs /tmp/dmfs --size 64MiB --runs 1 --latency 20ms --only write
+//	go run ./integration/bench --dmfs /tmp/dmfs --size 64MiB --runs 1 --dmfs-flag=--max-connections=64
 package main
 
 import (
@@ -55,26 +56,46 @@ func main() {
 type options struct {
 	dmfs, rclone, python string
 	size                 string
-	runs, clients        int
+	runs                 int
+	clients              []int // direct-HTTP widths, ascending; the last is the limit
 	latencies            []time.Duration
-	out, dataDir         string
-	limit                time.Duration
-	command              string
-	only                 string // "": reads and writes; "read" or "write"
+	// peers are the latencies at which the slow peers run (rclone,
+	// fsspec, the Python client's to_zarr); nil: every latency.
+	peers []time.Duration
+	// faults is the latency of the faults row; hasFaults false: none.
+	faults    time.Duration
+	hasFaults bool
+	dmfsFlags []string // passed to every `dmfs mount`
+	out       string
+	dataDir   string
+	limit     time.Duration
+	command   string
+	only      string // "": reads and writes; "read" or "write"
 }
+
+// The faults row's gateway: DESIGN.md §6's share of failed answers, with
+// the two statuses that ask a client to slow down.
+const (
+	faultRate       = 0.1
+	faultCodes      = "503,429"
+	faultRetryAfter = time.Second
+)
 
 func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	o := &options{}
 	fs := pflag.NewFlagSet("bench", pflag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var lat string
+	var lat, clients, peers, faults string
 	fs.StringVar(&o.dmfs, "dmfs", "", "the dmfs binary to measure (required)")
 	fs.StringVar(&o.rclone, "rclone", "rclone", "the rclone binary")
 	fs.StringVar(&o.python, "python", "/usr/bin/python3", "the Python with xarray, zarr, fsspec and aiohttp")
-	fs.StringVar(&o.size, "size", "1GiB", "uncompressed size of the demo_grid datasource (dmfs serve --demo-size); 1GiB takes about 14 minutes on 2 cores for the reads, and the writes about as long again")
-	fs.IntVar(&o.runs, "runs", 3, "runs of every measurement (the median is reported)")
-	fs.IntVar(&o.clients, "clients", 16, "parallel clients of the direct-HTTP limit")
-	fs.StringVar(&lat, "latency", "20ms,0ms", "comma-separated gateway latencies (dmfs serve --latency)")
+	fs.StringVar(&o.size, "size", "1GiB", "uncompressed size of the demo_grid datasource (dmfs serve --demo-size); with the defaults 1GiB takes about half an hour on 2 cores")
+	fs.IntVar(&o.runs, "runs", 2, "runs of every measurement (the median is reported)")
+	fs.StringVar(&clients, "clients", "16,64", "comma-separated widths of the direct-HTTP fetch; the largest is the limit the ratios use (DESIGN.md §6: 64)")
+	fs.StringVar(&lat, "latency", "20ms,100ms,0ms", "comma-separated gateway latencies (dmfs serve --latency)")
+	fs.StringVar(&peers, "peers-latency", "20ms,0ms", "latencies at which the slow peers run (rclone mount, xarray over fsspec, the Python client's to_zarr), to keep the run short; \"all\": every latency")
+	fs.StringVar(&faults, "faults-latency", "20ms", "latency of the faults row (a dmfs cold cp -r from a gateway failing 10% of its answers with 503 or 429); \"off\": none")
+	fs.StringArrayVar(&o.dmfsFlags, "dmfs-flag", nil, "a flag for every `dmfs mount`, e.g. --dmfs-flag=--max-connections=128 (repeatable; the benchmark's own mount flags come after and win)")
 	fs.StringVar(&o.out, "out", "", "write the Markdown report to this file")
 	fs.StringVar(&o.dataDir, "data-dir", "", "where the demo data is generated and kept (default: a temporary folder, removed at the end)")
 	fs.DurationVar(&o.limit, "cap", 5*time.Minute, "time cap of one measured operation; a capped figure is reported as a lower bound")
@@ -92,13 +113,32 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	if _, err := parseSize(o.size); err != nil {
 		return nil, fmt.Errorf("--size: %w", err)
 	}
-	if o.runs < 1 || o.clients < 1 {
-		return nil, errors.New("--runs and --clients must be at least 1")
+	if o.runs < 1 {
+		return nil, errors.New("--runs must be at least 1")
+	}
+	var err error
+	if o.clients, err = parseClients(clients); err != nil {
+		return nil, fmt.Errorf("--clients: %w", err)
+	}
+	if peers != "all" {
+		if o.peers, err = parseLatencies(peers); err != nil {
+			return nil, fmt.Errorf("--peers-latency: %w", err)
+		}
+	}
+	if faults != "off" {
+		if o.faults, err = time.ParseDuration(faults); err != nil || o.faults < 0 {
+			return nil, fmt.Errorf("--faults-latency: %q is neither a non-negative duration such as 20ms nor off", faults)
+		}
+		o.hasFaults = true
+	}
+	for _, f := range o.dmfsFlags {
+		if !strings.HasPrefix(f, "-") {
+			return nil, fmt.Errorf("--dmfs-flag: %q is not a flag (write --dmfs-flag=--name=value)", f)
+		}
 	}
 	if o.only != "" && o.only != "read" && o.only != "write" {
 		return nil, fmt.Errorf("--only: %q is neither read nor write", o.only)
 	}
-	var err error
 	if o.latencies, err = parseLatencies(lat); err != nil {
 		return nil, fmt.Errorf("--latency: %w", err)
 	}
@@ -115,6 +155,29 @@ func parseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("%q is not a positive size such as 64MiB or 1GiB", s)
 	}
 	return n, nil
+}
+
+// parseClients reads comma-separated widths, returned ascending without
+// repeats.
+func parseClients(s string) ([]int, error) {
+	var out []int
+	for part := range strings.SplitSeq(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(part))
+		if err != nil || n < 1 || n > 1024 {
+			return nil, fmt.Errorf("%q is not a number of clients from 1 to 1024", part)
+		}
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}
+
+// limitClients is the width of the direct-HTTP limit: the largest.
+func (o *options) limitClients() int { return o.clients[len(o.clients)-1] }
+
+// peersAt tells whether the slow peers run at latency lat.
+func (o *options) peersAt(lat time.Duration) bool {
+	return o.peers == nil || slices.Contains(o.peers, lat)
 }
 
 func parseLatencies(s string) ([]time.Duration, error) {
@@ -161,7 +224,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "bench: wrote", o.out)
 	}
 	if b.checkFailures > 0 {
-		fmt.Fprintf(stderr, "bench: %d write check(s) failed; see the Checks column of the report\n", b.checkFailures)
+		fmt.Fprintf(stderr, "bench: %d check(s) failed; see the Checks columns of the report\n", b.checkFailures)
 		return 1
 	}
 	return 0
@@ -183,12 +246,15 @@ type bench struct {
 	gw       *gatewayProc
 	client   *gatewayClient
 	wclient  *gatewayClient // writeClients connections
+	fgw      *gatewayProc   // the faults row's gateway, while it runs
+	fclient  *gatewayClient
 	mounts   []mount
 	sessions []string
 	seq      int
 
 	// Known after the first direct fetch.
 	keys       []string
+	varKeys    []string // the chunk keys of largestVar
 	chunks     int64
 	wireBytes  int64
 	chunkBytes int64
@@ -263,6 +329,8 @@ func (b *bench) cleanup() {
 		}
 	}
 	b.mounts = nil
+	b.fgw.stop()
+	b.fgw = nil
 	b.stopGateway()
 	_ = os.RemoveAll(b.shm)
 	_ = os.RemoveAll(b.work)
@@ -298,7 +366,7 @@ func (b *bench) startGateway(ctx context.Context, latency time.Duration) error {
 		return err
 	}
 	b.gw = gw
-	b.client = newGatewayClient(gw.addr, b.token, b.o.clients)
+	b.client = newGatewayClient(gw.addr, b.token, b.o.limitClients())
 	b.wclient = newGatewayClient(gw.addr, b.token, writeClients)
 	return nil
 }
@@ -323,7 +391,12 @@ func (b *bench) closeMount(m mount) error {
 }
 
 func (b *bench) mountDMFS(ctx context.Context, cache int64, extra ...string) (*dmfsMount, error) {
-	m, err := mountDMFS(ctx, b.o.dmfs, "http://"+b.gw.addr, b.token, b.path("mnt"), b.path("run"), cache, b.path("dmfs.log"), extra...)
+	return b.mountDMFSAt(ctx, b.gw.addr, cache, extra...)
+}
+
+// mountDMFSAt mounts the gateway at addr, with --dmfs-flag's flags.
+func (b *bench) mountDMFSAt(ctx context.Context, addr string, cache int64, extra ...string) (*dmfsMount, error) {
+	m, err := mountDMFS(ctx, b.o.dmfs, "http://"+addr, b.token, b.path("mnt"), b.path("run"), cache, b.path("dmfs.log"), b.o.dmfsFlags, extra...)
 	if err != nil {
 		return nil, err
 	}
@@ -365,6 +438,7 @@ func (b *bench) measure(ctx context.Context, name string, op func() (sample, err
 		return sample{}, err
 	}
 	s.Requests, s.Gets, s.Heads = c.Requests, c.gets(), c.heads()
+	s.InFlight = c.ZarrInFlight
 	if s.Chunks == b.varChunks && b.varChunks > 0 && strings.Contains(name, "xarray") {
 		// xarray also reads .zmetadata and the coordinates: count the
 		// variable's own chunk requests.
@@ -375,7 +449,8 @@ func (b *bench) measure(ctx context.Context, name string, op func() (sample, err
 	if s.Capped {
 		capped = " (capped)"
 	}
-	b.logf("  %-58s %7.2f s%s, %d requests", name, s.Seconds, capped, s.Requests)
+	b.logf("  %-58s %7.2f s%s, %d requests, in flight %.1f mean, %d max", name, s.Seconds, capped, s.Requests,
+		s.InFlight.Mean, s.InFlight.Max)
 	return s, nil
 }
 
@@ -447,6 +522,12 @@ func (b *bench) learnDataset(sizes map[string]int64) {
 			b.largestVar, b.varBytes, b.varChunks = v, n, chunksByVar[v]
 		}
 	}
+	b.varKeys = b.varKeys[:0]
+	for _, k := range b.keys {
+		if strings.HasPrefix(k, b.largestVar+"/") && !isMetadataKey(k) {
+			b.varKeys = append(b.varKeys, k)
+		}
+	}
 	b.cacheSmall = max(1<<20, b.wireBytes/10) &^ (1<<20 - 1)
 	b.cacheLarge = max(1<<30, (2*b.wireBytes+1<<20)&^(1<<20-1))
 	b.logf("dataset %s: %d keys, %d chunks, %.1f MB on the wire; largest variable %s (%d chunks, %.1f MB); caches %d MiB and %d MiB",
@@ -469,7 +550,9 @@ func (b *bench) oneRun(ctx context.Context, res *latencyResult) error {
 }
 
 func (b *bench) oneReadRun(ctx context.Context, res *latencyResult) error {
-	// The limit: every key fetched directly by parallel clients.
+	// The limit: every key fetched directly by parallel clients, at each
+	// width; then the limit's fetch of the xarray variable's chunks only,
+	// the bound of the xarray targets.
 	sess, err := b.session(ctx)
 	if err != nil {
 		return err
@@ -481,20 +564,38 @@ func (b *bench) oneReadRun(ctx context.Context, res *latencyResult) error {
 		}
 		b.keys = keys
 	}
-	var fetched fetchResult
-	direct, err := b.measure(ctx, mDirect, func() (sample, error) {
-		var err error
-		fetched, err = b.client.fetchAll(ctx, datasource, sess, b.keys, b.o.clients)
-		return sample{Seconds: fetched.Seconds, Bytes: fetched.Bytes}, err
+	var direct sample // the limit's
+	for i, n := range b.o.clients {
+		isLimit := i == len(b.o.clients)-1
+		name := directName(n, isLimit)
+		var fetched fetchResult
+		s, err := b.measure(ctx, name, func() (sample, error) {
+			var err error
+			fetched, err = b.client.fetchAll(ctx, datasource, sess, b.keys, n)
+			return sample{Seconds: fetched.Seconds, Bytes: fetched.Bytes}, err
+		})
+		if err != nil {
+			return err
+		}
+		if b.varChunks == 0 {
+			b.learnDataset(fetched.Sizes)
+		}
+		s.Chunks = b.chunks
+		res.add(name, s)
+		if isLimit {
+			direct = s
+		}
+	}
+	varName := directVarName(b.o.limitClients(), b.largestVar)
+	varFetch, err := b.measure(ctx, varName, func() (sample, error) {
+		r, err := b.client.fetchAll(ctx, datasource, sess, b.varKeys, b.o.limitClients())
+		return sample{Seconds: r.Seconds, Bytes: r.Bytes}, err
 	})
 	if err != nil {
 		return err
 	}
-	if b.varChunks == 0 {
-		b.learnDataset(fetched.Sizes)
-	}
-	direct.Chunks = b.chunks
-	res.add(mDirect, direct)
+	varFetch.Chunks = b.varChunks
+	res.add(varName, varFetch)
 
 	// dmfs cp -r, cold then warm, with a cache that holds everything and
 	// with a tenth of the data.
@@ -530,14 +631,19 @@ func (b *bench) oneReadRun(ctx context.Context, res *latencyResult) error {
 			return err
 		}
 	}
+	res.addRatio(ratioCpDirect, throughput(cold), throughput(direct))
+	res.addRatio(ratioCpDirectS, throughput(coldSmall), throughput(direct))
 
 	// rclone, default VFS and full VFS cache, each a fresh mount (and a
 	// fresh cache folder) with its own session.
-	var rc [2]sample
-	for i, full := range []bool{false, true} {
-		name, cacheDir := mRclone, ""
+	peers := b.o.peersAt(res.Latency)
+	for _, full := range []bool{false, true} {
+		if !peers {
+			break
+		}
+		name, ratio, cacheDir := mRclone, ratioCpRclone, ""
 		if full {
-			name, cacheDir = mRcloneFull, b.path("rclone-cache")
+			name, ratio, cacheDir = mRcloneFull, ratioCpRcFull, b.path("rclone-cache")
 		}
 		rsess, err := b.session(ctx)
 		if err != nil {
@@ -554,7 +660,7 @@ func (b *bench) oneReadRun(ctx context.Context, res *latencyResult) error {
 			return err
 		}
 		res.add(name, s)
-		rc[i] = s
+		res.addRatio(ratio, throughput(cold), throughput(s))
 		if err := b.closeMount(m); err != nil {
 			return err
 		}
@@ -562,10 +668,6 @@ func (b *bench) oneReadRun(ctx context.Context, res *latencyResult) error {
 			_ = os.RemoveAll(cacheDir)
 		}
 	}
-	res.addRatio(ratioCpDirect, throughput(cold), throughput(direct))
-	res.addRatio(ratioCpDirectS, throughput(coldSmall), throughput(direct))
-	res.addRatio(ratioCpRclone, throughput(cold), throughput(rc[0]))
-	res.addRatio(ratioCpRcFull, throughput(cold), throughput(rc[1]))
 
 	// Listings, each on a fresh mount.
 	for _, l := range []struct{ name, flags string }{{mLsR, "-R"}, {mLslR, "-lR"}} {
@@ -586,23 +688,30 @@ func (b *bench) oneReadRun(ctx context.Context, res *latencyResult) error {
 		}
 	}
 
-	// xarray through dmfs: cold then warm, load and mean each on a fresh mount.
+	// xarray through dmfs: cold then warm, load and mean each on a fresh
+	// mount; the time cold reading adds to warm is bounded by the limit's
+	// fetch time of the variable's chunks.
 	var xrCold = map[string]sample{}
-	for _, x := range []struct{ op, cold, warm string }{{"load", mXrLoadCold, mXrLoadWarm}, {"mean", mXrMeanCold, mXrMeanWarm}} {
+	for _, x := range []struct{ op, cold, warm, ratio string }{
+		{"load", mXrLoadCold, mXrLoadWarm, ratioLoadFetch}, {"mean", mXrMeanCold, mXrMeanWarm, ratioMeanFetch}} {
 		m, err := b.mountDMFS(ctx, b.cacheLarge)
 		if err != nil {
 			return err
 		}
 		target := filepath.Join(m.dir(), datasource)
+		got := map[string]sample{}
 		for _, name := range []string{x.cold, x.warm} {
 			s, err := b.measure(ctx, name, func() (sample, error) { return b.xarray(ctx, "path", target, x.op, "") })
 			if err != nil {
 				return err
 			}
 			res.add(name, s)
-			if name == x.cold {
-				xrCold[x.op] = s
-			}
+			got[name] = s
+		}
+		xrCold[x.op] = got[x.cold]
+		if c, w := got[x.cold], got[x.warm]; !c.Capped && !w.Capped && !varFetch.Capped && varFetch.Seconds > 0 {
+			// Not addRatio: cold may be as fast as warm, a ratio ≤ 0.
+			res.Ratios[x.ratio] = append(res.Ratios[x.ratio], (c.Seconds-w.Seconds)/varFetch.Seconds)
 		}
 		if err := b.closeMount(m); err != nil {
 			return err
@@ -611,6 +720,9 @@ func (b *bench) oneReadRun(ctx context.Context, res *latencyResult) error {
 	// xarray over fsspec's HTTP mapper, with the direct client's session.
 	url := "http://" + b.gw.addr + "/zarr/" + datasource
 	for _, x := range []struct{ op, name, ratio string }{{"load", mFsspecLoad, ratioLoad}, {"mean", mFsspecMean, ratioMean}} {
+		if !peers {
+			break
+		}
 		s, err := b.measure(ctx, x.name, func() (sample, error) { return b.xarray(ctx, "fsspec", url, x.op, sess) })
 		if err != nil {
 			return err
@@ -619,6 +731,15 @@ func (b *bench) oneReadRun(ctx context.Context, res *latencyResult) error {
 		if !s.Capped && !xrCold[x.op].Capped {
 			res.addRatio(x.ratio, s.Seconds, xrCold[x.op].Seconds)
 		}
+	}
+
+	if b.o.hasFaults && res.Latency == b.o.faults {
+		s, err := b.faultsRun(ctx, res)
+		if err != nil {
+			return err
+		}
+		res.add(mCpFaults, s)
+		res.addRatio(ratioCpFaults, throughput(s), throughput(direct))
 	}
 	return nil
 }
@@ -633,6 +754,7 @@ func throughput(s sample) float64 {
 }
 
 func (b *bench) writeReport(w io.Writer, results []*latencyResult, started time.Time, took time.Duration) {
+	limit := b.o.limitClients()
 	fmt.Fprintf(w, "# Benchmarks\n\n")
 	fmt.Fprintf(w, "dmfs against what a user would use instead, on the same local gateway (`dmfs serve --demo`) and the same data, in one run. The tables are written by `scripts/bench.sh` (`integration/bench/`) from a real run; a rerun replaces this file.\n\n")
 	fmt.Fprintf(w, "- Date: %s (the run took %s)\n", started.UTC().Format("2006-01-02 15:04 MST"), took.Round(time.Second))
@@ -642,29 +764,78 @@ func (b *bench) writeReport(w io.Writer, results []*latencyResult, started time.
 	fmt.Fprintf(w, "- Data: `%s`, `dmfs serve --demo --demo-size %s`: %d keys, %d chunks (zlib float32), %.1f MB on the wire; largest variable `%s`: %d chunks, %.1f MB\n",
 		datasource, b.o.size, len(b.keys), b.chunks, float64(b.wireBytes)/1e6, b.largestVar, b.varChunks, float64(b.varBytes)/1e6)
 	fmt.Fprintf(w, "- dmfs cache: %d MiB (holds all the data) unless the row says 1/10 (%d MiB); readahead default\n", b.cacheLarge>>20, b.cacheSmall>>20)
-	fmt.Fprintf(w, "- %d run(s) of everything at each latency, interleaved (run 1 of every tool, then run 2, ...); figures are median (min–max); ratios are computed within each run, then summarised\n\n", b.o.runs)
+	mountFlags := "none besides `--service`, `--cache-size`, `--log-file` (and the write flags of the write rows)"
+	if len(b.o.dmfsFlags) > 0 {
+		mountFlags = "`" + escapeCell(strings.Join(b.o.dmfsFlags, " ")) + "` on every mount (`--dmfs-flag`), before the benchmark's own"
+	}
+	fmt.Fprintf(w, "- dmfs mount flags: %s\n", mountFlags)
+	fmt.Fprintf(w, "- %d run(s) of everything at each latency, interleaved (run 1 of every tool, then run 2, ...); figures are median (min–max); ratios are computed within each run, then summarised\n", b.o.runs)
+	if b.o.peers != nil {
+		var skipped []string
+		for _, l := range b.o.latencies {
+			if !b.o.peersAt(l) {
+				skipped = append(skipped, l.String())
+			}
+		}
+		if len(skipped) > 0 {
+			fmt.Fprintf(w, "- The slow peers (rclone mount, xarray over fsspec, the Python client's `to_zarr`) ran only at %s, not at %s, to keep the run short; their rows and ratios are missing there\n",
+				joinDurations(b.o.peers), strings.Join(skipped, ", "))
+		}
+	}
+	fmt.Fprintln(w)
 	if b.o.only == "write" {
 		fmt.Fprintf(w, "Only the write benchmarks ran (`--only write`). A figure marked capped was stopped at %s and is a lower bound.\n\n", b.o.limit)
 	} else {
 		fmt.Fprintf(w, "Cold means a fresh mount: a new dmfs (or rclone) process with an empty cache, and a new mount so the kernel has no page cache for it (rclone `full`: a fresh `--cache-dir`). Warm is the same operation again on the same mount. ")
-		fmt.Fprintf(w, "`cp -r` copies the whole datasource to tmpfs and checks the byte count. The direct-HTTP limit GETs every key (listed beforehand, untimed) with %d clients over keep-alive connections. ", b.o.clients)
+		fmt.Fprintf(w, "`cp -r` copies the whole datasource to tmpfs and checks the byte count. ")
+		fmt.Fprintf(w, "The direct-HTTP rows GET every key (listed beforehand, untimed) with %s parallel clients over keep-alive connections; the widest, %d clients, is the limit (DESIGN.md §6: what the gateway can give), which the ratios use. ",
+			joinInts(b.o.clients), limit)
+		fmt.Fprintf(w, "The limit's fetch of the xarray variable's chunks only bounds the xarray reads: cold may take at most the warm time plus 1.25x that fetch. ")
 		fmt.Fprintf(w, "xarray times are `open_zarr` + the operation inside Python (interpreter start-up excluded); `.mean()` is a dask reduction that reads every chunk; xarray's requests per chunk count only the variable's chunk keys. Requests are the gateway's own counters. ")
+		fmt.Fprintf(w, "Fetches in flight are the gateway's count of `/zarr/` requests being answered at once, from their arrival (the latency included) to the end of the answer: the mean is time-weighted over the time at least one was in flight (so idle time, such as Python's start-up, does not dilute it), the max is the most at once; one mean / max pair per run, in run order. ")
 		fmt.Fprintf(w, "Peak RSS is VmHWM of the dmfs daemon after the operation. A figure marked capped was stopped at %s and is a lower bound.\n\n", b.o.limit)
+		if b.o.hasFaults && slices.Contains(b.o.latencies, b.o.faults) {
+			fmt.Fprintf(w, "The faults row (at %v only) copies the datasource cold, like `cp -r` cold, from a second gateway on the same data that answers %.0f%% of its `/zarr/` requests with 503 or 429 (`dmfs serve --fail-rate %g --fail-codes %s --fail-retry-after %s`, drawn from a fixed seed), and compares the copy with the direct client's local copy: chunks byte for byte, metadata files as JSON. Its requests include the retries. The in-flight trace of its last run follows that latency's targets.\n\n",
+				b.o.faults, faultRate*100, faultRate, faultCodes, faultRetryAfter)
+		}
 	}
+	order := readOrder(b.o.clients, b.largestVar)
 	for _, r := range results {
-		if !r.has(measureOrder) {
+		if !r.has(order) {
 			continue
 		}
 		fmt.Fprintf(w, "## Gateway latency %v\n\n", r.Latency)
-		r.writeTable(w)
+		r.writeTable(w, order)
 		fmt.Fprintf(w, "\nTargets (DESIGN.md §6):\n\n")
-		if r.Latency != 20*time.Millisecond {
-			fmt.Fprintf(w, "DESIGN.md sets the `cp -r` throughput ratios for a gateway with 20 ms latency; at %v they are shown for information.\n\n", r.Latency)
+		if r.Latency != 20*time.Millisecond && r.Latency != 100*time.Millisecond {
+			fmt.Fprintf(w, "DESIGN.md sets the `cp -r` throughput ratios for a gateway with 20 ms and 100 ms latency; at %v they are shown for information.\n\n", r.Latency)
 		}
 		writeTargets(w, r.targets(b.cacheSmall))
 		fmt.Fprintln(w)
+		if n := len(r.Traces); n > 0 {
+			fmt.Fprintf(w, "In-flight trace of the faults row (%s), run %d of %d, from the gateway's `GET /_dmfs/trace` (%v intervals, summed into steps): the time since the counters were reset, just before `cp -r` started; the fetches in flight; and the answers that ended in each step, by status.\n\n",
+				mCpFaults, n, n, time.Duration(r.Traces[n-1].IntervalSeconds*float64(time.Second)))
+			writeTrace(w, r.Traces[n-1])
+			fmt.Fprintln(w)
+		}
 	}
 	b.writeWritesSection(w, results)
+}
+
+func joinInts(xs []int) string {
+	parts := make([]string, len(xs))
+	for i, x := range xs {
+		parts[i] = strconv.Itoa(x)
+	}
+	return strings.Join(parts, " and ")
+}
+
+func joinDurations(xs []time.Duration) string {
+	parts := make([]string, len(xs))
+	for i, x := range xs {
+		parts[i] = x.String()
+	}
+	return strings.Join(parts, " and ")
 }
 
 // writeWritesSection writes the "Writes" section, one table per latency.

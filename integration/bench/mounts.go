@@ -31,9 +31,11 @@ type dmfsMount struct {
 	env               []string
 }
 
-// mountDMFS mounts with the given cache size; extra flags follow (--write
-// and its flags).
-func mountDMFS(ctx context.Context, bin, service, token, mnt, runtime string, cacheBytes int64, logFile string, extra ...string) (*dmfsMount, error) {
+// mountDMFS mounts with the given cache size. flags (the user's) come
+// first, so that the benchmark's own flags and extra (--write and its
+// flags) after them win.
+func mountDMFS(ctx context.Context, bin, service, token, mnt, runtime string, cacheBytes int64, logFile string,
+	flags []string, extra ...string) (*dmfsMount, error) {
 	if err := os.MkdirAll(mnt, 0o755); err != nil {
 		return nil, err
 	}
@@ -44,8 +46,8 @@ func mountDMFS(ctx context.Context, bin, service, token, mnt, runtime string, ca
 		env: append(os.Environ(), "XDG_RUNTIME_DIR="+runtime, "DATAMESH_TOKEN="+token)}
 	cctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	args := []string{"mount", "--service", service,
-		"--cache-size", strconv.FormatInt(cacheBytes>>20, 10) + "MiB", "--log-file", logFile}
+	args := append(append([]string{"mount"}, flags...), "--service", service,
+		"--cache-size", strconv.FormatInt(cacheBytes>>20, 10)+"MiB", "--log-file", logFile)
 	args = append(append(args, extra...), mnt)
 	cmd := exec.CommandContext(cctx, bin, args...)
 	cmd.Env = m.env

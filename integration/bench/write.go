@@ -29,10 +29,10 @@ const writeClients = 64
 // hwmEvery is how often the daemon's VmHWM is read during a write.
 const hwmEvery = 25 * time.Millisecond
 
-// prepareWrites makes the local copy of the datasource that the writers
-// write (once; untimed), and learns the dataset from it when the read
-// benchmarks did not.
-func (b *bench) prepareWrites(ctx context.Context) error {
+// localCopy makes the local copy of the datasource (once; untimed) that
+// the writers write and the faults row's copy is checked against, and
+// learns the dataset from it when the read benchmarks did not.
+func (b *bench) localCopy(ctx context.Context) error {
 	if b.srcDir != "" {
 		return nil
 	}
@@ -46,7 +46,7 @@ func (b *bench) prepareWrites(ctx context.Context) error {
 		}
 	}
 	dir := filepath.Join(b.shm, "source-"+datasource)
-	res, err := b.client.download(ctx, datasource, sess, b.keys, b.o.clients, dir)
+	res, err := b.client.download(ctx, datasource, sess, b.keys, b.o.limitClients(), dir)
 	if err != nil {
 		return fmt.Errorf("local copy of %s: %w", datasource, err)
 	}
@@ -54,7 +54,7 @@ func (b *bench) prepareWrites(ctx context.Context) error {
 		b.learnDataset(res.Sizes)
 	}
 	b.srcDir, b.srcBytes = dir, res.Bytes
-	b.logf("local copy of %s for the writes: %s, %d keys, %.1f MB", datasource, dir, len(b.keys), float64(res.Bytes)/1e6)
+	b.logf("local copy of %s: %s, %d keys, %.1f MB", datasource, dir, len(b.keys), float64(res.Bytes)/1e6)
 	return nil
 }
 
@@ -68,7 +68,7 @@ func (b *bench) newWriteID(what string) string {
 
 // oneWriteRun measures every write once, interleaved like the reads.
 func (b *bench) oneWriteRun(ctx context.Context, res *latencyResult) error {
-	if err := b.prepareWrites(ctx); err != nil {
+	if err := b.localCopy(ctx); err != nil {
 		return err
 	}
 	// The limit: every key POSTed directly by 64 clients, then finalised.
@@ -117,23 +117,29 @@ func (b *bench) oneWriteRun(ctx context.Context, res *latencyResult) error {
 		}
 	}
 
-	// to_zarr: the Python client's way, then through a --write mount.
-	id = b.newWriteID("client")
-	if sess, err = b.session(ctx); err != nil {
-		return err
-	}
-	client, clientKeys, err := b.measureWrite(ctx, mWXrClient, id, nil, func() (sample, error) {
-		t, err := b.toZarr(ctx, "client", "http://"+b.gw.addr+"/zarr/"+id, sess)
-		return sample{Seconds: t.Seconds, Capped: t.Capped}, err
-	})
-	if err != nil {
-		return err
-	}
-	if !client.Capped {
-		b.forgetSession(sess)
-	}
-	if err := b.dropWritten(ctx, id); err != nil {
-		return err
+	// to_zarr: the Python client's way (a slow peer: only at
+	// --peers-latency), then through a --write mount.
+	peers := b.o.peersAt(res.Latency)
+	var client sample
+	var clientKeys []string
+	if peers {
+		id = b.newWriteID("client")
+		if sess, err = b.session(ctx); err != nil {
+			return err
+		}
+		client, clientKeys, err = b.measureWrite(ctx, mWXrClient, id, nil, func() (sample, error) {
+			t, err := b.toZarr(ctx, "client", "http://"+b.gw.addr+"/zarr/"+id, sess)
+			return sample{Seconds: t.Seconds, Capped: t.Capped}, err
+		})
+		if err != nil {
+			return err
+		}
+		if !client.Capped {
+			b.forgetSession(sess)
+		}
+		if err := b.dropWritten(ctx, id); err != nil {
+			return err
+		}
 	}
 	id = b.newWriteID("xarray")
 	xr, xrKeys, err := b.dmfsWrite(ctx, mWXrDMFS, id, b.cacheLarge, nil, nil, func(target string) (timed, error) {
@@ -142,7 +148,7 @@ func (b *bench) oneWriteRun(ctx context.Context, res *latencyResult) error {
 	if err != nil {
 		return err
 	}
-	if client.Check == "" && xr.Check == "" && !client.Capped && !xr.Capped {
+	if peers && client.Check == "" && xr.Check == "" && !client.Capped && !xr.Capped {
 		// The same to_zarr call writes the same keys whichever way.
 		if d := diffKeys(xrKeys, clientKeys); d != "" {
 			xr.Check = "keys differ from the Python client's: " + d
@@ -150,10 +156,12 @@ func (b *bench) oneWriteRun(ctx context.Context, res *latencyResult) error {
 			b.logf("  CHECK FAILED %s: %s", mWXrDMFS, xr.Check)
 		}
 	}
-	res.add(mWXrClient, client)
 	res.add(mWXrDMFS, xr)
-	if !client.Capped && !xr.Capped {
-		res.addRatio(ratioWXr, client.Seconds, xr.Seconds)
+	if peers {
+		res.add(mWXrClient, client)
+		if !client.Capped && !xr.Capped {
+			res.addRatio(ratioWXr, client.Seconds, xr.Seconds)
+		}
 	}
 	return b.dropWritten(ctx, id)
 }
@@ -234,6 +242,7 @@ func (b *bench) measureWrite(ctx context.Context, name, id string, want []string
 		return sample{}, nil, err
 	}
 	s.Requests = c.Requests
+	s.InFlight = c.ZarrInFlight
 	chk, cerr := checkWrites(c, id, want)
 	s.Keys, s.Posts, s.Bytes = int64(len(chk.Keys)), chk.Posts, chk.Bytes
 	switch {
