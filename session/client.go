@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sync/singleflight"
+
+	"github.com/oceanum-dmfs/dmfs/flow"
 )
 
 const (
@@ -63,6 +65,7 @@ type Client struct {
 	service string
 	gateway string
 	http    *http.Client
+	limiter *flow.Limiter // Config.Limiter: zarr reads in flight
 	log     *slog.Logger
 	clock   clock // the session lifecycle's time; tests replace it
 	// retryClock times retry waits and their budget, jitter spreads the
@@ -123,9 +126,10 @@ func New(cfg Config) (*Client, error) {
 		service: cfg.Service,
 		gateway: cfg.Gateway,
 		http: &http.Client{
-			Transport:     newTransport(cfg.ConnectTimeout, onSurplus),
+			Transport:     newTransport(cfg.ConnectTimeout, connsPerHost(cfg.Limiter), onSurplus),
 			CheckRedirect: checkRedirect,
 		},
+		limiter:    cfg.Limiter,
 		log:        log,
 		clock:      realClock{},
 		retryClock: realClock{},
@@ -139,6 +143,7 @@ func New(cfg Config) (*Client, error) {
 	}
 	c.cfg.Token = "" // kept only as c.token
 	c.cfg.Logger = nil
+	c.cfg.Limiter = nil
 	c.onSession, c.cfg.OnSession = cfg.OnSession, nil
 	return c, nil
 }

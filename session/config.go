@@ -20,6 +20,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/oceanum-dmfs/dmfs/flow"
 )
 
 // Defaults, as the official clients use them.
@@ -99,6 +101,15 @@ type Config struct {
 	// larger one is refused (ErrTooLarge) before it is read, or as soon as it
 	// passes the bound when its length is not announced. Default 1 GiB.
 	MaxObjectSize int64
+
+	// Limiter bounds the zarr key reads in flight (Store.Get, Head and
+	// List): each attempt, retries included, holds one of its permits from
+	// just before it is sent until its answer is read, and releases it with
+	// how the attempt ended (429, 503: overload; timeouts, connection
+	// errors, 502, 504: failure; any other answer: success). Reads marked
+	// zarr.WithReadahead wait behind every other. Writes, sessions, staging
+	// and tables are outside it. nil: no limit but the transport's.
+	Limiter *flow.Limiter `json:"-"`
 
 	// Write enables Store.Put, Delete and Clear, and makes a planned
 	// session renewal a checkpoint that finalises the writes of the old

@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/oceanum-dmfs/dmfs/flow"
 )
 
 const (
@@ -37,7 +39,8 @@ const (
 	// maxRetryDelay caps one backoff wait, Retry-After included.
 	maxRetryDelay = 30 * time.Second
 	// poolSize is the number of connections kept per host: many chunk reads
-	// run in parallel.
+	// run in parallel. With a Limiter, the zarr reads get up to its Max on
+	// top (see connsPerHost).
 	poolSize = 128
 	// firstContactRetries bounds the retries of a failed connect before the
 	// service or gateway has ever answered: an address that never answered
@@ -84,6 +87,9 @@ type request struct {
 	// re-send it without holding it in memory.
 	body     io.ReaderAt
 	bodySize int64
+	// limited: each attempt holds a permit of the client's Limiter;
+	// background: readahead, served after every other waiting read.
+	limited, background bool
 }
 
 // response is the last answer do received.
@@ -97,9 +103,18 @@ type response struct {
 	stream *stream
 }
 
-// newTransport is the client's transport; onSurplus is told when a
-// connection dropped bytes sent past the end of an answer.
-func newTransport(connectTimeout time.Duration, onSurplus func(int)) *http.Transport {
+// connsPerHost is the transport's bound on connections per host: poolSize
+// for everything, plus the limiter's Max for the zarr reads, so that
+// neither --max-connections nor the other requests (uploads, sessions)
+// queue inside the transport, where no limiter sees them.
+func connsPerHost(l *flow.Limiter) int {
+	return poolSize + l.Max() // 0 for a nil Limiter
+}
+
+// newTransport is the client's transport, with at most perHost connections
+// to a host; onSurplus is told when a connection dropped bytes sent past
+// the end of an answer.
+func newTransport(connectTimeout time.Duration, perHost int, onSurplus func(int)) *http.Transport {
 	// NoTimeout: 0 is no limit for both (the request's own deadline and
 	// context still apply).
 	handshake := connectTimeout + 10*time.Second
@@ -110,9 +125,9 @@ func newTransport(connectTimeout time.Duration, onSurplus func(int)) *http.Trans
 	tr := &http.Transport{
 		Proxy:                  http.ProxyFromEnvironment,
 		TLSHandshakeTimeout:    handshake,
-		MaxIdleConns:           2 * poolSize,
-		MaxIdleConnsPerHost:    poolSize,
-		MaxConnsPerHost:        poolSize,
+		MaxIdleConns:           2 * perHost,
+		MaxIdleConnsPerHost:    perHost,
+		MaxConnsPerHost:        perHost,
 		IdleConnTimeout:        90 * time.Second,
 		MaxResponseHeaderBytes: maxResponseHeader,
 		// Chunks are compressed already; transparent gzip would also hide
@@ -149,7 +164,18 @@ func (c *Client) do(ctx context.Context, r request) (*response, error) {
 	retries := c.cfg.MaxRetries
 	counted := 0 // retries of errors that are not a restart
 	for attempt := 0; ; attempt++ {
-		resp, err := c.attempt(ctx, r, attempt)
+		var permit *flow.Permit
+		if r.limited {
+			// Waiting here is not the attempt's: its read timeout starts
+			// once the permit is held.
+			p, err := c.limiter.Acquire(ctx, r.background)
+			if err != nil {
+				return nil, c.errorFor(r, 0, "", err)
+			}
+			permit = p
+		}
+		resp, err := c.attempt(ctx, r, attempt, permit)
+		permit.Release(outcome(ctx, resp, err))
 		if ctx.Err() != nil {
 			if resp != nil && resp.stream != nil {
 				_ = resp.stream.Close()
@@ -198,6 +224,27 @@ func (c *Client) do(ctx context.Context, r request) (*response, error) {
 		case <-fire:
 		}
 	}
+}
+
+// outcome is what an attempt's answer (or error) tells the limiter of the
+// gateway's load, and the Retry-After that came with it.
+func outcome(ctx context.Context, resp *response, err error) (flow.Outcome, time.Duration) {
+	switch {
+	case ctx.Err() != nil:
+		return flow.Dropped, 0 // the caller gave up: no sample
+	case err != nil && isPermanent(err):
+		return flow.Dropped, 0 // refused here (too large, bad certificate): says nothing of load
+	case err != nil:
+		return flow.Failure, 0 // timeout, connection refused or broken
+	}
+	ra, _ := retryAfter(resp.header)
+	switch resp.status {
+	case http.StatusTooManyRequests, http.StatusServiceUnavailable:
+		return flow.Overload, ra
+	case http.StatusBadGateway, http.StatusGatewayTimeout:
+		return flow.Failure, ra
+	}
+	return flow.Success, 0
 }
 
 // restarting reports whether an answer or error says the gateway is
@@ -292,7 +339,8 @@ func (b *idleBody) Read(p []byte) (int, error) {
 // means an answer with a complete body, or, for r.stream and a 2xx, with
 // its body in resp.stream, unread: the attempt's context, timer and
 // connection are then the stream's, released when it is closed.
-func (c *Client) attempt(ctx context.Context, r request, n int) (*response, error) {
+// permit (nil when unlimited) is told when the headers came.
+func (c *Client) attempt(ctx context.Context, r request, n int, permit *flow.Permit) (*response, error) {
 	start := time.Now()
 	ctx, cancel := context.WithCancelCause(ctx)
 	handed := false // the stream owns ctx, the timer and the body
@@ -352,6 +400,7 @@ func (c *Client) attempt(ctx context.Context, r request, n int) (*response, erro
 		return nil, permanentError{err}
 	}
 	res, err := c.http.Do(req)
+	permit.Answered()
 	if err != nil {
 		err = timedOut(classify(unwrapURLError(err)))
 		if c.log.Enabled(ctx, slog.LevelDebug) {
