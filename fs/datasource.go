@@ -9,31 +9,14 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/singleflight"
 
+	"github.com/oceanum-dmfs/dmfs/access"
 	"github.com/oceanum-dmfs/dmfs/cache"
 	"github.com/oceanum-dmfs/dmfs/zarr"
 )
-
-// headAheadTimeout bounds one background HEAD.
-const headAheadTimeout = time.Minute
-
-// listerWindow is how long after a listing of an array's chunks a lookup of
-// an unknown chunk is taken to come from a lister (`ls -l`, `du`), which
-// stats and reads nothing, rather than from a reader.
-const listerWindow = 30 * time.Second
-
-// copierWindow is how soon after listing an array an open of its metadata
-// must come to be taken as a tool copying the whole folder, not a person.
-const copierWindow = time.Second
-
-// sequentialSlack is how far ahead of the previous open a chunk may be and
-// still count as reading in key order: parallel readers (dask threads) open
-// neighbouring chunks slightly out of order.
-const sequentialSlack = 4
 
 // datasource is one mounted Zarr store: its hierarchy, loaded once and again
 // after the metadata TTL, and per-array access state for the lookup and
@@ -62,19 +45,17 @@ type datasource struct {
 	forget func()
 	// dropPages drops the kernel's cached pages of the file at key.
 	dropPages func(key string)
-	// noHead is set once a HEAD answered without a size: sizes then cost
-	// a GET.
-	noHead atomic.Bool
+	// policy decides what lookups cost and what is fetched ahead.
+	policy *access.Policy
 	// In a write mount: the mount's writes (guarded by the writer's
 	// mutex) and where they go.
 	ov     *overlay
 	writer zarr.Writer
 
 	mu       sync.Mutex
-	cur      version   // h is nil until loaded, and after release
-	loadedAt time.Time // when cur.h was loaded or last confirmed
-	usedAt   time.Time // last use, for releaseIfIdle
-	arrays   map[string]*arrayState
+	cur      version                  // h is nil until loaded, and after release
+	loadedAt time.Time                // when cur.h was loaded or last confirmed
+	usedAt   time.Time                // last use, for releaseIfIdle
 	listings map[string]*chunkListing // by chunk folder path, for the current version
 }
 
@@ -99,21 +80,15 @@ type version struct {
 	modTime time.Time // mtime of every file of this version
 }
 
-// arrayState tells readers from listers, and sequential readers from others.
-type arrayState struct {
-	listedAt time.Time // last readdir of the array's chunks
-	openedAt time.Time // last open of one of its chunks
-	lastRead string    // key (relative to the array) of the last chunk opened
-}
-
 // newDatasource makes a datasource whose files have mtime modified (the
 // mount's start when zero).
 func newDatasource(id string, store zarr.Store, opt *Options, modified time.Time) *datasource {
 	if modified.IsZero() {
 		modified = opt.started
 	}
-	return &datasource{id: id, ns: id, store: store, opt: opt, arrays: map[string]*arrayState{}, listings: map[string]*chunkListing{},
-		cur: version{modTime: modified.Truncate(time.Second)}}
+	return &datasource{id: id, ns: id, store: store, opt: opt, listings: map[string]*chunkListing{},
+		policy: access.New(access.Config{Readahead: opt.Readahead, Window: opt.Window, Budget: opt.cacheBytes / 4, Now: opt.now}),
+		cur:    version{modTime: modified.Truncate(time.Second)}}
 }
 
 // hierarchy returns the store's tree, loading it on first use and again after
@@ -237,88 +212,34 @@ func (d *datasource) releaseIfIdle(now time.Time, idle time.Duration) {
 	defer d.mu.Unlock()
 	if d.cur.h != nil && now.Sub(d.usedAt) >= idle {
 		d.cur.h = nil
-		d.arrays = map[string]*arrayState{}
+		d.policy.Forget()
 		d.listings = map[string]*chunkListing{}
 		d.opt.Logger.Debug("metadata released (unused)", "datasource", d.id)
 	}
 }
 
-func (d *datasource) array(path string) *arrayState {
-	st := d.arrays[path]
-	if st == nil {
-		st = &arrayState{}
-		d.arrays[path] = st
-	}
-	return st
-}
-
-// noteListed records a readdir of an array's chunk folders.
-func (d *datasource) noteListed(arrayPath string) {
+// readMetadata reports a read of an array's metadata from its start (cp,
+// tar and rsync read .zarray before the chunks).
+func (d *datasource) readMetadata(arrayPath string) {
 	d.mu.Lock()
-	d.array(arrayPath).listedAt = d.opt.now()
-	d.mu.Unlock()
-}
-
-// noteOpened records that a file of the array was opened for reading: its
-// metadata (from "") or the chunk from. Right after a listing this is a
-// copier (cp, tar, rsync read .zarray before the chunks): the chunks from
-// there on are fetched ahead at once.
-func (d *datasource) noteOpened(arrayPath, from string) {
-	d.mu.Lock()
-	st := d.array(arrayPath)
-	now := d.opt.now()
-	copying := !st.listedAt.IsZero() && now.Sub(st.listedAt) < copierWindow && !st.openedAt.After(st.listedAt)
-	st.openedAt = now
 	h := d.cur.h
 	d.mu.Unlock()
-	if !copying || d.opt.Readahead <= 0 || h == nil {
+	if h == nil {
 		return
 	}
 	if f, ok := h.Folder(arrayPath); ok && f.Array != nil {
-		keys := f.Array.ChunkKeysAfter(from, d.readaheadCount(""))
-		if from != "" {
-			keys = append([]string{from}, keys...)
-		}
-		d.prefetch(f.Array, keys)
+		d.readAhead(f.Array, "", 0)
 	}
 }
 
-// readaheadCount is how many chunks to fetch ahead: --readahead, but no more
-// than a quarter of the cache holds, judging by the size of key (when known)
-// so that readahead never pushes out what is being read.
-func (d *datasource) readaheadCount(key string) int {
-	n := d.opt.Readahead
-	if key == "" {
-		return n
-	}
-	if size, st := d.opt.Cache.Stat(d.cacheKey(key)); st != cache.StatUnknown && st != cache.StatMissing && size > 0 {
-		n = int(min(int64(n), max(d.opt.cacheBytes/4/size, 1)))
-	}
-	return n
-}
-
-// prefetch starts background fetches of chunk keys (relative to arr).
-func (d *datasource) prefetch(arr *zarr.Array, rels []string) {
-	for _, k := range rels {
+// readAhead reports a read of the array at key ("" for its metadata; a
+// chunk of size bytes, 0 if unknown) and fetches ahead what the policy
+// says.
+func (d *datasource) readAhead(arr *zarr.Array, key string, size int64) {
+	for _, k := range d.policy.Read(arr.Path, arr.ChunkKeysAfter, key, size) {
 		full := joinKey(arr.Path, k)
-		d.opt.Cache.Prefetch(d.cacheKey(full), d.fetcher(full))
+		d.opt.Cache.Prefetch(d.cacheKey(full), d.fetcher(full, true))
 	}
-}
-
-// listing reports whether lookups in the array now come from a lister: its
-// chunks were listed recently and none has been opened since.
-func (d *datasource) listerActive(arrayPath string) bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	st := d.array(arrayPath)
-	now := d.opt.now()
-	active := !st.listedAt.IsZero() && now.Sub(st.listedAt) < listerWindow && !st.openedAt.After(st.listedAt)
-	if active {
-		// A lister still at work keeps the window open, however long
-		// the folder.
-		st.listedAt = now
-	}
-	return active
 }
 
 // chunkNames returns the listing of the chunk folder at path (relative to
@@ -382,8 +303,13 @@ func (d *datasource) listedAbsent(path string, i int64) bool {
 // cacheKey names a chunk in the shared cache.
 func (d *datasource) cacheKey(key string) string { return d.ns + "/" + key }
 
-func (d *datasource) fetcher(key string) cache.FetchFunc {
+// fetcher gets key's bytes; ahead marks a readahead fetch, which nobody
+// waits for yet (the gateway's limiter serves waiting readers first).
+func (d *datasource) fetcher(key string, ahead bool) cache.FetchFunc {
 	return func(ctx context.Context) ([]byte, error) {
+		if ahead {
+			ctx = zarr.WithReadahead(ctx)
+		}
 		start := d.opt.now()
 		b, err := d.store.Get(ctx, key)
 		d.opt.Logger.Debug("fetch", "datasource", d.id, "key", key, "size", len(b),
@@ -417,8 +343,7 @@ func (d *datasource) chunkSize(ctx context.Context, arr *zarr.Array, rel string,
 	case state == cache.StatPresent && !stale, state == cache.StatSized && !stale:
 		return size, false, nil
 	}
-	lister := !d.noHead.Load() && d.listerActive(arr.Path)
-	if lister && state == cache.StatPresent {
+	if state == cache.StatPresent && d.policy.Lister(arr.Path) {
 		// A lister reads nothing: the bytes held are checked when a
 		// reader comes.
 		return size, false, nil
@@ -432,18 +357,22 @@ func (d *datasource) chunkSize(ctx context.Context, arr *zarr.Array, rel string,
 	}
 	var n int64
 	var fresh []byte
-	if lister {
-		d.headAhead(arr, rel)
-		n, err = d.opt.Cache.SizeOrHead(ctx, ck, d.header(key))
+	decision := d.policy.LookedUp(arr.Path, arr.ChunkKeysAfter, rel)
+	if decision.Fetch == access.Head {
+		for _, k := range decision.SizesAhead {
+			ahead := joinKey(arr.Path, k)
+			d.opt.Cache.PrefetchSize(d.cacheKey(ahead), d.header(ahead, true))
+		}
+		n, err = d.opt.Cache.SizeOrHead(ctx, ck, d.header(key, false))
 		if errors.Is(err, zarr.ErrSizeUnknown) {
 			// The gateway's HEAD says nothing: the size costs the body,
 			// from now on without asking HEAD first.
-			d.noHead.Store(true)
-			lister = false
+			d.policy.HeadUnsupported()
+			decision.Fetch = access.Get
 		}
 	}
-	if !lister {
-		fresh, err = d.opt.Cache.GetOrFetch(ctx, ck, d.fetcher(key))
+	if decision.Fetch == access.Get {
+		fresh, err = d.opt.Cache.GetOrFetch(ctx, ck, d.fetcher(key, false))
 		n = int64(len(fresh))
 	}
 	if err != nil || !stale || state == cache.StatMissing {
@@ -459,45 +388,20 @@ func (d *datasource) chunkSize(ctx context.Context, arr *zarr.Array, rel string,
 	return n, false, nil
 }
 
-func (d *datasource) header(key string) func(context.Context) (int64, error) {
-	return func(ctx context.Context) (int64, error) { return d.store.Head(ctx, key) }
-}
-
-// headAhead sends the HEADs of the chunks that follow rel in the background,
-// so that a lister, which stats one file at a time, finds their sizes known.
-// At most headAheadWorkers run per mount; more are dropped (a hint).
-func (d *datasource) headAhead(arr *zarr.Array, rel string) {
-	for _, k := range arr.ChunkKeysAfter(rel, max(d.opt.Readahead, 1)) {
-		key := joinKey(arr.Path, k)
-		ck := d.cacheKey(key)
-		if _, st := d.opt.Cache.Stat(ck); st != cache.StatUnknown {
-			continue
+// header asks key's size; ahead as in fetcher.
+func (d *datasource) header(key string, ahead bool) func(context.Context) (int64, error) {
+	return func(ctx context.Context) (int64, error) {
+		if ahead {
+			ctx = zarr.WithReadahead(ctx)
 		}
-		select {
-		case d.opt.heads <- struct{}{}:
-		default:
-			return
-		}
-		go func() {
-			defer func() { <-d.opt.heads }()
-			ctx, cancel := context.WithTimeout(context.Background(), headAheadTimeout)
-			defer cancel()
-			d.opt.Cache.SizeOrHead(ctx, ck, d.header(key))
-		}()
+		return d.store.Head(ctx, key)
 	}
 }
 
-// readChunk returns a chunk's bytes for an open file, and starts readahead
-// when the array is being read in key order.
-func (d *datasource) readChunk(ctx context.Context, arr *zarr.Array, rel string) ([]byte, error) {
+// readChunk returns a chunk's bytes (size bytes, as looked up) for a read,
+// after telling the policy, which may fetch the chunks that follow.
+func (d *datasource) readChunk(ctx context.Context, arr *zarr.Array, rel string, size int64) ([]byte, error) {
+	d.readAhead(arr, rel, size)
 	key := joinKey(arr.Path, rel)
-	d.mu.Lock()
-	st := d.array(arr.Path)
-	prev := st.lastRead
-	st.lastRead, st.openedAt = rel, d.opt.now()
-	d.mu.Unlock()
-	if d.opt.Readahead > 0 && prev != "" && prev != rel && slices.Contains(arr.ChunkKeysAfter(prev, sequentialSlack), rel) {
-		d.prefetch(arr, arr.ChunkKeysAfter(rel, d.readaheadCount(key)))
-	}
-	return d.opt.Cache.GetOrFetch(ctx, d.cacheKey(key), d.fetcher(key))
+	return d.opt.Cache.GetOrFetch(ctx, d.cacheKey(key), d.fetcher(key, false))
 }

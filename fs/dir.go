@@ -251,7 +251,7 @@ func (n *dirNode) Readdir(ctx context.Context) (gofs.DirStream, syscall.Errno) {
 		if l.chunks.Dirs() {
 			s.chunkMode = fuse.S_IFDIR
 		} else {
-			n.ds.noteListed(l.arr.Path)
+			n.ds.policy.Listed(l.arr.Path)
 		}
 	}
 	return s, 0

@@ -82,7 +82,7 @@ func (f *metaFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, of
 		return r, errno
 	}
 	if off == 0 && f.array {
-		f.ds.noteOpened(f.arrayPath, "")
+		f.ds.readMetadata(f.arrayPath)
 	}
 	return fuse.ReadResultData(sliceAt(f.data, off, len(dest))), 0
 }
@@ -141,7 +141,7 @@ func (f *chunkFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, o
 	if r, errno, ok := f.w.overlayRead(ctx, f.ds, f.key(), fh, dest, off); ok {
 		return r, errno
 	}
-	data, errno := f.bytes(ctx, off == 0)
+	data, errno := f.bytes(ctx)
 	if errno != 0 {
 		return nil, errno
 	}
@@ -149,9 +149,7 @@ func (f *chunkFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, o
 }
 
 // bytes checks the chunk is still part of its array and returns its bytes.
-// A read from the start is where an open used to be noted (copier
-// detection, sequential readahead).
-func (f *chunkFile) bytes(ctx context.Context, fromStart bool) ([]byte, syscall.Errno) {
+func (f *chunkFile) bytes(ctx context.Context) ([]byte, syscall.Errno) {
 	h, err := f.ds.hierarchy(ctx)
 	if err != nil {
 		return nil, errnoOf(ctx, f.ds.opt.Logger, "read", f.path(), err)
@@ -160,10 +158,7 @@ func (f *chunkFile) bytes(ctx context.Context, fromStart bool) ([]byte, syscall.
 	if !ok || folder.Array == nil || !folder.Array.IsChunkKey(f.rel) {
 		return nil, syscall.ENOENT
 	}
-	if fromStart {
-		f.ds.noteOpened(f.arrayPath, f.rel)
-	}
-	data, err := f.ds.readChunk(ctx, folder.Array, f.rel)
+	data, err := f.ds.readChunk(ctx, folder.Array, f.rel, f.size)
 	if err != nil {
 		return nil, errnoOf(ctx, f.ds.opt.Logger, "read", f.path(), err)
 	}

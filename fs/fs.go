@@ -93,9 +93,12 @@ type Info struct {
 type Options struct {
 	Catalog Catalog
 	Cache   *cache.Cache
-	// Readahead is how many chunks that follow a sequentially read chunk are
-	// fetched in the background (0 disables).
+	// Readahead is the least number of chunks that follow a sequentially
+	// read chunk fetched in the background (0 disables); see package access.
 	Readahead int
+	// Window is the number of fetches the gateway sustains at once (the
+	// adaptive limit), which deepens readahead; nil: Readahead alone.
+	Window func() int
 	// MetadataTTL is how long the catalog and each store's metadata are
 	// trusted before they are fetched again; also the kernel's entry and
 	// attribute timeout.
@@ -117,14 +120,9 @@ type Options struct {
 	now     func() time.Time
 	started time.Time
 	inodes  *inodeNumbers
-	// heads bounds background HEADs (headAhead) per mount.
-	heads chan struct{}
 	// cacheBytes is the cache's budget, which bounds readahead.
 	cacheBytes int64
 }
-
-// headAheadWorkers bounds the HEADs sent ahead of a lister.
-const headAheadWorkers = 16
 
 // MountOptions are the go-fuse mount settings dmfs exposes.
 type MountOptions struct {
@@ -146,7 +144,6 @@ func (o *Options) fill() {
 	}
 	o.started = o.now()
 	o.inodes = &inodeNumbers{}
-	o.heads = make(chan struct{}, headAheadWorkers)
 	o.cacheBytes = o.Cache.Stats().MaxBytes
 	if o.Write != nil {
 		o.writer = newWriter(o, *o.Write)

@@ -969,7 +969,7 @@ func TestListerGetsSizesByGetWhenHeadSaysNothing(t *testing.T) {
 	assert.Equal(t, syscall.ENOENT, errno)
 	// Background HEADs ahead may have been sent before the first answer;
 	// after it, sizes cost one GET each and no HEAD.
-	require.Eventually(t, func() bool { return len(f.root.opt.heads) == 0 }, 5*time.Second, time.Millisecond,
+	require.Eventually(t, func() bool { st := f.root.opt.Cache.Stats(); return st.Running == 0 && st.PrefetchQueued == 0 }, 5*time.Second, time.Millisecond,
 		"background HEADs finished")
 	_, heads := f.store.counts()
 	f.list(t, "alpha/grid")

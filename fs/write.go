@@ -360,7 +360,7 @@ func (w *writer) materializeLocked(ctx context.Context, f *wfile) error {
 	}
 	key, size := f.key, f.size
 	w.mu.Unlock()
-	data, err := f.ds.opt.Cache.GetOrFetch(ctx, f.ds.cacheKey(key), f.ds.fetcher(key))
+	data, err := f.ds.opt.Cache.GetOrFetch(ctx, f.ds.cacheKey(key), f.ds.fetcher(key, false))
 	w.mu.Lock()
 	if err != nil {
 		return err
@@ -507,7 +507,7 @@ func (w *writer) read(ctx context.Context, f *wfile, dest []byte, off int64) ([]
 	if ferr != nil {
 		return nil, ferr
 	}
-	data, err := f.ds.opt.Cache.GetOrFetch(ctx, f.ds.cacheKey(key), f.ds.fetcher(key))
+	data, err := f.ds.opt.Cache.GetOrFetch(ctx, f.ds.cacheKey(key), f.ds.fetcher(key, false))
 	if err != nil {
 		return nil, err
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/oceanum-dmfs/dmfs/cache"
+	"github.com/oceanum-dmfs/dmfs/flow"
 	"github.com/oceanum-dmfs/dmfs/fs"
 	"github.com/oceanum-dmfs/dmfs/internal/statedir"
 	"github.com/oceanum-dmfs/dmfs/session"
@@ -67,6 +68,10 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return exitUsage
 	}
 	o.Mountpoint = flags.Arg(0)
+	if err := o.checkFetch(); err != nil {
+		fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
+		return exitUsage
+	}
 	if err := o.checkWrite(flags); err != nil {
 		fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
 		return exitUsage
@@ -440,6 +445,13 @@ func serveMount(ctx context.Context, o *mountOptions, token func() (string, erro
 			log.Warn("session record not written; if this mount is killed its session stays open until it expires", "err", err)
 		}
 	}
+	// One limit on the fetches in flight, adapted to what the gateway
+	// sustains: readahead follows it, the cache's workers wait on it.
+	limiter, err := flow.New(flow.Config{Max: o.MaxConnections, Logger: log})
+	if err != nil {
+		return fail(exitUsage, err)
+	}
+	cfg.Limiter = limiter
 	client, err := session.New(cfg)
 	if err != nil {
 		if errors.Is(err, session.ErrNoToken) {
@@ -488,6 +500,8 @@ func serveMount(ctx context.Context, o *mountOptions, token func() (string, erro
 		FetchTimeout: cfg.RetryMaxElapsed + time.Hour,
 		MissingTTL:   o.MetadataTTL,
 		Logger:       log,
+		// Background fetches wait on the limiter, not on a pool of their own.
+		PrefetchWorkers: o.MaxConnections,
 	})
 	defer func() {
 		chunks.Close()
@@ -500,6 +514,7 @@ func serveMount(ctx context.Context, o *mountOptions, token func() (string, erro
 		Catalog:     catalog,
 		Cache:       chunks,
 		Readahead:   o.Readahead,
+		Window:      limiter.Limit,
 		MetadataTTL: o.MetadataTTL,
 		Logger:      log,
 		UID:         uint32(os.Getuid()),

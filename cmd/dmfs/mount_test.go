@@ -43,6 +43,9 @@ func TestRunDispatch(t *testing.T) {
 		{[]string{"mount", "a", "b"}, exitUsage, "exactly one MOUNTPOINT"},
 		{[]string{"mount", "--no-such-flag", "x"}, exitUsage, "unknown flag"},
 		{[]string{"unmount"}, exitUsage, "exactly one MOUNTPOINT"},
+		{[]string{"mount", "--max-connections", "0", "x"}, exitUsage, "--max-connections must be from 1"},
+		{[]string{"mount", "--max-connections", "5000", "x"}, exitUsage, "--max-connections must be from 1"},
+		{[]string{"mount", "--readahead", "-5", "x"}, exitUsage, "--readahead must be 0"},
 	}
 	for _, c := range cases {
 		code, stdout, stderr := runArgs(t, nil, c.args...)
@@ -55,7 +58,7 @@ func TestMountHelpDocumentsEveryFlag(t *testing.T) {
 	code, _, stderr := runArgs(t, nil, "mount", "--help")
 	assert.Equal(t, exitOK, code)
 	for _, flag := range []string{"--token-file", "--service", "--gateway", "--session-duration", "--datasource",
-		"--cache-size", "--readahead", "--metadata-ttl", "--allow-other", "--log-level", "--log-file",
+		"--cache-size", "--readahead", "--max-connections", "--metadata-ttl", "--allow-other", "--log-level", "--log-file",
 		"--fuse-debug", "--foreground", "DATAMESH_SERVICE", "DATAMESH_GATEWAY", "DATAMESH_TOKEN", "(default 1GiB)"} {
 		assert.Contains(t, stderr, flag)
 	}

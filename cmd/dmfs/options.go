@@ -26,6 +26,7 @@ type mountOptions struct {
 	Datasources     []string
 	CacheSize       byteSize
 	Readahead       int
+	MaxConnections  int
 	MetadataTTL     time.Duration
 	RetryBudget     time.Duration
 	AllowOther      bool
@@ -66,7 +67,9 @@ func (o *mountOptions) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 		"mount only this datasource id (repeatable; default: every datasource in the catalog)")
 	fs.Var(&o.CacheSize, "cache-size", "memory for fetched chunks, e.g. 512MiB, 2GiB")
 	fs.IntVar(&o.Readahead, "readahead", 32,
-		"chunks fetched ahead of a reader that reads an array in key order (0 disables)")
+		"least number of chunks fetched ahead of a reader that reads an array in key order; more while the gateway sustains more (0 disables)")
+	fs.IntVar(&o.MaxConnections, "max-connections", 128,
+		"most requests in flight to the gateway at once; the number actually used adapts to what the gateway sustains")
 	fs.DurationVar(&o.MetadataTTL, "metadata-ttl", 5*time.Minute,
 		"how long the catalog, store metadata and chunk existence are trusted before being fetched again")
 	fs.DurationVar(&o.RetryBudget, "retry-budget", session.DefaultRetryMaxElapsed,
@@ -95,6 +98,21 @@ func (o *mountOptions) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.DurationVar(&o.WriteBack, "write-back", 2*time.Second,
 		"with --write: how long a closed file waits before it is uploaded (a rename within that time costs no upload)")
 	fs.IntVar(&o.Uploads, "uploads", 64, "with --write: uploads in flight at once")
+}
+
+// maxConnections bounds --max-connections: far more than any gateway
+// sustains for one client, few enough to keep descriptors and memory sane.
+const maxConnections = 4096
+
+// checkFetch validates the flags that shape fetching.
+func (o *mountOptions) checkFetch() error {
+	switch {
+	case o.MaxConnections < 1 || o.MaxConnections > maxConnections:
+		return fmt.Errorf("--max-connections must be from 1 to %d (got %d)", maxConnections, o.MaxConnections)
+	case o.Readahead < 0:
+		return fmt.Errorf("--readahead must be 0 (off) or more (got %d)", o.Readahead)
+	}
+	return nil
 }
 
 // checkWrite validates the write flags once they are parsed, and makes
