@@ -5,6 +5,7 @@
 package fs
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -105,6 +106,9 @@ type Options struct {
 	MetadataTTL time.Duration
 	Logger      *slog.Logger
 	UID, GID    uint32
+	// FileMode and DirMode are the permission bits files and directories
+	// show; 0: 0444 and 0555, or 0644 and 0755 in a --write mount.
+	FileMode, DirMode uint32
 	// Write makes the mount writable (nil: read-only).
 	Write *WriteOptions
 	// TableDir is a private folder for tables too large to hold in memory
@@ -130,6 +134,10 @@ type MountOptions struct {
 	Debug      bool
 	// DirectMount calls mount(2) directly (root); otherwise fusermount3.
 	DirectMount bool
+	// FsName is the mount's source in the mount table ("dmfs" if empty).
+	FsName string
+	// Options are more kernel mount options (noexec, nosuid, ...).
+	Options []string
 }
 
 func (o *Options) fill() {
@@ -159,6 +167,8 @@ func Mount(mountpoint string, root *Root, mo MountOptions) (*fuse.Server, error)
 	if root.opt.writer != nil {
 		mopts = mopts[1:]
 	}
+	mopts = append(mopts, mo.Options...)
+	fsName := cmp.Or(mo.FsName, "dmfs")
 	opts := &gofs.Options{
 		EntryTimeout:    &ttl,
 		AttrTimeout:     &ttl,
@@ -166,7 +176,7 @@ func Mount(mountpoint string, root *Root, mo MountOptions) (*fuse.Server, error)
 		UID:             root.opt.UID,
 		GID:             root.opt.GID,
 		MountOptions: fuse.MountOptions{
-			FsName:      "dmfs",
+			FsName:      fsName,
 			Name:        "dmfs",
 			Options:     mopts,
 			AllowOther:  mo.AllowOther,

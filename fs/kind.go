@@ -141,7 +141,7 @@ func (n *dirNode) lookupSourceRoot(ctx context.Context, name string, out *fuse.E
 	}
 	mt := n.ds.modTime()
 	n.ds.opt.fileAttr(&out.Attr, t.size, mt)
-	out.Attr.Mode = fuse.S_IFREG | 0o444
+	out.Attr.Mode &^= 0o222 // read-only, whatever the mount's file mode
 	out.Attr.Ino = t.ino
 	return n.NewInode(ctx, &tableFile{writeOps: n.readOnlyOps(), t: t, opt: n.ds.opt, modTime: mt}, gofs.StableAttr{Mode: fuse.S_IFREG, Ino: t.ino}), 0, true
 }
@@ -174,7 +174,7 @@ func (n *dirNode) infoNode(ctx context.Context, c string, out *fuse.EntryOut) *g
 	ino := n.ds.infoIno(data)
 	mt := n.ds.modTime()
 	n.ds.opt.fileAttr(&out.Attr, int64(len(data)), mt)
-	out.Attr.Mode = fuse.S_IFREG | 0o444
+	out.Attr.Mode &^= 0o222 // read-only, whatever the mount's file mode
 	out.Attr.Ino = ino
 	return n.NewInode(ctx, &infoFile{writeOps: n.readOnlyOps(), data: data, opt: n.ds.opt, modTime: mt}, gofs.StableAttr{Mode: fuse.S_IFREG, Ino: ino})
 }
@@ -224,7 +224,7 @@ var (
 
 func (f *infoFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	f.opt.fileAttr(&out.Attr, int64(len(f.data)), f.modTime)
-	out.Attr.Mode = fuse.S_IFREG | 0o444
+	out.Attr.Mode &^= 0o222 // read-only, whatever the mount's file mode
 	out.Attr.Ino = f.StableAttr().Ino
 	return 0
 }
@@ -368,7 +368,7 @@ var (
 
 func (f *tableFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	f.opt.fileAttr(&out.Attr, f.t.size, f.modTime)
-	out.Attr.Mode = fuse.S_IFREG | 0o444
+	out.Attr.Mode &^= 0o222 // read-only, whatever the mount's file mode
 	out.Attr.Ino = f.StableAttr().Ino
 	return 0
 }

@@ -131,7 +131,7 @@ func (r *Root) lookupQuery(ctx context.Context, name string, query []byte, out *
 	// Read-only: a query's result is not a place to write.
 	node := &dirNode{writeOps: writeOps{rw: r.opt.writer != nil}, ds: ds}
 	r.opt.dirAttr(&out.Attr, ds.modTime())
-	out.Attr.Mode = fuse.S_IFDIR | 0o555
+	out.Attr.Mode &^= 0o222 // read-only, whatever the mount's dir mode
 	ino := r.inoOf(name)
 	out.Attr.Ino = ino
 	return r.NewInode(ctx, node, gofs.StableAttr{Mode: fuse.S_IFDIR, Ino: ino}), 0

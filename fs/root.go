@@ -364,6 +364,9 @@ func (o *Options) dirAttr(a *fuse.Attr, mtime time.Time) {
 	if o.writer != nil {
 		a.Mode = fuse.S_IFDIR | 0o755
 	}
+	if o.DirMode != 0 {
+		a.Mode = fuse.S_IFDIR | o.DirMode
+	}
 	a.Nlink = 2
 	a.Uid, a.Gid = o.UID, o.GID
 	setTimes(a, mtime)
@@ -373,6 +376,9 @@ func (o *Options) fileAttr(a *fuse.Attr, size int64, mtime time.Time) {
 	a.Mode = fuse.S_IFREG | 0o444
 	if o.writer != nil {
 		a.Mode = fuse.S_IFREG | 0o644
+	}
+	if o.FileMode != 0 {
+		a.Mode = fuse.S_IFREG | o.FileMode
 	}
 	a.Nlink = 1
 	a.Size = uint64(size)

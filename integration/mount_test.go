@@ -515,6 +515,21 @@ func TestStartupErrorsAreClearAndLeaveNoMount(t *testing.T) {
 			func(t *testing.T) string { return filepath.Join(t.TempDir(), "nope") }, 5, []string{"does not exist"}},
 		{"mount point not empty", []string{"DATAMESH_TOKEN=" + testToken}, []string{"--service", g.URL}, notEmpty, 5, []string{"not empty"}},
 		{"unknown datasource", []string{"DATAMESH_TOKEN=" + testToken}, []string{"--service", g.URL, "--datasource", "no_such_ds"}, empty, 2, []string{"no_such_ds"}},
+		{"datasource id with a space", []string{"DATAMESH_TOKEN=" + testToken}, []string{"--service", g.URL, "--datasource", "Bad ID"}, empty, 2,
+			[]string{`"Bad ID" not found`}},
+		{"session duration 0s", []string{"DATAMESH_TOKEN=" + testToken}, []string{"--service", g.URL, "--session-duration", "0s"}, empty, 2,
+			[]string{"--session-duration must be at least 1s"}},
+		{"session duration -1h", []string{"DATAMESH_TOKEN=" + testToken}, []string{"--service", g.URL, "--session-duration", "-1h"}, empty, 2,
+			[]string{"--session-duration must be at least 1s"}},
+		{"readahead -5", []string{"DATAMESH_TOKEN=" + testToken}, []string{"--service", g.URL, "--readahead", "-5"}, empty, 2,
+			[]string{"--readahead must not be negative"}},
+		{"metadata-ttl -1s", []string{"DATAMESH_TOKEN=" + testToken}, []string{"--service", g.URL, "--metadata-ttl", "-1s"}, empty, 2,
+			[]string{"--metadata-ttl must be more than 0"}},
+		{"cache-size 0", []string{"DATAMESH_TOKEN=" + testToken}, []string{"--service", g.URL, "--cache-size", "0"}, empty, 2,
+			[]string{"--cache-size must be more than 0"}},
+		{"log file in a missing folder", []string{"DATAMESH_TOKEN=" + testToken},
+			[]string{"--service", g.URL, "--log-file", "/nonexistent-dmfs-folder/dmfs.log"}, empty, 2,
+			[]string{"--log-file", "/nonexistent-dmfs-folder/dmfs.log", "no such file or directory"}},
 	}
 	for _, c := range cases {
 		for _, mode := range []string{"background", "foreground"} {
@@ -544,6 +559,10 @@ func TestStartupErrorsAreClearAndLeaveNoMount(t *testing.T) {
 				}
 				assert.NotContains(t, string(out), testToken)
 				assert.NotContains(t, string(out), "wrong-token-value")
+				if mode == "background" { // --foreground logs to stderr
+					assert.NotContains(t, string(out), "level=", "a message, not log lines")
+				}
+				assert.Equal(t, 1, strings.Count(string(out), "dmfs mount:"), "one message: %s", out)
 				assert.False(t, isMounted(mp))
 			})
 		}

@@ -77,7 +77,7 @@ func TestDaemonHelper(t *testing.T) {
 
 func TestDaemonEnvDropsTheToken(t *testing.T) {
 	in := []string{"HOME=/root", "DATAMESH_TOKEN=abc", "DATAMESH_TOKEN_FILE=/t", "DATAMESH_TOKENX=1",
-		"DMFS_READY_FD=9", "DMFS_TOKEN_FD=8", "DATAMESH_SERVICE=http://s", "PATH=/bin"}
+		"DMFS_READY_FD=9", "DMFS_TOKEN_FD=8", "DATAMESH_SERVICE=http://s", "PATH=/bin", "NOTIFY_SOCKET=/run/systemd/notify"}
 	assert.Equal(t, []string{"HOME=/root", "DATAMESH_TOKEN_FILE=/t", "DATAMESH_TOKENX=1",
 		"DATAMESH_SERVICE=http://s", "PATH=/bin"}, daemonEnv(in))
 }

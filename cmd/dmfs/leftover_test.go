@@ -103,6 +103,9 @@ func TestLeftoverSessionIsClosedOnlyAtTheConfiguredGateway(t *testing.T) {
 
 func TestUnmountClosesALeftoverSessionOnlyAtTheConfiguredGateway(t *testing.T) {
 	configured, other := newFakeGateway(t), newFakeGateway(t)
+	// The token as for `dmfs mount`: --token-file, DATAMESH_TOKEN_FILE.
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	require.NoError(t, os.WriteFile(tokenFile, []byte(testToken+"\n"), 0o600))
 	cases := []struct {
 		name       string
 		recGateway string
@@ -121,6 +124,12 @@ func TestUnmountClosesALeftoverSessionOnlyAtTheConfiguredGateway(t *testing.T) {
 			[]string{"--service", configured.URL}, nil, []string{"not closed", "it expires at", "--service or --gateway"}},
 		{"nothing configured: the default gateway is not the record's", "other", map[string]string{"DATAMESH_TOKEN": testToken},
 			nil, nil, []string{"not closed", session.DefaultService}},
+		{"--token-file", "configured", map[string]string{"DATAMESH_TOKEN": ""},
+			[]string{"--service", configured.URL, "--token-file", tokenFile}, []string{"DELETE /session/s1 with token"},
+			[]string{"closed the session a killed mount left open"}},
+		{"DATAMESH_TOKEN_FILE", "configured", map[string]string{"DATAMESH_TOKEN": "", "DATAMESH_TOKEN_FILE": tokenFile},
+			[]string{"--service", configured.URL}, []string{"DELETE /session/s1 with token"},
+			[]string{"closed the session a killed mount left open"}},
 		{"no token", "configured", map[string]string{"DATAMESH_TOKEN": ""},
 			[]string{"--service", configured.URL}, nil, []string{"left session", "DATAMESH_TOKEN"}},
 	}
@@ -147,6 +156,7 @@ func TestUnmountClosesALeftoverSessionOnlyAtTheConfiguredGateway(t *testing.T) {
 				assert.Contains(t, stderr, s)
 			}
 			assert.NotContains(t, stderr, testToken)
+			assert.NotContains(t, stderr, "level=", "messages, not log lines")
 		})
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"slices"
 	"strings"
@@ -35,17 +36,23 @@ func runLs(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	flags.StringVar(&service, "service", os.Getenv("DATAMESH_SERVICE"),
 		"Datamesh service URL (env DATAMESH_SERVICE; default https://datamesh.oceanum.io)")
 	flags.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: dmfs ls [flags]\n\nLists the Datamesh catalog: id, name, time range, container.\n\nFlags:\n%s", flags.FlagUsages())
+		fmt.Fprintf(stdout, "Usage: dmfs ls [flags]\n\nLists the Datamesh catalog: id, name, time range, container.\n\nFlags:\n%s", flags.FlagUsages())
+	}
+	usageError := func(err error) int {
+		fmt.Fprintf(stderr, "dmfs ls: %v\nRun 'dmfs ls --help' for usage.\n", err)
+		return exitUsage
 	}
 	if err := flags.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			return exitOK
 		}
-		return exitUsage
+		return usageError(err)
 	}
-	if flags.NArg() != 0 || limit < 0 {
-		flags.Usage()
-		return exitUsage
+	switch {
+	case flags.NArg() != 0:
+		return usageError(fmt.Errorf("unexpected argument %q", flags.Arg(0)))
+	case limit < 0:
+		return usageError(fmt.Errorf("--limit must not be negative (got %d; 0: all)", limit))
 	}
 	tok, err := readToken(tokenFile)
 	if err != nil {
@@ -59,7 +66,7 @@ func runLs(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	cfg.Token = tok
 	cfg.Service, cfg.Gateway = endpoints(service, "")
-	cfg.Logger, _ = newLogger("warn", stderr) // retries and the like
+	cfg.Logger = slog.New(&terminalHandler{w: stderr, prefix: "dmfs ls: ", level: slog.LevelWarn}) // retries and the like
 	client, err := session.New(cfg)
 	if err != nil {
 		if errors.Is(err, session.ErrNoToken) {

@@ -8,6 +8,7 @@ import (
 	"io"
 	iofs "io/fs"
 	"log/slog"
+	"net/url"
 	"os"
 	"os/exec"
 	"runtime/debug"
@@ -15,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/spf13/pflag"
 
 	"github.com/oceanum-dmfs/dmfs/cache"
@@ -41,69 +43,104 @@ const minMaxObjectSize = 64 << 20
 // (the session then expires at its end time).
 const sessionCloseTimeout = 4 * time.Second
 
-// startupTimeout bounds how long `dmfs mount` waits for the background mount.
+// startupTimeout is the least time `dmfs mount` waits for the background
+// mount (see mountBackground).
 const startupTimeout = 2 * time.Minute
 
 // runMount runs `dmfs mount`.
 func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	var o mountOptions
-	flags := pflag.NewFlagSet("dmfs mount", pflag.ContinueOnError)
+	o, flags, code, done := parseMount(args, stdout, stderr, false)
+	if done {
+		return code
+	}
+	return startMount(ctx, o, flags, stdout, stderr)
+}
+
+const mountUsage = `Usage: dmfs mount [flags] MOUNTPOINT
+       mount -t fuse.dmfs dmfs MOUNTPOINT -o OPTIONS   (with /sbin/mount.fuse.dmfs, a symlink to dmfs)
+
+Mounts the Datamesh datasources the token can see, one directory per datasource:
+read-only, or read-write with --write (the session is finalised at unmount only if
+every upload succeeded). Returns once the mount serves and prints where it is, until
+when its session runs (renewed while mounted) and where it logs; or use --foreground
+(which tells systemd it is ready when NOTIFY_SOCKET is set: Type=notify).
+
+SIGTERM and SIGINT unmount and close the session; SIGHUP reopens the log file (for
+logrotate). Any flag can be given as a mount option in underscore form:
+-o cache_size=2GiB,token_file=/etc/dmfs/token,allow_other.
+
+Flags:
+`
+
+// parseMount parses and checks the command line of `dmfs mount` (sloppy:
+// unknown -o options are skipped, for mount -s). done means the command ends
+// here with code: help (to stdout, 0) or a usage error (2).
+func parseMount(args []string, stdout, stderr io.Writer, sloppy bool) (o *mountOptions, flags *pflag.FlagSet, code int, done bool) {
+	o = &mountOptions{sloppy: sloppy}
+	flags = pflag.NewFlagSet("dmfs mount", pflag.ContinueOnError)
 	flags.SetOutput(stderr)
 	o.AddFlags(flags, os.Getenv)
 	flags.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: dmfs mount [flags] MOUNTPOINT\n\nMounts the Datamesh datasources the token can see, one directory per datasource:\n"+
-			"read-only, or read-write with --write (the session is finalised at unmount only if every upload succeeded).\n"+
-			"Returns once the mount is ready (or use --foreground).\n\nFlags:\n%s", flags.FlagUsages())
+		fmt.Fprintf(stdout, "%s%s\n%s", mountUsage, flags.FlagUsages(), exitCodesHelp)
+	}
+	usageError := func(err error) (*mountOptions, *pflag.FlagSet, int, bool) {
+		fmt.Fprintf(stderr, "dmfs mount: %v\nRun 'dmfs mount --help' for usage.\n", err)
+		return o, flags, exitUsage, true
 	}
 	if err := flags.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
-			return exitOK
+			return o, flags, exitOK, true
 		}
-		fmt.Fprintf(stderr, "dmfs mount: %v\nRun 'dmfs mount --help' for usage.\n", err)
-		return exitUsage
+		return usageError(err)
 	}
 	if flags.NArg() != 1 {
-		fmt.Fprintln(stderr, "dmfs mount: expected exactly one MOUNTPOINT")
-		flags.Usage()
-		return exitUsage
+		return usageError(errors.New("expected exactly one MOUNTPOINT"))
 	}
 	o.Mountpoint = flags.Arg(0)
-	if err := o.checkFetch(); err != nil {
-		fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
-		return exitUsage
+	if err := o.applyOptions(flags); err != nil {
+		return usageError(err)
 	}
-	if err := o.checkWrite(flags); err != nil {
-		fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
-		return exitUsage
+	if err := o.check(flags); err != nil {
+		return usageError(err)
 	}
 	queries, err := o.checkQueries()
 	if err != nil {
-		fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
-		return exitUsage
+		return usageError(err)
 	}
 	o.queryDocs = queries
+	return o, flags, exitOK, false
+}
+
+// startMount mounts as the options say: as the background process, in the
+// foreground, or by starting the background process and waiting for it.
+func startMount(ctx context.Context, o *mountOptions, flags *pflag.FlagSet, stdout, stderr io.Writer) int {
 	if fd := os.Getenv(readyFDEnv); fd != "" {
-		return mountDaemon(ctx, &o, fd)
+		return mountDaemon(ctx, o, fd)
 	}
 	if o.Foreground {
-		return mountForeground(ctx, &o, stderr)
+		return mountForeground(ctx, o, stderr)
 	}
-	return mountBackground(ctx, &o, flags, stderr)
+	return mountBackground(ctx, o, flags, stdout, stderr)
 }
 
 // mountForeground serves in this process, logging to stderr (or --log-file).
 func mountForeground(ctx context.Context, o *mountOptions, stderr io.Writer) int {
-	logw := stderr
+	out := &logOutput{w: stderr, terminal: o.LogFile == ""}
 	if o.LogFile != "" {
 		f, err := openLogFile(o.LogFile)
 		if err != nil {
-			fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
+			fmt.Fprintf(stderr, "dmfs mount: --log-file: %v\n", err)
 			return exitUsage
 		}
-		defer f.Close()
-		logw = f
+		defer func() {
+			out.mu.Lock()
+			out.w.(io.Closer).Close()
+			out.mu.Unlock()
+		}()
+		out.w = f
+		out.open = func() (*os.File, error) { return openLogFile(o.LogFile) }
 	}
-	log, err := newLogger(o.LogLevel, logw)
+	log, err := newLogger(o.LogLevel, o.LogFormat, out)
 	if err != nil {
 		fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
 		return exitUsage
@@ -115,7 +152,7 @@ func mountForeground(ctx context.Context, o *mountOptions, stderr io.Writer) int
 	if o.LogFile != "" {
 		summary = stderr
 	}
-	return serveMount(ctx, o, token, log, summary, func(err error) {
+	return serveMount(ctx, o, token, log, out, summary, func(_ session.Info, err error) {
 		if err != nil {
 			fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
 		}
@@ -123,17 +160,14 @@ func mountForeground(ctx context.Context, o *mountOptions, stderr io.Writer) int
 }
 
 // mountBackground re-executes dmfs detached from the terminal and waits until
-// it reports the mount ready or fails, like gcsfuse and mountpoint-s3.
-func mountBackground(ctx context.Context, o *mountOptions, flags *pflag.FlagSet, stderr io.Writer) int {
+// it reports the mount ready or fails, like gcsfuse and mountpoint-s3. Once
+// it serves, it prints one line to stdout: where, the session's end, the log.
+func mountBackground(ctx context.Context, o *mountOptions, flags *pflag.FlagSet, stdout, stderr io.Writer) int {
 	// Check what can be checked here, so the common mistakes need no child.
 	mp, err := checkMountpoint(o.Mountpoint)
 	if err != nil {
 		fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
 		return exitMountPoint
-	}
-	if _, err := newLogger(o.LogLevel, io.Discard); err != nil {
-		fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
-		return exitUsage
 	}
 	// The state folder is checked here too, so that an unsafe one is
 	// reported before anything starts.
@@ -154,12 +188,13 @@ func mountBackground(ctx context.Context, o *mountOptions, flags *pflag.FlagSet,
 	if logFile == "" {
 		logFile = dir.File(stateName(mp, ".log"))
 		logf, err = dir.OpenAppend(stateName(mp, ".log"))
-	} else {
-		logf, err = openLogFile(logFile)
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "dmfs mount: log file: %v\n", err)
-		return exitFailure
+		if err != nil {
+			fmt.Fprintf(stderr, "dmfs mount: log file: %v\n", err)
+			return exitFailure
+		}
+	} else if logf, err = openLogFile(logFile); err != nil {
+		fmt.Fprintf(stderr, "dmfs mount: --log-file: %v\n", err)
+		return exitUsage // as in the foreground: the path given is unusable
 	}
 	defer logf.Close()
 	token, err := readToken(o.TokenFile)
@@ -172,10 +207,15 @@ func mountBackground(ctx context.Context, o *mountOptions, flags *pflag.FlagSet,
 		fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
 		return exitFailure
 	}
-	// The child gets the flags as parsed and the absolute mount point, so
-	// that it does not depend on this process's working directory. It logs
-	// to its stderr, the log file opened (and checked) here.
-	childArgs := append(append([]string{"mount"}, childFlags(flags)...), "--", mp)
+	// The child gets the flags as parsed (-o applied, kernel options
+	// passed on) and the absolute mount point, so that it does not depend
+	// on this process's working directory. It logs to its stderr, the log
+	// file opened (and checked) here.
+	childArgs := append([]string{"mount"}, childFlags(flags)...)
+	if len(o.fuseOpts) > 0 {
+		childArgs = append(childArgs, "--options="+strings.Join(o.fuseOpts, ","))
+	}
+	childArgs = append(childArgs, "--", mp)
 	cmd, pr, err := startDaemon(exe, childArgs, token, logf)
 	if err != nil {
 		fmt.Fprintf(stderr, "dmfs mount: starting the background process: %v\n", err)
@@ -196,12 +236,17 @@ func mountBackground(ctx context.Context, o *mountOptions, flags *pflag.FlagSet,
 		cmd.Wait()
 		exited <- cmd.ProcessState.ExitCode()
 	}()
-	timer := time.NewTimer(startupTimeout)
+	// The child waits out a restarting gateway for --retry-budget per
+	// request (the session, then the catalog): its verdict is worth more
+	// than a timeout here.
+	wait := max(startupTimeout, 2*o.RetryBudget+time.Minute)
+	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	select {
 	case r := <-got:
 		line := strings.TrimSpace(r.line)
-		if line == "ready" {
+		if rest, ok := strings.CutPrefix(line, "ready"); ok {
+			fmt.Fprintln(stdout, mountedLine(mp, strings.TrimSpace(rest), logFile))
 			return exitOK
 		}
 		code := exitFailure
@@ -225,9 +270,19 @@ func mountBackground(ctx context.Context, o *mountOptions, flags *pflag.FlagSet,
 		return exitFailure
 	case <-timer.C:
 		cmd.Process.Signal(syscall.SIGTERM)
-		fmt.Fprintf(stderr, "dmfs mount: the mount was not ready after %s; see %s\n", startupTimeout, logFile)
+		fmt.Fprintf(stderr, "dmfs mount: the mount was not ready after %s; see %s\n", wait, logFile)
 		return exitFailure
 	}
+}
+
+// mountedLine is what a background mount prints once it serves; endTime is
+// the session's end as the background process reported it (RFC 3339).
+func mountedLine(mp, endTime, logFile string) string {
+	until := "session end unknown"
+	if t, err := time.Parse(time.RFC3339, endTime); err == nil {
+		until = "session until " + t.Local().Format("2006-01-02 15:04:05 MST") + ", renewed while mounted"
+	}
+	return fmt.Sprintf("dmfs: mounted %s (%s); log: %s", mp, until, logFile)
 }
 
 // startDaemon starts the background mount: exe with args, stdout and
@@ -270,13 +325,15 @@ func startDaemon(exe string, args []string, token string, logf *os.File) (*exec.
 }
 
 // daemonEnv is env without the token and without readiness settings
-// inherited from elsewhere.
+// inherited from elsewhere, and without NOTIFY_SOCKET: the service manager
+// follows the process it started, which the background mount is not (run
+// `dmfs mount --foreground` under systemd).
 func daemonEnv(env []string) []string {
 	out := make([]string, 0, len(env))
 	for _, kv := range env {
 		name, _, _ := strings.Cut(kv, "=")
 		switch name {
-		case session.EnvToken, readyFDEnv, tokenFDEnv:
+		case session.EnvToken, readyFDEnv, tokenFDEnv, notifySocketEnv:
 			continue
 		}
 		out = append(out, kv)
@@ -306,12 +363,14 @@ func readTokenFD(fdText string) (string, error) {
 // maxToken is the size of the largest token file session.ReadTokenFile takes.
 const maxToken = 64 << 10
 
-// childFlags renders the flags set on the command line (except --log-file,
-// which the parent decides) so that a re-executed dmfs parses the same.
+// childFlags renders the flags set on the command line or by -o (but not
+// -o itself, applied already) so that a re-executed dmfs parses the same.
+// --log-file is absolute by then (see check): the child needs it only to
+// reopen the log on SIGHUP.
 func childFlags(flags *pflag.FlagSet) []string {
 	var out []string
 	flags.Visit(func(f *pflag.Flag) {
-		if f.Name == "log-file" {
+		if f.Name == "options" {
 			return
 		}
 		if sv, ok := f.Value.(pflag.SliceValue); ok {
@@ -326,7 +385,7 @@ func childFlags(flags *pflag.FlagSet) []string {
 }
 
 // mountDaemon is the background process: it serves and reports readiness on
-// the inherited file descriptor.
+// the inherited file descriptor: "ready END_TIME" or "error MESSAGE".
 func mountDaemon(ctx context.Context, o *mountOptions, fdText string) int {
 	var fd int
 	if _, err := fmt.Sscan(fdText, &fd); err != nil || fd < 3 {
@@ -344,17 +403,22 @@ func mountDaemon(ctx context.Context, o *mountOptions, fdText string) int {
 	} else {
 		token = func() (string, error) { return readToken(o.TokenFile) }
 	}
-	// stderr is the log file, opened and checked by the parent.
-	log, err := newLogger(o.LogLevel, os.Stderr)
+	// stderr is the log file, opened and checked by the parent; SIGHUP
+	// opens it again by name (serveMount knows the default one's).
+	out := &logOutput{w: os.Stderr, stderr: true}
+	if o.LogFile != "" {
+		out.open = func() (*os.File, error) { return openLogFile(o.LogFile) }
+	}
+	log, err := newLogger(o.LogLevel, o.LogFormat, out)
 	if err != nil {
 		fmt.Fprintf(ready, "error %v\n", err)
 		return exitUsage
 	}
-	return serveMount(ctx, o, token, log, nil, func(err error) {
+	return serveMount(ctx, o, token, log, out, nil, func(info session.Info, err error) {
 		if err != nil {
 			fmt.Fprintf(ready, "error %s\n", oneLine(err.Error()))
 		} else {
-			fmt.Fprintln(ready, "ready")
+			fmt.Fprintf(ready, "ready %s\n", info.EndTime.Format(time.RFC3339))
 		}
 		ready.Close()
 	})
@@ -369,10 +433,16 @@ func oneLine(s string) string { return strings.ReplaceAll(s, "\n", "; ") }
 // holds the mount point's lock (see lockMountpoint) from its check to its
 // exit, and takes it before acquiring a session, so that a mount that loses
 // acquires none.
-func serveMount(ctx context.Context, o *mountOptions, token func() (string, error), log *slog.Logger, summary io.Writer, ready func(error)) (code int) {
+//
+// It tells systemd (NOTIFY_SOCKET, Type=notify) READY=1 once the mount
+// serves and STOPPING=1 when it starts to end, and reopens the log (out) on
+// SIGHUP.
+func serveMount(ctx context.Context, o *mountOptions, token func() (string, error), log *slog.Logger, out *logOutput, summary io.Writer, ready func(session.Info, error)) (code int) {
 	fail := func(code int, err error) int {
-		log.Error("mount failed", "err", err)
-		ready(err)
+		if !out.terminal {
+			log.Error("mount failed", "err", err)
+		}
+		ready(session.Info{}, err)
 		return code
 	}
 	// First, so that DATAMESH_TOKEN leaves the environment before anything
@@ -398,6 +468,13 @@ func serveMount(ctx context.Context, o *mountOptions, token func() (string, erro
 	// Checked again under the lock: another mount may have finished
 	// between the first check and taking the lock.
 	if mp, err = checkMountpoint(mp); err != nil {
+		return fail(exitMountPoint, err)
+	}
+	if out.stderr && out.open == nil {
+		out.open = func() (*os.File, error) { return dir.OpenAppend(stateName(mp, ".log")) }
+	}
+	// What fusermount3 would refuse is said now, before a session exists.
+	if err := checkFuseAccess(o); err != nil {
 		return fail(exitMountPoint, err)
 	}
 	// An earlier mount's outcome must not be read as this one's.
@@ -455,8 +532,9 @@ func serveMount(ctx context.Context, o *mountOptions, token func() (string, erro
 	client, err := session.New(cfg)
 	if err != nil {
 		if errors.Is(err, session.ErrNoToken) {
-			return fail(exitAuth, errors.New("no Datamesh token: set DATAMESH_TOKEN or pass --token-file FILE; "+
-				"to try dmfs offline, run 'dmfs serve --demo' and mount with --service http://127.0.0.1:8765"))
+			return fail(exitAuth, fmt.Errorf("no Datamesh token: set DATAMESH_TOKEN or pass --token-file FILE; "+
+				"to try dmfs offline, run 'dmfs serve --demo' (it accepts any token), then "+
+				"'DATAMESH_TOKEN=demo dmfs mount --service http://127.0.0.1:8765 %s'", mp))
 		}
 		return fail(exitUsage, err)
 	}
@@ -467,7 +545,7 @@ func serveMount(ctx context.Context, o *mountOptions, token func() (string, erro
 	if err != nil {
 		return fail(startupCode(err), fmt.Errorf("acquiring a Datamesh session: %w", err))
 	}
-	log.Info("session acquired", "session", info.ID, "until", info.EndTime, "write", o.Write)
+	// The session logs its own acquire, renewals and close, once each.
 	end := mountEnd{client: client, id: info.ID, dir: dir, mp: mp, log: log,
 		logPath: logLocation(o.LogFile), summary: summary}
 	var finished *fs.WriteSummary // set once a --write mount has served
@@ -510,6 +588,7 @@ func serveMount(ctx context.Context, o *mountOptions, token func() (string, erro
 			"fetch_errors", st.FetchErrors, "heads", st.Heads, "prefetched", st.PrefetchStarted,
 			"prefetch_dropped", st.PrefetchDropped, "evictions", st.Evictions)
 	}()
+	fileMode, dirMode := o.modes()
 	root := fs.NewRoot(fs.Options{
 		Catalog:     catalog,
 		Cache:       chunks,
@@ -517,19 +596,40 @@ func serveMount(ctx context.Context, o *mountOptions, token func() (string, erro
 		Window:      limiter.Limit,
 		MetadataTTL: o.MetadataTTL,
 		Logger:      log,
-		UID:         uint32(os.Getuid()),
-		GID:         uint32(os.Getgid()),
+		UID:         o.UID.or(os.Getuid()),
+		GID:         o.GID.or(os.Getgid()),
+		FileMode:    fileMode,
+		DirMode:     dirMode,
 		Write:       write,
 		TableDir:    tables,
 		Queries:     o.queryDocs,
 	})
-	server, err := fs.Mount(mp, root, fs.MountOptions{
-		AllowOther:  o.AllowOther,
-		Debug:       o.FuseDebug,
-		DirectMount: os.Geteuid() == 0,
+	var server *fuse.Server
+	refused, err := captureStderr(func() (err error) {
+		server, err = fs.Mount(mp, root, fs.MountOptions{
+			AllowOther:  o.AllowOther || o.AllowRoot, // see modes
+			Debug:       o.FuseDebug,
+			DirectMount: os.Geteuid() == 0,
+			FsName:      fsName(cfg.Service),
+			Options:     o.fuseOpts,
+		})
+		return err
 	})
+	if refused != "" {
+		log.Warn("fusermount3 said: " + oneLine(refused))
+	}
 	if err != nil {
-		return fail(exitMountPoint, fmt.Errorf("mounting at %s: %w", mp, err))
+		// fusermount3's own words say why; go-fuse's only "exited with
+		// code 256".
+		why := err.Error()
+		if refused != "" {
+			why = refused
+		}
+		msg := fmt.Sprintf("mounting at %s: %s", mp, oneLine(strings.TrimSpace(why)))
+		if where := logLocation(o.LogFile); where != "" {
+			msg += "; log: " + where
+		}
+		return fail(exitMountPoint, errors.New(msg))
 	}
 	if err := writePidFile(dir, mp); err != nil {
 		log.Warn("pid file not written; 'dmfs unmount' will not wait for the session to close", "err", err)
@@ -544,17 +644,35 @@ func serveMount(ctx context.Context, o *mountOptions, token func() (string, erro
 		}
 	}
 	log.Info("mounted", "mountpoint", mp, "service", cfg.Service, "gateway", cfg.Gateway, "write", o.Write)
-	ready(nil)
+	ready(info, nil)
+	if err := notifySystemd("READY=1\nSTATUS=Mounted at " + mp); err != nil {
+		log.Warn("telling systemd the mount is ready (NOTIFY_SOCKET)", "err", err)
+	}
 
 	done := make(chan struct{})
 	go func() {
 		server.Wait()
 		close(done)
 	}()
+	for waiting := true; waiting; {
+		select {
+		case <-hangups:
+			if err := out.reopen(); err != nil {
+				log.Info("SIGHUP: log not reopened", "reason", err)
+			} else {
+				log.Info("SIGHUP: log file reopened")
+			}
+			continue
+		case <-done:
+		case <-ctx.Done():
+		}
+		waiting = false
+	}
+	notifySystemd("STOPPING=1\nSTATUS=Unmounting " + mp)
 	select {
 	case <-done:
 		log.Info("unmounted", "mountpoint", mp)
-	case <-ctx.Done():
+	default:
 		log.Info("signal received; unmounting", "mountpoint", mp)
 		if o.Write {
 			log.Info("uploads finish before the session closes; further signals are ignored, SIGKILL abandons them and finalises nothing")
@@ -590,4 +708,14 @@ func startupCode(err error) int {
 	default:
 		return exitGateway
 	}
+}
+
+// fsName is the mount's source in the mount table (findmnt's SOURCE): the
+// service URL, without any user information, query or fragment.
+func fsName(service string) string {
+	u, err := url.Parse(service)
+	if err != nil || u.Host == "" {
+		return "dmfs"
+	}
+	return (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: strings.TrimRight(u.Path, "/")}).String()
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -30,11 +31,21 @@ type mountOptions struct {
 	MetadataTTL     time.Duration
 	RetryBudget     time.Duration
 	AllowOther      bool
+	AllowRoot       bool
+	UID, GID        ownerID
+	FileMode        permBits
+	DirMode         permBits
 	LogLevel        string
+	LogFormat       string
 	LogFile         string
 	FuseDebug       bool
 	Foreground      bool
 	Mountpoint      string
+	// Options are the -o lists as given; applyOptions turns them into the
+	// flags they name, and fuseOpts into the kernel options kept.
+	Options  []string
+	fuseOpts []string
+	sloppy   bool // mount -s: unknown -o options are skipped
 	// Queries are --query NAME=FILE; queryDocs the documents read.
 	Queries   []string
 	queryDocs map[string][]byte
@@ -76,7 +87,18 @@ func (o *mountOptions) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 		"how long a request waits out a gateway that is down or restarting (502/503/504, refused connections) before it fails with EIO")
 	fs.BoolVar(&o.AllowOther, "allow-other", false,
 		"let other users read the mount (needs user_allow_other in /etc/fuse.conf when not root)")
+	fs.BoolVar(&o.AllowRoot, "allow-root", false,
+		"let root (besides you) into the mount: files show no group or other permissions; not with --allow-other (needs user_allow_other in /etc/fuse.conf when not root)")
+	o.UID.group, o.GID.group = false, true
+	fs.Var(&o.UID, "uid", "owner shown for every file, a user id or name (default: yours)")
+	fs.Var(&o.GID, "gid", "group shown for every file, a group id or name (default: yours)")
+	fs.Var(&o.FileMode, "file-mode", "permission bits of files, octal (default 0444, 0644 with --write)")
+	fs.Var(&o.DirMode, "dir-mode", "permission bits of directories, octal (default 0555, 0755 with --write)")
+	fs.StringArrayVarP(&o.Options, "options", "o", nil,
+		"mount options, comma-separated: any flag above in underscore form (cache_size=2GiB, token_file=F, allow_other), "+
+			"write, ro, exec, noexec, nosuid, nodev; fstab's defaults, _netdev, nofail, noauto, user, rw and x-* are accepted and change nothing")
 	fs.StringVar(&o.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&o.LogFormat, "log-format", "text", "log format: text (key=value) or json (one object per line)")
 	fs.StringVar(&o.LogFile, "log-file", "",
 		"write logs to this file (default: stderr with --foreground, else a file beside the pid file)")
 	fs.BoolVar(&o.FuseDebug, "fuse-debug", false, "log every FUSE operation (very verbose)")
@@ -104,15 +126,73 @@ func (o *mountOptions) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 // sustains for one client, few enough to keep descriptors and memory sane.
 const maxConnections = 4096
 
-// checkFetch validates the flags that shape fetching.
-func (o *mountOptions) checkFetch() error {
+// check validates every flag once they are parsed (and -o applied): a value
+// that means nothing is a usage error here, not a surprise later. Paths are
+// made absolute: the background mount runs in "/".
+func (o *mountOptions) check(flags *pflag.FlagSet) error {
 	switch {
+	case o.SessionDuration < time.Second:
+		return fmt.Errorf("--session-duration must be at least 1s (got %s)", o.SessionDuration)
+	case o.CacheSize <= 0:
+		return fmt.Errorf("--cache-size must be more than 0 (got %s)", o.CacheSize.String())
+	case o.Readahead < 0:
+		return fmt.Errorf("--readahead must not be negative (got %d; 0 disables it)", o.Readahead)
 	case o.MaxConnections < 1 || o.MaxConnections > maxConnections:
 		return fmt.Errorf("--max-connections must be from 1 to %d (got %d)", maxConnections, o.MaxConnections)
-	case o.Readahead < 0:
-		return fmt.Errorf("--readahead must be 0 (off) or more (got %d)", o.Readahead)
+	case o.MetadataTTL <= 0:
+		return fmt.Errorf("--metadata-ttl must be more than 0 (got %s)", o.MetadataTTL)
+	case o.RetryBudget <= 0:
+		return fmt.Errorf("--retry-budget must be more than 0 (got %s)", o.RetryBudget)
+	case o.AllowOther && o.AllowRoot:
+		return errors.New("--allow-other and --allow-root exclude each other (--allow-other already lets root in)")
+	case o.AllowRoot && o.FileMode&0o077 != 0:
+		return fmt.Errorf("--allow-root lets in only you and root, but --file-mode %s gives group or others access", o.FileMode.String())
+	case o.AllowRoot && o.DirMode&0o077 != 0:
+		return fmt.Errorf("--allow-root lets in only you and root, but --dir-mode %s gives group or others access", o.DirMode.String())
 	}
-	return nil
+	if _, err := newLogger(o.LogLevel, o.LogFormat, io.Discard); err != nil {
+		return err
+	}
+	for _, id := range o.Datasources {
+		if !session.ValidID(id) {
+			return fmt.Errorf("--datasource %q is not a datasource id (empty, '.', '..', or holding '/' or NUL)", id)
+		}
+	}
+	if o.LogFile != "" {
+		abs, err := filepath.Abs(o.LogFile)
+		if err != nil {
+			return fmt.Errorf("--log-file: %w", err)
+		}
+		o.LogFile = abs
+		if flags.Lookup("log-file") != nil {
+			_ = flags.Set("log-file", abs)
+		}
+	}
+	return o.checkWrite(flags)
+}
+
+// modes are the permission bits of files and directories (0: the fs's
+// defaults). --allow-root is the kernel's allow_other (the kernel knows no
+// allow_root; libfuse emulates it in the server, go-fuse does not) with
+// modes that give group and others nothing: with default_permissions the
+// kernel then lets in the owner, and root, which passes permission checks.
+func (o *mountOptions) modes() (file, dir uint32) {
+	file, dir = uint32(o.FileMode), uint32(o.DirMode)
+	if o.AllowRoot {
+		if file == 0 {
+			file = 0o400
+			if o.Write {
+				file = 0o600
+			}
+		}
+		if dir == 0 {
+			dir = 0o500
+			if o.Write {
+				dir = 0o700
+			}
+		}
+	}
+	return file, dir
 }
 
 // checkWrite validates the write flags once they are parsed, and makes
@@ -171,13 +251,21 @@ func (b *byteSize) Set(s string) error {
 	return nil
 }
 
-// newLogger builds the slog logger for a level name and an output.
-func newLogger(level string, w io.Writer) (*slog.Logger, error) {
+// newLogger builds the slog logger for a level name, a format (text or
+// json; "" is text) and an output.
+func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("invalid --log-level %q (debug, info, warn, error)", level)
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "", "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("invalid --log-format %q (text, json)", format)
 }
 
 // openLogFile appends to the --log-file the user named: not through a

@@ -98,8 +98,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	flags.SetOutput(stderr)
 	opts.addFlags(flags)
 	flags.Usage = func() {
-		fmt.Fprint(stderr, serveUsage)
-		fmt.Fprint(stderr, flags.FlagUsages())
+		fmt.Fprint(stdout, serveUsage)
+		fmt.Fprint(stdout, flags.FlagUsages())
 	}
 	if err := flags.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -107,7 +107,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		}
 		return serveUsageError(stderr, err)
 	}
-	logger, err := newLogger(opts.logLevel, stderr)
+	logger, err := newLogger(opts.logLevel, "", stderr)
 	if err != nil {
 		return serveUsageError(stderr, err)
 	}

@@ -49,8 +49,9 @@ func TestServeHelp(t *testing.T) {
 		"--log-level", `(default "info")`, "any non-empty token", "/_dmfs/counters included",
 		"--staging-dir", "--max-write-size", `(default "1GiB")`, "--write-fail-rate", "--write-fail-keys",
 		"--query-dir", "/oceanql/stage/", "data.parquet"} {
-		assert.Contains(t, stderr.String(), want)
+		assert.Contains(t, stdout.String(), want)
 	}
+	assert.Empty(t, stderr.String(), "help goes to stdout")
 }
 
 func TestServeUsageErrors(t *testing.T) {

@@ -25,6 +25,10 @@ import (
 // without a bound: it finishes its uploads first.
 const unmountWait = 15 * time.Second
 
+// lazyGrace is how long `dmfs unmount --lazy` waits for the mount's process
+// to end: at once when nothing is open, never while files are.
+const lazyGrace = time.Second
+
 // runUnmount runs `dmfs unmount`: it unmounts, then waits until the serving
 // process has closed its session and exited; for a --write mount, until its
 // uploads are done, and it reports whether they were finalised.
@@ -42,9 +46,12 @@ func runUnmount(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	flags.StringVar(&lo.Gateway, "gateway", os.Getenv(session.EnvGateway),
 		"Datamesh gateway URL the mount used (env DATAMESH_GATEWAY; default: the service URL)")
 	flags.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: dmfs unmount [flags] MOUNTPOINT\n\nUnmounts a dmfs mount and returns once its Datamesh session is closed.\n"+
+		fmt.Fprintf(stdout, "Usage: dmfs unmount [flags] MOUNTPOINT\n\nUnmounts a dmfs mount and returns once its Datamesh session is closed.\n"+
 			"For a --write mount it first waits for every upload, and exits 8 unless the writes were finalised.\n"+
-			"The session of a mount that was killed is closed here when it is on the gateway set by --service/--gateway.\n\nFlags:\n%s", flags.FlagUsages())
+			"With --lazy it returns at once; a mount with files open ends, and closes its session, when they are closed.\n"+
+			"The session of a mount that was killed is closed here when it is on the gateway set by --service/--gateway,\n"+
+			"with the token from --token-file, DATAMESH_TOKEN_FILE or DATAMESH_TOKEN, as for 'dmfs mount'.\n\nFlags:\n%s\n%s",
+			flags.FlagUsages(), exitCodesHelp)
 	}
 	if err := flags.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -54,8 +61,7 @@ func runUnmount(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		return exitUsage
 	}
 	if flags.NArg() != 1 {
-		fmt.Fprintln(stderr, "dmfs unmount: expected exactly one MOUNTPOINT")
-		flags.Usage()
+		fmt.Fprintln(stderr, "dmfs unmount: expected exactly one MOUNTPOINT\nRun 'dmfs unmount --help' for usage.")
 		return exitUsage
 	}
 	mp, err := filepath.Abs(flags.Arg(0))
@@ -121,6 +127,18 @@ func runUnmount(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		closeLeftoverAfterUnmount(ctx, dir, mp, &lo, stderr)
 		return exitOK
 	}
+	if *lazy && !waitExit(ctx, pid, lazyGrace, nil) {
+		// Files are open (the kernel keeps the mount's connection, and its
+		// process serves them, until they are closed), or uploads go on.
+		msg := fmt.Sprintf("dmfs unmount: detached %s; its process (pid %d) still serves the files open under it "+
+			"and closes the session when the last one is closed", mp, pid)
+		if writing {
+			msg = fmt.Sprintf("dmfs unmount: detached %s; its process (pid %d) ends once the files open under it are closed "+
+				"and its uploads are done: run 'dmfs unmount %s' again to wait for that and see whether the writes were finalised", mp, pid, mp)
+		}
+		fmt.Fprintln(stderr, msg)
+		return exitOK
+	}
 	if writing {
 		return unmountWrites(ctx, dir, mp, pending, &lo, stderr)
 	}
@@ -148,7 +166,7 @@ func closeLeftoverAfterUnmount(ctx context.Context, dir *statedir.Dir, mp string
 	if dir == nil {
 		return
 	}
-	log := slog.New(slog.NewTextHandler(stderr, nil))
+	log := slog.New(&terminalHandler{w: stderr, prefix: "dmfs unmount: "})
 	rec, ok := leftoverSession(dir, mp, log)
 	if !ok {
 		return

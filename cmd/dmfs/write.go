@@ -359,11 +359,12 @@ func (e mountEnd) close(sum *fs.WriteSummary) int {
 	cctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	err := e.client.CloseFinal(cctx, finalise)
+	// The session logs the close (or its failure) itself.
 	if err != nil {
 		// The record stays: the next mount or unmount here tries again.
-		e.log.Error("closing the session", "session", e.id, "finalise_write", finalise, "err", err)
+		e.log.Warn("the session stays open until it expires, or until the next 'dmfs mount' or 'dmfs unmount' here closes it",
+			"session", e.id)
 	} else {
-		e.log.Info("session closed", "session", e.id, "finalise_write", finalise)
 		e.dir.Remove(sessionRecordName(e.mp))
 	}
 	if sum == nil {
