@@ -41,6 +41,7 @@ Usage:
   dmfs mount [flags] MOUNTPOINT     mount the datasources the token can see (read-only; --write to write)
   dmfs unmount [--lazy] MOUNTPOINT  unmount, wait for uploads, and close the session
   dmfs ls [--search TEXT] [--json]  list the catalog: id, name, time range, container
+  dmfs status [--json] [MOUNTPOINT] show your mounts: session, log, live cache and request figures
   dmfs serve [flags] DIR            run a local Datamesh gateway over a folder of Zarr stores
   dmfs serve --demo [DIR]           ... over generated sample datasources
   dmfs version                      print the version
@@ -64,6 +65,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return runServe(ctx, args[1:], stdout, stderr)
 	case "ls":
 		return runLs(ctx, args[1:], stdout, stderr)
+	case "status":
+		return runStatus(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintf(stdout, "dmfs %s\n", version)
 		return exitOK

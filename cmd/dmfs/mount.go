@@ -71,6 +71,10 @@ func runMount(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
 		return exitUsage
 	}
+	if err := o.statusOptions.check(); err != nil {
+		fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
+		return exitUsage
+	}
 	queries, err := o.checkQueries()
 	if err != nil {
 		fmt.Fprintf(stderr, "dmfs mount: %v\n", err)
@@ -418,10 +422,16 @@ func serveMount(ctx context.Context, o *mountOptions, token func() (string, erro
 	if tokErr != nil {
 		return fail(exitAuth, tokErr)
 	}
+	status, err := startStatus(&o.statusOptions, dir, mp, log)
+	if err != nil {
+		return fail(exitFailure, err)
+	}
+	defer status.close()
 	cfg, err := session.ConfigFromEnv(os.Getenv)
 	if err != nil {
 		return fail(exitUsage, err)
 	}
+	cfg.OnRequest = status.observe
 	cfg.Token = tok
 	cfg.Service, cfg.Gateway = endpoints(o.Service, o.Gateway)
 	cfg.Logger = log
@@ -528,6 +538,8 @@ func serveMount(ctx context.Context, o *mountOptions, token func() (string, erro
 			log.Warn("write result record not written; 'dmfs unmount' will neither wait for uploads nor report them", "err", err)
 		}
 	}
+	status.serve(statusParts{client: client, cache: chunks, root: root, service: cfg.Service, gateway: cfg.Gateway,
+		write: o.Write, logPath: end.logPath})
 	log.Info("mounted", "mountpoint", mp, "service", cfg.Service, "gateway", cfg.Gateway, "write", o.Write)
 	ready(nil)
 
