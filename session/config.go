@@ -126,6 +126,16 @@ type Config struct {
 	// or renewed (and so in use), for instance to record its id where a
 	// later run can close it should this process be killed.
 	OnSession func(Info) `json:"-"`
+
+	// OnRequest, when set, is called as each HTTP request is sent (each
+	// try of a retried call), with its op ("get", "head", "list", "put",
+	// "delete", "clear", "catalog", "datasource", "acquire session", "close
+	// session", "stage", "download table", "download query") and, for zarr
+	// ops, its key; the func it returns, when not nil, is called once the
+	// answer is read (for a download, once its headers are), with the
+	// status (0 when there was none) and the error. For figures (`dmfs
+	// status`, metrics): both must be quick.
+	OnRequest func(op, key string) (done func(status int, err error)) `json:"-"`
 }
 
 // ConfigFromEnv reads the DATAMESH_* variables through getenv and fills the

@@ -69,6 +69,7 @@ func isPermanent(err error) bool {
 // request is one logical call; do may send it several times.
 type request struct {
 	op        string
+	key       string // the zarr key, for Config.OnRequest
 	method    string
 	url       string
 	sessionID string      // sent as X-DATAMESH-SESSIONID when set
@@ -339,8 +340,26 @@ func (b *idleBody) Read(p []byte) (int, error) {
 // means an answer with a complete body, or, for r.stream and a 2xx, with
 // its body in resp.stream, unread: the attempt's context, timer and
 // connection are then the stream's, released when it is closed.
-// permit (nil when unlimited) is told when the headers came.
+// Config.OnRequest, when set, is told of it; permit (nil when unlimited)
+// is told when the headers came.
 func (c *Client) attempt(ctx context.Context, r request, n int, permit *flow.Permit) (*response, error) {
+	if c.cfg.OnRequest == nil {
+		return c.send(ctx, r, n, permit)
+	}
+	done := c.cfg.OnRequest(r.op, r.key)
+	resp, err := c.send(ctx, r, n, permit)
+	if done != nil {
+		status := 0
+		if resp != nil {
+			status = resp.status
+		}
+		done(status, err)
+	}
+	return resp, err
+}
+
+// send is one attempt (see attempt).
+func (c *Client) send(ctx context.Context, r request, n int, permit *flow.Permit) (*response, error) {
 	start := time.Now()
 	ctx, cancel := context.WithCancelCause(ctx)
 	handed := false // the stream owns ctx, the timer and the body

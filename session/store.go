@@ -128,7 +128,7 @@ func (s *Store) request(ctx context.Context, op, method, key string, maxBody int
 	list := op == "list"
 	// Every zarr request, .zmetadata and listings included, gets the chunk
 	// read timeout, as in the Python client: metadata can be large too.
-	r := request{op: op, method: method, url: s.keyURL(key, list), readBody: maxBody >= 0,
+	r := request{op: op, key: key, method: method, url: s.keyURL(key, list), readBody: maxBody >= 0,
 		maxBody: maxBody, timeout: s.c.cfg.ChunkReadTimeout,
 		limited: s.c.limiter != nil, background: zarr.IsReadahead(ctx)}
 	if s.invalid != nil {

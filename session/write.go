@@ -356,7 +356,7 @@ func (s *Store) mutate(ctx context.Context, op, method, key string, body io.Read
 
 func (s *Store) mutateOnce(ctx context.Context, op, method, key string, body io.ReaderAt, size int64, name string) error {
 	clearAll := op == "clear"
-	r := request{op: op, method: method, url: s.keyURL(key, clearAll), timeout: s.c.cfg.ChunkWriteTimeout}
+	r := request{op: op, key: key, method: method, url: s.keyURL(key, clearAll), timeout: s.c.cfg.ChunkWriteTimeout}
 	if method == http.MethodDelete {
 		// As the Python client: deletes answer fast, within the API timeout.
 		r.timeout = s.c.cfg.ReadTimeout

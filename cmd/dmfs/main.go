@@ -64,6 +64,7 @@ Usage:
   dmfs mount [flags] MOUNTPOINT     mount the datasources the token can see (read-only; --write to write)
   dmfs unmount [--lazy] MOUNTPOINT  unmount, wait for uploads, and close the session
   dmfs ls [--search TEXT] [--json]  list the catalog: id, name, time range, container
+  dmfs status [--json] [MOUNTPOINT] show your mounts: session, log, live cache and request figures
   dmfs serve [flags] DIR            run a local Datamesh gateway over a folder of Zarr stores
   dmfs serve --demo [DIR]           ... over generated sample datasources
   dmfs version                      print the version, commit and Go version
@@ -83,6 +84,7 @@ var commands = map[string]func(context.Context, []string, io.Writer, io.Writer) 
 	"umount":  runUnmount,
 	"serve":   runServe,
 	"ls":      runLs,
+	"status":  runStatus,
 	"version": runVersion,
 }
 

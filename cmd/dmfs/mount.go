@@ -103,6 +103,9 @@ func parseMount(args []string, stdout, stderr io.Writer, sloppy bool) (o *mountO
 	if err := o.check(flags); err != nil {
 		return usageError(err)
 	}
+	if err := o.statusOptions.check(); err != nil {
+		return usageError(err)
+	}
 	queries, err := o.checkQueries()
 	if err != nil {
 		return usageError(err)
@@ -500,10 +503,16 @@ func serveMount(ctx context.Context, o *mountOptions, token func() (string, erro
 	if tokErr != nil {
 		return fail(exitAuth, tokErr)
 	}
+	status, err := startStatus(&o.statusOptions, dir, mp, log)
+	if err != nil {
+		return fail(exitFailure, err)
+	}
+	defer status.close()
 	cfg, err := session.ConfigFromEnv(os.Getenv)
 	if err != nil {
 		return fail(exitUsage, err)
 	}
+	cfg.OnRequest = status.observe
 	cfg.Token = tok
 	cfg.Service, cfg.Gateway = endpoints(o.Service, o.Gateway)
 	cfg.Logger = log
@@ -643,6 +652,8 @@ func serveMount(ctx context.Context, o *mountOptions, token func() (string, erro
 			log.Warn("write result record not written; 'dmfs unmount' will neither wait for uploads nor report them", "err", err)
 		}
 	}
+	status.serve(statusParts{client: client, cache: chunks, root: root, service: cfg.Service, gateway: cfg.Gateway,
+		write: o.Write, logPath: end.logPath})
 	log.Info("mounted", "mountpoint", mp, "service", cfg.Service, "gateway", cfg.Gateway, "write", o.Write)
 	ready(info, nil)
 	if err := notifySystemd("READY=1\nSTATUS=Mounted at " + mp); err != nil {

@@ -58,6 +58,8 @@ type mountOptions struct {
 	SpoolDir        string // "": the "spool" folder in the state folder
 	WriteBack       time.Duration
 	Uploads         int
+
+	statusOptions // --metrics-addr (status.go)
 }
 
 // writeOnlyFlags need --write: given alone they would silently do nothing.
@@ -120,6 +122,7 @@ func (o *mountOptions) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.DurationVar(&o.WriteBack, "write-back", 2*time.Second,
 		"with --write: how long a closed file waits before it is uploaded (a rename within that time costs no upload)")
 	fs.IntVar(&o.Uploads, "uploads", 64, "with --write: uploads in flight at once")
+	o.statusOptions.addFlags(fs)
 }
 
 // maxConnections bounds --max-connections: far more than any gateway

@@ -1,5 +1,6 @@
 // Package statedir is dmfs's private state folder: pid files, logs of
-// background mounts, session records and mount locks.
+// background mounts, session records, mount locks and the mounts' status
+// sockets.
 //
 // The folder is $XDG_RUNTIME_DIR/dmfs, or $TMPDIR/dmfs-UID (/tmp/dmfs-UID)
 // when XDG_RUNTIME_DIR is unset. The second name is predictable in a folder
