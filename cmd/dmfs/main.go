@@ -43,6 +43,7 @@ Usage:
   dmfs ls [--search TEXT] [--json]  list the catalog: id, name, time range, container
   dmfs serve [flags] DIR            run a local Datamesh gateway over a folder of Zarr stores
   dmfs serve --demo [DIR]           ... over generated sample datasources
+  dmfs csi [flags]                  run the Kubernetes CSI node plugin (--endpoint, --node-id)
   dmfs version                      print the version
 
 The token comes from DATAMESH_TOKEN or --token-file, never from the command line.
@@ -64,6 +65,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return runServe(ctx, args[1:], stdout, stderr)
 	case "ls":
 		return runLs(ctx, args[1:], stdout, stderr)
+	case "csi":
+		return runCSI(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintf(stdout, "dmfs %s\n", version)
 		return exitOK
