@@ -67,6 +67,7 @@ Usage:
   dmfs status [--json] [MOUNTPOINT] show your mounts: session, log, live cache and request figures
   dmfs serve [flags] DIR            run a local Datamesh gateway over a folder of Zarr stores
   dmfs serve --demo [DIR]           ... over generated sample datasources
+  dmfs csi [flags]                  run the Kubernetes CSI node plugin (--endpoint, --node-id)
   dmfs version                      print the version, commit and Go version
   dmfs help COMMAND                 the flags of a command (also 'dmfs COMMAND --help')
 
@@ -85,6 +86,7 @@ var commands = map[string]func(context.Context, []string, io.Writer, io.Writer) 
 	"serve":   runServe,
 	"ls":      runLs,
 	"status":  runStatus,
+	"csi":     runCSI,
 	"version": runVersion,
 }
 

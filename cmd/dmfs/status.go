@@ -189,7 +189,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	flags.SetOutput(stderr)
 	asJSON := flags.Bool("json", false, fmt.Sprintf("print JSON (a stable document, version %d; see README)", mountstat.Version))
 	flags.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: dmfs status [--json] [MOUNTPOINT]\n\nShows your dmfs mounts (or the one at MOUNTPOINT): service, session, log, pid, and live figures\n"+
+		fmt.Fprintf(stdout, "Usage: dmfs status [--json] [MOUNTPOINT]\n\nShows your dmfs mounts (or the one at MOUNTPOINT): service, session, log, pid, and live figures\n"+
 			"(cache, requests to Datamesh by kind, uploads of a --write mount), read from each mount's private socket.\n"+
 			"A mount whose process is gone is shown as dead.\n\nFlags:\n%s", flags.FlagUsages())
 	}

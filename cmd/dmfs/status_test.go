@@ -40,10 +40,10 @@ func TestMetricsFlagsAreValidated(t *testing.T) {
 		assert.Equal(t, exitUsage, code, "%v", c.args)
 		assert.Contains(t, stderr, c.want, "%v", c.args)
 	}
-	code, _, stderr := runArgs(t, nil, "mount", "--help")
+	code, stdout, _ := runArgs(t, nil, "mount", "--help")
 	assert.Equal(t, exitOK, code)
-	assert.Contains(t, stderr, "--metrics-addr")
-	assert.Contains(t, stderr, "no authentication")
+	assert.Contains(t, stdout, "--metrics-addr")
+	assert.Contains(t, stdout, "no authentication")
 }
 
 func TestStatusCommandLine(t *testing.T) {
@@ -67,9 +67,9 @@ func TestStatusCommandLine(t *testing.T) {
 	assert.Equal(t, exitUsage, code)
 	assert.Contains(t, stderr, "at most one MOUNTPOINT")
 
-	code, _, stderr = runArgs(t, nil, "status", "--help")
+	code, stdout, _ = runArgs(t, nil, "status", "--help")
 	assert.Equal(t, exitOK, code)
-	assert.Contains(t, stderr, "--json")
+	assert.Contains(t, stdout, "--json")
 }
 
 func TestStatusRefusesAnUnsafeStateFolder(t *testing.T) {
