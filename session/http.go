@@ -79,6 +79,9 @@ type request struct {
 	timeout  time.Duration
 	readBody bool  // read the whole body of a 2xx answer
 	maxBody  int64 // bound on that body
+	// into, when set with readBody, receives a 2xx body of exactly its
+	// length (a part of a larger value), instead of a new buffer.
+	into []byte
 	noRetry  bool  // one try only (the caller has its own schedule)
 	// stream hands a 2xx body to the caller unread (response.stream),
 	// with the attempt's context and timeout, instead of reading it.
@@ -450,6 +453,11 @@ func (c *Client) send(ctx context.Context, r request, n int, permit *flow.Permit
 		resp.stream = &stream{body: res.Body, ctx: ctx, cancel: cancel, idle: idle, timeout: r.timeout,
 			size: res.ContentLength, errorFor: func(err error) error { return c.errorFor(r, res.StatusCode, "", err) }}
 		handed = true
+	case res.StatusCode/100 == 2 && r.readBody && r.into != nil && res.StatusCode == http.StatusPartialContent:
+		resp.body, err = readInto(body, res.ContentLength, r.into)
+		if err != nil {
+			err = timedOut(err)
+		}
 	case res.StatusCode/100 == 2 && r.readBody:
 		resp.body, err = readBody(body, res.ContentLength, r.maxBody)
 		if err != nil {
@@ -498,6 +506,17 @@ func checkHeaderValues(h http.Header) error {
 		}
 	}
 	return nil
+}
+
+// readInto reads a body of exactly len(dst) bytes into dst.
+func readInto(body io.Reader, size int64, dst []byte) ([]byte, error) {
+	if size >= 0 && size != int64(len(dst)) {
+		return nil, fmt.Errorf("part of %d bytes answered with %d", len(dst), size)
+	}
+	if n, err := io.ReadFull(body, dst); err != nil {
+		return nil, fmt.Errorf("part shorter than asked: %d of %d bytes: %w", n, len(dst), err)
+	}
+	return dst, nil
 }
 
 // readBody reads a 2xx body of at most limit bytes. With a Content-Length it

@@ -57,6 +57,13 @@ func (s *Store) Get(ctx context.Context, key string) ([]byte, error) {
 	if n, ok := ctxLimit(ctx); ok && n < limit {
 		limit = max(n, 0)
 	}
+	if hint, ok := zarr.SizeHint(ctx); ok && hint >= rangeThreshold && limit >= rangeThreshold {
+		b, err := s.getParts(ctx, key, limit)
+		if err != nil {
+			s.noteGone(err)
+		}
+		return b, err
+	}
 	resp, err := s.request(ctx, "get", http.MethodGet, key, limit)
 	if err != nil {
 		s.noteGone(err)
@@ -125,12 +132,18 @@ func ctxLimit(ctx context.Context) (int64, bool) { return zarr.SizeLimit(ctx) }
 // body of at most maxBody bytes (none when maxBody < 0). On a 401 the
 // session is renewed once (see sessionDo) and the request is retried once.
 func (s *Store) request(ctx context.Context, op, method, key string, maxBody int64) (*response, error) {
+	return s.requestPart(ctx, op, method, key, maxBody, nil, nil)
+}
+
+// requestPart is request with extra headers (a Range) and a buffer for the
+// body of a 206 answer; a 206 is then an answer like a 200.
+func (s *Store) requestPart(ctx context.Context, op, method, key string, maxBody int64, header http.Header, into []byte) (*response, error) {
 	list := op == "list"
 	// Every zarr request, .zmetadata and listings included, gets the chunk
 	// read timeout, as in the Python client: metadata can be large too.
 	r := request{op: op, key: key, method: method, url: s.keyURL(key, list), readBody: maxBody >= 0,
 		maxBody: maxBody, timeout: s.c.cfg.ChunkReadTimeout,
-		limited: s.c.limiter != nil, background: zarr.IsReadahead(ctx)}
+		limited: s.c.limiter != nil, background: zarr.IsReadahead(ctx), header: header, into: into}
 	if s.invalid != nil {
 		return nil, s.c.errorFor(r, 0, "", s.invalid)
 	}
@@ -141,7 +154,7 @@ func (s *Store) request(ctx context.Context, op, method, key string, maxBody int
 	if err != nil {
 		return nil, err
 	}
-	if resp.status != http.StatusOK {
+	if resp.status != http.StatusOK && (header == nil || resp.status != http.StatusPartialContent) {
 		return nil, s.c.statusError(r, resp)
 	}
 	return resp, nil

@@ -2,8 +2,10 @@ package zarr
 
 import (
 	"fmt"
+	"math"
 	"math/bits"
 	"strconv"
+	"strings"
 )
 
 // maxChunks bounds the chunk count of one array. Beyond it the metadata is
@@ -278,4 +280,56 @@ func (f ChunkFolder) Index(name string) (int64, bool) {
 // An empty folder reports false.
 func (f ChunkFolder) Dirs() bool {
 	return f.Len() > 0 && !f.flat() && f.depth < len(f.grid.counts)-1
+}
+
+// ChunkBytes is the uncompressed size of one chunk (for a sharded v3 array,
+// one shard): the product of the chunk shape and the size of one element; 0
+// when the element size cannot be told from DType (structured, strings of
+// variable length).
+func (a *Array) ChunkBytes() int64 {
+	item := itemSize(a.DType)
+	if item <= 0 {
+		return 0
+	}
+	n := item
+	for _, c := range a.Chunks {
+		if c <= 0 || n > math.MaxInt64/c {
+			return 0
+		}
+		n *= c
+	}
+	return n
+}
+
+// itemSize is the size in bytes of one element of dtype: a v2 typestr
+// ("<f4", "|u1", "<M8[ns]", "<U10") or a v3 data type name ("float32",
+// "int8", "bool", "complex128"); 0 when unknown.
+func itemSize(dtype string) int64 {
+	switch dtype {
+	case "bool", "int8", "uint8":
+		return 1
+	}
+	for _, prefix := range []string{"complex", "float", "uint", "int"} {
+		if bits, ok := strings.CutPrefix(dtype, prefix); ok {
+			if b, err := strconv.Atoi(bits); err == nil && b > 0 && b%8 == 0 {
+				return int64(b / 8)
+			}
+			return 0
+		}
+	}
+	if len(dtype) < 3 || !strings.ContainsRune("<>|", rune(dtype[0])) {
+		return 0
+	}
+	digits := dtype[2:]
+	if i := strings.IndexByte(digits, '['); i >= 0 {
+		digits = digits[:i]
+	}
+	n, err := strconv.Atoi(digits)
+	if err != nil || n <= 0 {
+		return 0
+	}
+	if dtype[1] == 'U' { // UCS-4 characters
+		return int64(n) * 4
+	}
+	return int64(n)
 }

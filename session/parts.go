@@ -1,0 +1,131 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// A value whose size is hinted (zarr.WithSizeHint) at rangeThreshold or
+// more is fetched in parts of rangePart bytes, in parallel, where the
+// gateway honours Range: one large chunk or shard then arrives at the speed
+// of many connections, not one. Smaller values cost one plain GET, as
+// before.
+const (
+	rangeThreshold = 16 << 20
+	rangePart      = 8 << 20
+)
+
+// errPartsChanged says the value changed between its parts (or the gateway
+// stopped honouring Range): it is fetched again whole.
+var errPartsChanged = errors.New("value changed between its parts")
+
+// getParts fetches key's value in parts: the first part tells the total
+// size (and whether Range is honoured at all: a 200 is the whole value, for
+// the cost of one request), the others are fetched in parallel into one
+// buffer. A value that changes meanwhile is fetched again whole.
+func (s *Store) getParts(ctx context.Context, key string, limit int64) ([]byte, error) {
+	// A 200 is the whole value (Range not honoured), so the bound is
+	// the value's, not the part's.
+	first, err := s.requestPart(ctx, "get", http.MethodGet, key, limit, rangeHeader(0, rangePart), nil)
+	var e *Error
+	if errors.As(err, &e) && e.Status == http.StatusRequestedRangeNotSatisfiable {
+		return s.getWhole(ctx, key, limit, err) // an empty value has no byte 0
+	}
+	if err != nil {
+		return nil, err
+	}
+	if first.status == http.StatusOK {
+		return first.body, nil
+	}
+	from, to, total, ok := parseContentRange(first.header.Get("Content-Range"))
+	switch {
+	case !ok || from != 0 || to+1 != int64(len(first.body)):
+		return s.getWhole(ctx, key, limit, fmt.Errorf("first part answered %q for %d bytes", first.header.Get("Content-Range"), len(first.body)))
+	case total <= int64(len(first.body)):
+		return first.body, nil
+	case total > limit:
+		return nil, &Error{Op: "get", Method: http.MethodGet, URL: redactURL(s.keyURL(key, false)), Status: first.status,
+			Err: fmt.Errorf("%w: %d bytes, more than the %d allowed", ErrTooLarge, total, limit)}
+	}
+	buf := make([]byte, total)
+	copy(buf, first.body)
+	validator := partValidator(first.header)
+	g, gctx := errgroup.WithContext(ctx)
+	for off := int64(len(first.body)); off < total; off += rangePart {
+		end := min(off+rangePart, total)
+		g.Go(func() error {
+			resp, err := s.requestPart(gctx, "get", http.MethodGet, key, limit, rangeHeader(off, end-off), buf[off:end])
+			if err != nil {
+				return err
+			}
+			f, t, n, ok := parseContentRange(resp.header.Get("Content-Range"))
+			if resp.status != http.StatusPartialContent || !ok || f != off || t+1 != end || n != total || partValidator(resp.header) != validator {
+				return errPartsChanged
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		if errors.Is(err, errPartsChanged) {
+			return s.getWhole(ctx, key, limit, err)
+		}
+		return nil, err
+	}
+	return buf, nil
+}
+
+// getWhole is the fallback of getParts: one plain GET of the whole value.
+func (s *Store) getWhole(ctx context.Context, key string, limit int64, why error) ([]byte, error) {
+	s.c.log.Debug("fetching the whole value instead of parts", "key", key, "why", why)
+	resp, err := s.request(ctx, "get", http.MethodGet, key, limit)
+	if err != nil {
+		return nil, err
+	}
+	return resp.body, nil
+}
+
+// rangeHeader asks for n bytes from off.
+func rangeHeader(off, n int64) http.Header {
+	return http.Header{"Range": {fmt.Sprintf("bytes=%d-%d", off, off+n-1)}}
+}
+
+// partValidator is what must stay the same across the parts of one value.
+func partValidator(h http.Header) string {
+	if etag := h.Get("ETag"); etag != "" {
+		return etag
+	}
+	return h.Get("Last-Modified")
+}
+
+// parseContentRange reads "bytes FROM-TO/TOTAL".
+func parseContentRange(v string) (from, to, total int64, ok bool) {
+	rest, found := strings.CutPrefix(v, "bytes ")
+	if !found {
+		return 0, 0, 0, false
+	}
+	span, size, found := strings.Cut(rest, "/")
+	if !found {
+		return 0, 0, 0, false
+	}
+	a, b, found := strings.Cut(span, "-")
+	if !found {
+		return 0, 0, 0, false
+	}
+	var err error
+	if from, err = strconv.ParseInt(a, 10, 64); err != nil {
+		return 0, 0, 0, false
+	}
+	if to, err = strconv.ParseInt(b, 10, 64); err != nil {
+		return 0, 0, 0, false
+	}
+	if total, err = strconv.ParseInt(size, 10, 64); err != nil {
+		return 0, 0, 0, false
+	}
+	return from, to, total, from >= 0 && to >= from && total > to
+}
