@@ -81,8 +81,8 @@ type request struct {
 	maxBody  int64 // bound on that body
 	// into, when set with readBody, receives a 2xx body of exactly its
 	// length (a part of a larger value), instead of a new buffer.
-	into []byte
-	noRetry  bool  // one try only (the caller has its own schedule)
+	into    []byte
+	noRetry bool // one try only (the caller has its own schedule)
 	// stream hands a 2xx body to the caller unread (response.stream),
 	// with the attempt's context and timeout, instead of reading it.
 	stream bool
