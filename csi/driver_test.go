@@ -1,18 +1,17 @@
 package csi
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/oceanum-dmfs/dmfs/internal/testenv"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
@@ -89,24 +88,6 @@ func TestMountErrorCodes(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log buffer that goroutines may write while a test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // launch records what the driver asked a Launcher for.
 type launch struct {
 	flags  []string
@@ -116,9 +97,9 @@ type launch struct {
 
 // newTestDriver is a driver on a private state folder whose mounts are made
 // by fake; it logs to the returned buffer.
-func newTestDriver(t *testing.T, fake Launcher) (*Driver, *syncBuffer) {
+func newTestDriver(t *testing.T, fake Launcher) (*Driver, *testenv.Buffer) {
 	t.Helper()
-	var logs syncBuffer
+	var logs testenv.Buffer
 	d, err := New(context.Background(), Options{
 		NodeID:        "node-1",
 		StateDir:      filepath.Join(t.TempDir(), "state"),

@@ -39,17 +39,25 @@ func (d *Driver) NodeGetCapabilities(context.Context, *csipb.NodeGetCapabilities
 	return &csipb.NodeGetCapabilitiesResponse{}, nil
 }
 
+// checkTarget checks the volume id and target path every node call needs.
+func checkTarget(id, target string) error {
+	switch {
+	case id == "":
+		return status.Error(codes.InvalidArgument, "volume_id is required")
+	case target == "":
+		return status.Error(codes.InvalidArgument, "target_path is required")
+	case !filepath.IsAbs(target):
+		return status.Errorf(codes.InvalidArgument, "target_path %q is not absolute", target)
+	}
+	return nil
+}
+
 // NodePublishVolume mounts the volume at the target path (see the package
 // comment for what a second call does).
 func (d *Driver) NodePublishVolume(ctx context.Context, req *csipb.NodePublishVolumeRequest) (*csipb.NodePublishVolumeResponse, error) {
 	id, target := req.GetVolumeId(), req.GetTargetPath()
-	switch {
-	case id == "":
-		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
-	case target == "":
-		return nil, status.Error(codes.InvalidArgument, "target_path is required")
-	case !filepath.IsAbs(target):
-		return nil, status.Errorf(codes.InvalidArgument, "target_path %q is not absolute", target)
+	if err := checkTarget(id, target); err != nil {
+		return nil, err
 	}
 	readerOnly, err := checkCapability(req.GetVolumeCapability())
 	if err != nil {
@@ -320,13 +328,8 @@ func (d *Driver) waitExit(ctx context.Context, rec record, within time.Duration)
 // has closed its session and exited, and removes the target.
 func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csipb.NodeUnpublishVolumeRequest) (*csipb.NodeUnpublishVolumeResponse, error) {
 	id, target := req.GetVolumeId(), req.GetTargetPath()
-	switch {
-	case id == "":
-		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
-	case target == "":
-		return nil, status.Error(codes.InvalidArgument, "target_path is required")
-	case !filepath.IsAbs(target):
-		return nil, status.Errorf(codes.InvalidArgument, "target_path %q is not absolute", target)
+	if err := checkTarget(id, target); err != nil {
+		return nil, err
 	}
 	target = filepath.Clean(target)
 	release, ok := d.claim(target)

@@ -191,7 +191,7 @@ type writeMount struct {
 	dir   string
 	root  *Root
 	cat   *writeCatalog
-	log   *syncBuffer
+	log   *testenv.Buffer
 	cache *cache.Cache
 }
 
@@ -220,7 +220,7 @@ func mountWrite(t *testing.T, wo WriteOptions) *writeMount {
 			return nil
 		}
 	}
-	logBuf := &syncBuffer{}
+	logBuf := &testenv.Buffer{}
 	c := cache.New(cache.Options{MaxBytes: 64 << 20})
 	root := NewRoot(Options{Catalog: cat, Cache: c, Readahead: 4, MetadataTTL: time.Minute,
 		Logger: slog.New(slog.NewTextHandler(logBuf, nil)), Write: &wo})
@@ -235,23 +235,6 @@ func mountWrite(t *testing.T, wo WriteOptions) *writeMount {
 		c.Close()
 	})
 	return &writeMount{dir: dir, root: root, cat: cat, log: logBuf, cache: c}
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func (m *writeMount) store(id string) *writeStore {

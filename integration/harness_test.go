@@ -21,6 +21,7 @@ import (
 
 	"github.com/oceanum-dmfs/dmfs/gateway"
 	"github.com/oceanum-dmfs/dmfs/internal/mountinfo"
+	"github.com/oceanum-dmfs/dmfs/internal/testenv"
 	"github.com/stretchr/testify/require"
 )
 
@@ -154,25 +155,8 @@ func cleanupAll() {
 // process is a dmfs subprocess with its combined output.
 type process struct {
 	cmd    *exec.Cmd
-	out    *syncBuffer
+	out    *testenv.Buffer
 	exited chan struct{}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // start runs dmfs with args; it dies with the test binary (Pdeathsig) and is
@@ -181,7 +165,7 @@ func start(t *testing.T, env []string, args ...string) *process {
 	t.Helper()
 	cmd := exec.Command(dmfsBin, args...)
 	cmd.Env = append(os.Environ(), env...)
-	p := &process{cmd: cmd, out: &syncBuffer{}, exited: make(chan struct{})}
+	p := &process{cmd: cmd, out: &testenv.Buffer{}, exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	require.NoError(t, cmd.Start())
