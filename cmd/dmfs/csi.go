@@ -112,7 +112,7 @@ func mountLauncher(exe string) csi.Launcher {
 		}()
 		select {
 		case line := <-got:
-			if line == "ready" {
+			if _, ok := readyLine(line); ok {
 				return cmd, nil
 			}
 			cmd.Wait()

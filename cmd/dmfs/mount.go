@@ -248,8 +248,8 @@ func mountBackground(ctx context.Context, o *mountOptions, flags *pflag.FlagSet,
 	select {
 	case r := <-got:
 		line := strings.TrimSpace(r.line)
-		if rest, ok := strings.CutPrefix(line, "ready"); ok {
-			fmt.Fprintln(stdout, mountedLine(mp, strings.TrimSpace(rest), logFile))
+		if end, ok := readyLine(line); ok {
+			fmt.Fprintln(stdout, mountedLine(mp, end, logFile))
 			return exitOK
 		}
 		code := exitFailure
@@ -286,6 +286,17 @@ func mountedLine(mp, endTime, logFile string) string {
 		until = "session until " + t.Local().Format("2006-01-02 15:04:05 MST") + ", renewed while mounted"
 	}
 	return fmt.Sprintf("dmfs: mounted %s (%s); log: %s", mp, until, logFile)
+}
+
+// readyLine reads the background mount's report on its ready pipe: "ready
+// END_TIME" once it serves (END_TIME: the session's end), else "error
+// MESSAGE" or nothing.
+func readyLine(line string) (end string, ok bool) {
+	rest, ok := strings.CutPrefix(strings.TrimSpace(line), "ready")
+	if !ok || (rest != "" && rest[0] != ' ') {
+		return "", false
+	}
+	return strings.TrimSpace(rest), true
 }
 
 // startDaemon starts the background mount: exe with args, stdout and
@@ -538,6 +549,16 @@ func serveMount(ctx context.Context, o *mountOptions, token func() (string, erro
 		return fail(exitUsage, err)
 	}
 	cfg.Limiter = limiter
+	// The disk tier is checked before a session exists: a refused folder
+	// costs the gateway nothing.
+	var disk *cache.Disk
+	if o.CacheDir != "" {
+		disk, err = cache.OpenDisk(cache.DiskOptions{Dir: o.CacheDir, MaxBytes: int64(o.CacheDirSize), Origin: cfg.Gateway, Logger: log})
+		if err != nil {
+			return fail(exitUsage, fmt.Errorf("--cache-dir: %w", err))
+		}
+		defer disk.Close() // the cache closes it; this covers a start that fails before
+	}
 	client, err := session.New(cfg)
 	if err != nil {
 		if errors.Is(err, session.ErrNoToken) {
@@ -589,13 +610,20 @@ func serveMount(ctx context.Context, o *mountOptions, token func() (string, erro
 		Logger:       log,
 		// Background fetches wait on the limiter, not on a pool of their own.
 		PrefetchWorkers: o.MaxConnections,
+		Disk:            disk,
 	})
 	defer func() {
 		chunks.Close()
 		st := chunks.Stats()
-		log.Info("cache totals", "hits", st.Hits, "misses", st.Misses, "fetches", st.Fetches,
+		attrs := []any{"hits", st.Hits, "misses", st.Misses, "fetches", st.Fetches,
 			"fetch_errors", st.FetchErrors, "heads", st.Heads, "prefetched", st.PrefetchStarted,
-			"prefetch_dropped", st.PrefetchDropped, "evictions", st.Evictions)
+			"prefetch_dropped", st.PrefetchDropped, "evictions", st.Evictions}
+		if disk != nil {
+			attrs = append(attrs, "disk_hits", st.DiskHits, "disk_writes", st.DiskWrites,
+				"disk_dropped", st.DiskDropped, "disk_evictions", st.DiskEvictions,
+				"disk_corrupt", st.DiskCorrupt, "disk_bytes", st.DiskBytes)
+		}
+		log.Info("cache totals", attrs...)
 	}()
 	fileMode, dirMode := o.modes()
 	root := fs.NewRoot(fs.Options{
