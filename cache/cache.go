@@ -31,6 +31,12 @@
 //   - Prefetch does the same without starting anything: a queued size flight becomes a body
 //     flight in place; a running one is superseded by a queued body flight.
 //   - PrefetchSize does nothing if anything is known of the key or any flight exists.
+//
+// # Disk tier
+//
+// With Options.Disk, a flight given OnDisk looks in the disk tier before it calls its fetch or
+// head func (a hit is neither a fetch nor a head in Stats), and a body it fetched is written
+// there in the background if the flight's answer is kept. See Disk.
 package cache
 
 import (
@@ -89,6 +95,39 @@ type Options struct {
 	// Now is the clock for missing marks and entry ages (see Age); time.Now when nil. Tests,
 	// and callers that share a clock with the cache, set it.
 	Now func() time.Time
+	// Disk is the disk tier under the memory (nil: none), used by requests given OnDisk. The
+	// cache closes it in Close.
+	Disk *Disk
+}
+
+// A FetchOption says where a value is kept beyond memory; the zero FetchOption keeps it
+// nowhere else.
+type FetchOption struct {
+	version, key string
+	refresh      bool
+}
+
+// OnDisk names a value in the disk tier (Options.Disk) by the version of its source and its
+// key there: a fetch or size request is answered from the disk when it holds the name, and a
+// fetched value is kept there. The same name must always mean the same bytes, so version must
+// change whenever the source does. An empty version keeps nothing on disk.
+func OnDisk(version, key string) FetchOption { return FetchOption{version: version, key: key} }
+
+// RefreshOnDisk is OnDisk for a caller that doubts what is kept: the disk is not read, and the
+// fetched value replaces what it holds under the name.
+func RefreshOnDisk(version, key string) FetchOption {
+	return FetchOption{version: version, key: key, refresh: true}
+}
+
+// fetchOption is the last option given that names something (zero if none).
+func fetchOption(opts []FetchOption) FetchOption {
+	var o FetchOption
+	for _, x := range opts {
+		if x.version != "" {
+			o = x
+		}
+	}
+	return o
 }
 
 // StatState says what the cache knows about a key.
@@ -117,11 +156,11 @@ func (s StatState) String() string {
 
 // Stats is a snapshot of the cache counters.
 type Stats struct {
-	Hits            int64 // GetOrFetch/Get answered from cache (bytes, or known missing)
-	Misses          int64 // GetOrFetch calls that had to fetch or wait for a fetch
-	Fetches         int64 // body fetches started (foreground or background)
+	Hits            int64 // GetOrFetch/Get answered from memory (bytes, or known missing)
+	Misses          int64 // GetOrFetch calls that had to fetch (or read the disk tier) or wait
+	Fetches         int64 // body fetches started (foreground or background); not disk hits
 	FetchErrors     int64 // body fetches that failed other than with not-found
-	Heads           int64 // head calls started (by SizeOrHead or PrefetchSize)
+	Heads           int64 // head calls started (by SizeOrHead or PrefetchSize); not disk hits
 	PrefetchStarted int64 // background flights (Prefetch, PrefetchSize) a worker began
 	PrefetchDropped int64 // background requests dropped because the queue was full
 	Evictions       int64 // entries evicted to respect MaxBytes
@@ -133,6 +172,15 @@ type Stats struct {
 	Running         int // background flights a worker is running now
 	Foreground      int // flights started by GetOrFetch or SizeOrHead running now
 	Workers         int // worker goroutines alive now (at most Options.PrefetchWorkers)
+
+	// The disk tier (zero without one).
+	DiskHits      int64 // bodies and sizes answered from the disk
+	DiskWrites    int64 // values written to the disk
+	DiskDropped   int64 // values not written: queue full, no room, an error, or closing
+	DiskEvictions int64 // entries this process removed to keep the folder within its cap
+	DiskCorrupt   int64 // entries found torn or damaged: removed, fetched again
+	DiskBytes     int64 // the folder's size, all processes sharing it, as last counted here
+	DiskMaxBytes  int64 // its cap
 }
 
 // Cache is a byte-bounded LRU of fetched values with single-flight fetches. It is safe for
@@ -150,6 +198,7 @@ type Cache struct {
 	maxQueued  int
 	log        *slog.Logger
 	now        func() time.Time // Options.Now
+	disk       *Disk            // Options.Disk
 	onWait     func()           // tests: called when a caller starts waiting for a shared call
 	closeCtx   context.Context  // cancelled by Close: ends every running flight
 	closeFn    context.CancelFunc
@@ -212,6 +261,7 @@ type flight struct {
 	fetch  FetchFunc       // kindBody
 	head   HeadFunc        // kindSize
 	parent context.Context // values for the request context; never its cancellation
+	disk   FetchOption     // where the answer is also looked for and kept
 
 	// Guarded by Cache.mu.
 	queued     *list.Element // in Cache.queue while waiting for a worker
@@ -267,6 +317,7 @@ func New(opt Options) *Cache {
 		maxQueued:  prefetchQueuePerWorker * opt.PrefetchWorkers,
 		log:        opt.Logger,
 		now:        opt.Now,
+		disk:       opt.Disk,
 		data:       data,
 		stat:       stat,
 		flights:    make(map[string]*flight),
@@ -309,8 +360,9 @@ func notFound(key string) error {
 // does not fail the others, and the result is still cached. Failures are not cached, except
 // not-found, which is remembered (see Stat) and returned as an error matching fs.ErrNotExist.
 // A queued prefetch of key is started at once; a size request of key does not delay the fetch
-// (see the package comment). The returned slice is shared and must not be modified.
-func (c *Cache) GetOrFetch(ctx context.Context, key string, fetch FetchFunc) ([]byte, error) {
+// (see the package comment). An OnDisk option has the disk tier answer before fetch is called,
+// and keep what it fetches. The returned slice is shared and must not be modified.
+func (c *Cache) GetOrFetch(ctx context.Context, key string, fetch FetchFunc, opts ...FetchOption) ([]byte, error) {
 	if fetch == nil {
 		return nil, fmt.Errorf("cache: GetOrFetch %q: nil fetch func", key)
 	}
@@ -340,7 +392,7 @@ func (c *Cache) GetOrFetch(ctx context.Context, key string, fetch FetchFunc) ([]
 		c.flights[key] = f // supersedes a running size flight: its answer is not kept
 	}
 	if !f.started {
-		f.kind, f.fetch, f.head, f.parent = kindBody, fetch, nil, ctx
+		f.kind, f.fetch, f.head, f.parent, f.disk = kindBody, fetch, nil, ctx, fetchOption(opts)
 		c.startLocked(f)
 	}
 	c.mu.Unlock()
@@ -377,8 +429,8 @@ func (c *Cache) Get(key string) ([]byte, bool) {
 // Prefetch queues a background fetch of key, for readahead, and returns at once. It does
 // nothing if the key is cached, known missing or its body already being fetched, and drops the
 // request if the queue is full or the cache is closed. A size request of key queued meanwhile
-// becomes this fetch (see the package comment).
-func (c *Cache) Prefetch(key string, fetch FetchFunc) {
+// becomes this fetch (see the package comment). Options as for GetOrFetch.
+func (c *Cache) Prefetch(key string, fetch FetchFunc, opts ...FetchOption) {
 	if fetch == nil {
 		return
 	}
@@ -393,16 +445,17 @@ func (c *Cache) Prefetch(key string, fetch FetchFunc) {
 	f := c.flights[key]
 	switch {
 	case f == nil || (f.kind == kindSize && f.started):
-		c.enqueueLocked(&flight{key: key, kind: kindBody, fetch: fetch, parent: context.Background(), done: make(chan struct{})})
+		c.enqueueLocked(&flight{key: key, kind: kindBody, fetch: fetch, parent: context.Background(), disk: fetchOption(opts), done: make(chan struct{})})
 	case f.kind == kindSize: // queued: the body will tell its size too
-		f.kind, f.fetch, f.head = kindBody, fetch, nil
+		f.kind, f.fetch, f.head, f.disk = kindBody, fetch, nil, fetchOption(opts)
 	}
 }
 
 // PrefetchSize queues a background size request of key (a HEAD sent ahead of a lister) and
 // returns at once. It does nothing if anything is known of the key (bytes, size, absence) or a
 // flight of it exists, and drops the request if the queue is full or the cache is closed.
-func (c *Cache) PrefetchSize(key string, head HeadFunc) {
+// Options as for SizeOrHead.
+func (c *Cache) PrefetchSize(key string, head HeadFunc, opts ...FetchOption) {
 	if head == nil {
 		return
 	}
@@ -414,7 +467,7 @@ func (c *Cache) PrefetchSize(key string, head HeadFunc) {
 	if _, ok := c.statLocked(key, false); ok {
 		return
 	}
-	c.enqueueLocked(&flight{key: key, kind: kindSize, head: head, parent: context.Background(), done: make(chan struct{})})
+	c.enqueueLocked(&flight{key: key, kind: kindSize, head: head, parent: context.Background(), disk: fetchOption(opts), done: make(chan struct{})})
 }
 
 // enqueueLocked queues f, a new flight, for a worker and makes it key's flight, or drops it if
@@ -517,14 +570,35 @@ func (c *Cache) run(f *flight) {
 	var val []byte
 	var size int64
 	var err error
+	disk := c.disk
+	if f.disk.version == "" {
+		disk = nil
+	}
+	fromDisk := false
 	switch f.kind {
 	case kindBody:
-		c.fetches.Add(1)
-		val, err = call(ctx, f.kind, f.fetch)
+		if disk != nil && !f.disk.refresh {
+			var t time.Time
+			if val, t, fromDisk = disk.get(f.disk.version, f.disk.key); fromDisk && t.Before(at) {
+				at = t // as old as the fetch that got it
+			}
+		}
+		if !fromDisk {
+			c.fetches.Add(1)
+			val, err = call(ctx, f.kind, f.fetch)
+		}
 		size = int64(len(val))
 	case kindSize:
-		c.headCalls.Add(1)
-		size, err = call(ctx, f.kind, f.head)
+		if disk != nil && !f.disk.refresh {
+			var t time.Time
+			if size, t, fromDisk = disk.size(f.disk.version, f.disk.key); fromDisk && t.Before(at) {
+				at = t
+			}
+		}
+		if !fromDisk {
+			c.headCalls.Add(1)
+			size, err = call(ctx, f.kind, f.head)
+		}
 		if err == nil && size < 0 {
 			size, err = 0, fmt.Errorf("cache: head %q: negative size %d", f.key, size)
 		}
@@ -534,9 +608,11 @@ func (c *Cache) run(f *flight) {
 		val, size = nil, 0
 	}
 
+	keep := false // on disk: a body fetched, and still wanted
 	c.mu.Lock()
 	if c.flights[f.key] == f {
 		delete(c.flights, f.key)
+		keep = disk != nil && err == nil && f.kind == kindBody && !fromDisk
 		switch {
 		case err == nil && f.kind == kindBody:
 			c.addLocked(f.key, dataEntry{val: val, at: at})
@@ -556,6 +632,9 @@ func (c *Cache) run(f *flight) {
 	f.val, f.size, f.err = val, size, err
 	close(f.done)
 	c.mu.Unlock()
+	if keep {
+		disk.put(f.disk.version, f.disk.key, val, at, f.disk.refresh)
+	}
 
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		c.log.Debug("cache: "+f.kind.String()+" failed", "key", f.key, "duration", time.Since(start), "err", err)
@@ -688,8 +767,9 @@ func (c *Cache) SetMissing(key string) {
 // If a body fetch of key is under way or queued, it waits for that (starting it if queued)
 // instead of calling head; a queued size request of key is started at once. A missing key gives
 // an error matching fs.ErrNotExist. Like GetOrFetch, a caller whose ctx is done returns
-// ctx.Err() at once while the shared call goes on under FetchTimeout.
-func (c *Cache) SizeOrHead(ctx context.Context, key string, head HeadFunc) (int64, error) {
+// ctx.Err() at once while the shared call goes on under FetchTimeout. An OnDisk option has
+// the disk tier's entry tell the size before head is called.
+func (c *Cache) SizeOrHead(ctx context.Context, key string, head HeadFunc, opts ...FetchOption) (int64, error) {
 	if head == nil {
 		return 0, fmt.Errorf("cache: SizeOrHead %q: nil head func", key)
 	}
@@ -722,7 +802,7 @@ func (c *Cache) SizeOrHead(ctx context.Context, key string, head HeadFunc) (int6
 		// A body, even one queued for readahead, is about to be fetched anyway: its length
 		// costs no extra request.
 		if f.kind == kindSize {
-			f.head, f.parent = head, ctx
+			f.head, f.parent, f.disk = head, ctx, fetchOption(opts)
 		}
 		c.startLocked(f)
 	}
@@ -812,13 +892,20 @@ func (c *Cache) Stats() Stats {
 	st.PrefetchDropped = c.prefetchDropped.Load()
 	st.Evictions = c.evictions.Load()
 	st.MaxBytes = c.maxBytes
+	if c.disk != nil {
+		ds := c.disk.stats()
+		st.DiskHits, st.DiskWrites, st.DiskDropped = ds.hits, ds.writes, ds.dropped
+		st.DiskEvictions, st.DiskCorrupt = ds.evictions, ds.corrupt
+		st.DiskBytes, st.DiskMaxBytes = ds.bytes, ds.maxBytes
+	}
 	return st
 }
 
 // Close drops queued background requests, cancels running flights, and waits for every
 // goroutine of the cache (workers and foreground flights) to end; fetch and head funcs must
-// honour their ctx. Cached bytes stay readable; requests made after Close fail with ErrClosed
-// or are ignored. Close is idempotent.
+// honour their ctx. Then it closes the disk tier, which first writes what is queued for it.
+// Cached bytes stay readable; requests made after Close fail with ErrClosed or are ignored.
+// Close is idempotent.
 func (c *Cache) Close() {
 	c.closeOnce.Do(func() {
 		c.mu.Lock()
@@ -829,5 +916,8 @@ func (c *Cache) Close() {
 		c.mu.Unlock()
 		c.closeFn()
 		c.goroutines.Wait()
+		if c.disk != nil {
+			c.disk.Close()
+		}
 	})
 }

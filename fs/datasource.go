@@ -3,6 +3,7 @@ package fs
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	iofs "io/fs"
@@ -78,6 +79,11 @@ type version struct {
 	digest  [32]byte  // of h, kept when h is released
 	gen     uint64    // 0 for the first
 	modTime time.Time // mtime of every file of this version
+	// disk names this version in the cache's disk tier ("": not kept
+	// there); see onDisk. diskRefresh: a chunk changed in place under
+	// the same digest, so what the disk holds is doubted.
+	disk        string
+	diskRefresh bool
 }
 
 // newDatasource makes a datasource whose files have mtime modified (the
@@ -144,6 +150,9 @@ func (d *datasource) install(h *zarr.Hierarchy) version {
 	first := d.cur.h == nil && d.cur.gen == 0 && d.cur.digest == [32]byte{}
 	changed := !first && digest != d.cur.digest
 	d.cur.h, d.cur.digest, d.loadedAt = h, digest, d.opt.now()
+	if first || changed {
+		d.cur.disk, d.cur.diskRefresh = d.diskVersion(digest), false
+	}
 	if changed {
 		d.bumpLocked()
 	}
@@ -165,6 +174,8 @@ func (d *datasource) changed(seen time.Time, why string) {
 		return
 	}
 	d.bumpLocked()
+	// Same digest: the disk's copies of other chunks may be as old.
+	d.cur.diskRefresh = true
 	gen := d.cur.gen
 	d.mu.Unlock()
 	d.afterBump(gen, why)
@@ -238,7 +249,7 @@ func (d *datasource) readMetadata(arrayPath string) {
 func (d *datasource) readAhead(arr *zarr.Array, key string, size int64) {
 	for _, k := range d.policy.Read(arr.Path, arr.ChunkKeysAfter, key, size) {
 		full := joinKey(arr.Path, k)
-		d.opt.Cache.Prefetch(d.cacheKey(full), d.fetcher(full, true))
+		d.opt.Cache.Prefetch(d.cacheKey(full), d.fetcher(full, true), d.onDisk(full, false))
 	}
 }
 
@@ -303,6 +314,32 @@ func (d *datasource) listedAbsent(path string, i int64) bool {
 // cacheKey names a chunk in the shared cache.
 func (d *datasource) cacheKey(key string) string { return d.ns + "/" + key }
 
+// diskVersion names the store with hierarchy digest in the cache's disk
+// tier: its namespace (id, or a query's qhash) and the digest; the cache
+// adds the gateway. A store whose metadata changed anywhere has another
+// digest, so it never finds the old version's chunks. A --write mount keeps
+// nothing there: its own uploads would leave the copies stale.
+func (d *datasource) diskVersion(digest [32]byte) string {
+	if d.opt.writer != nil {
+		return ""
+	}
+	return d.ns + "\x00" + hex.EncodeToString(digest[:])
+}
+
+// onDisk is how key's bytes are kept in the cache's disk tier: read from it
+// and written to it, or with refresh (a caller that doubts the cached
+// bytes), or in a version that found a chunk changed in place, fetched from
+// the gateway and written over it.
+func (d *datasource) onDisk(key string, refresh bool) cache.FetchOption {
+	d.mu.Lock()
+	v, again := d.cur.disk, d.cur.diskRefresh
+	d.mu.Unlock()
+	if refresh || again {
+		return cache.RefreshOnDisk(v, key)
+	}
+	return cache.OnDisk(v, key)
+}
+
 // fetcher gets key's bytes; ahead marks a readahead fetch, which nobody
 // waits for yet (the gateway's limiter serves waiting readers first).
 func (d *datasource) fetcher(key string, ahead bool) cache.FetchFunc {
@@ -310,6 +347,7 @@ func (d *datasource) fetcher(key string, ahead bool) cache.FetchFunc {
 		if ahead {
 			ctx = zarr.WithReadahead(ctx)
 		}
+		ctx = zarr.WithSizeHint(ctx, d.chunkBytes(key))
 		start := d.opt.now()
 		b, err := d.store.Get(ctx, key)
 		d.opt.Logger.Debug("fetch", "datasource", d.id, "key", key, "size", len(b),
@@ -361,9 +399,9 @@ func (d *datasource) chunkSize(ctx context.Context, arr *zarr.Array, rel string,
 	if decision.Fetch == access.Head {
 		for _, k := range decision.SizesAhead {
 			ahead := joinKey(arr.Path, k)
-			d.opt.Cache.PrefetchSize(d.cacheKey(ahead), d.header(ahead, true))
+			d.opt.Cache.PrefetchSize(d.cacheKey(ahead), d.header(ahead, true), d.onDisk(ahead, false))
 		}
-		n, err = d.opt.Cache.SizeOrHead(ctx, ck, d.header(key, false))
+		n, err = d.opt.Cache.SizeOrHead(ctx, ck, d.header(key, false), d.onDisk(key, stale))
 		if errors.Is(err, zarr.ErrSizeUnknown) {
 			// The gateway's HEAD says nothing: the size costs the body,
 			// from now on without asking HEAD first.
@@ -372,7 +410,7 @@ func (d *datasource) chunkSize(ctx context.Context, arr *zarr.Array, rel string,
 		}
 	}
 	if decision.Fetch == access.Get {
-		fresh, err = d.opt.Cache.GetOrFetch(ctx, ck, d.fetcher(key, false))
+		fresh, err = d.opt.Cache.GetOrFetch(ctx, ck, d.fetcher(key, false), d.onDisk(key, stale))
 		n = int64(len(fresh))
 	}
 	if err != nil || !stale || state == cache.StatMissing {
@@ -403,5 +441,5 @@ func (d *datasource) header(key string, ahead bool) func(context.Context) (int64
 func (d *datasource) readChunk(ctx context.Context, arr *zarr.Array, rel string, size int64) ([]byte, error) {
 	d.readAhead(arr, rel, size)
 	key := joinKey(arr.Path, rel)
-	return d.opt.Cache.GetOrFetch(ctx, d.cacheKey(key), d.fetcher(key, false))
+	return d.opt.Cache.GetOrFetch(ctx, d.cacheKey(key), d.fetcher(key, false), d.onDisk(key, false))
 }

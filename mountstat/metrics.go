@@ -84,6 +84,14 @@ func newCollector(snapshot func() Snapshot, labels prometheus.Labels) *collector
 			return float64(f(s.Cache)), true
 		}
 	}
+	disk := func(f func(*DiskCache) int64) func(Snapshot) (float64, bool) {
+		return func(s Snapshot) (float64, bool) {
+			if s.Cache == nil || s.Cache.Disk == nil {
+				return 0, false
+			}
+			return float64(f(s.Cache.Disk)), true
+		}
+	}
 	uploads := func(f func(*Uploads) int64) func(Snapshot) (float64, bool) {
 		return func(s Snapshot) (float64, bool) {
 			if s.Uploads == nil {
@@ -108,6 +116,13 @@ func newCollector(snapshot func() Snapshot, labels prometheus.Labels) *collector
 	add("cache_prefetches_total", "Readahead fetches started.", counter, cache(func(c *Cache) int64 { return c.Prefetches }))
 	add("cache_prefetches_dropped_total", "Readahead fetches dropped because the queue was full.", counter, cache(func(c *Cache) int64 { return c.PrefetchDropped }))
 	add("cache_evictions_total", "Values evicted to keep the cache within its bound.", counter, cache(func(c *Cache) int64 { return c.Evictions }))
+	add("cache_disk_bytes", "Bytes in the disk cache's folder, every mount sharing it included, as last counted (--cache-dir).", gauge, disk(func(d *DiskCache) int64 { return d.Bytes }))
+	add("cache_disk_max_bytes", "The disk cache's cap (--cache-dir-size).", gauge, disk(func(d *DiskCache) int64 { return d.MaxBytes }))
+	add("cache_disk_hits_total", "Chunks and sizes read from the disk cache instead of the gateway (--cache-dir).", counter, disk(func(d *DiskCache) int64 { return d.Hits }))
+	add("cache_disk_writes_total", "Chunks written to the disk cache (--cache-dir).", counter, disk(func(d *DiskCache) int64 { return d.Writes }))
+	add("cache_disk_writes_dropped_total", "Chunks not written to the disk cache: queue full, no room, or an error (--cache-dir).", counter, disk(func(d *DiskCache) int64 { return d.Dropped }))
+	add("cache_disk_evictions_total", "Disk cache entries removed to keep within its cap (--cache-dir).", counter, disk(func(d *DiskCache) int64 { return d.Evictions }))
+	add("cache_disk_corrupt_total", "Damaged disk cache entries found, removed and fetched again (--cache-dir).", counter, disk(func(d *DiskCache) int64 { return d.Corrupt }))
 	add("uploads_pending", "Uploads queued or being sent (--write).", gauge, uploads(func(u *Uploads) int64 { return u.Pending }))
 	add("uploads_in_flight", "Uploads being sent (--write).", gauge, uploads(func(u *Uploads) int64 { return u.InFlight }))
 	add("uploads_total", "Keys uploaded (--write).", counter, uploads(func(u *Uploads) int64 { return u.Uploaded }))

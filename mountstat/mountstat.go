@@ -58,6 +58,21 @@ type Cache struct {
 	Prefetches      int64 `json:"prefetches"`   // readahead fetches started
 	PrefetchDropped int64 `json:"prefetch_dropped"`
 	Evictions       int64 `json:"evictions"`
+	// Disk is the disk tier, on a mount with --cache-dir.
+	Disk *DiskCache `json:"disk,omitempty"`
+}
+
+// DiskCache is the chunk cache's disk tier (--cache-dir). Its folder may be
+// shared by several mounts: Bytes counts all of theirs, the counters this
+// mount's.
+type DiskCache struct {
+	Bytes     int64 `json:"bytes"`     // the folder's size when this mount last counted it
+	MaxBytes  int64 `json:"max_bytes"` // --cache-dir-size
+	Hits      int64 `json:"hits"`      // chunks and sizes read from the disk instead of the gateway
+	Writes    int64 `json:"writes"`    // chunks written to the disk
+	Dropped   int64 `json:"dropped"`   // chunks not written (queue full, no room, an error)
+	Evictions int64 `json:"evictions"` // entries removed to keep within the cap
+	Corrupt   int64 `json:"corrupt"`   // damaged entries found, removed and fetched again
 }
 
 // Requests counts the HTTP requests of one kind sent to the Datamesh

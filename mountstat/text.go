@@ -73,6 +73,10 @@ func writeMount(w io.Writer, m Mount, now time.Time) {
 	if c := m.Cache; c != nil {
 		line("cache", "%s of %s in %d entries; %d hits, %d misses, %d fetch errors",
 			humanBytes(c.Bytes), humanBytes(c.MaxBytes), c.Entries, c.Hits, c.Misses, c.FetchErrors)
+		if d := c.Disk; d != nil {
+			line("disk", "%s of %s; %d hits, %d writes, %d evictions, %d damaged entries dropped",
+				humanBytes(d.Bytes), humanBytes(d.MaxBytes), d.Hits, d.Writes, d.Evictions, d.Corrupt)
+		}
 	}
 	if m.Requests != nil {
 		var kinds []string

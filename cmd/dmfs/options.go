@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/oceanum-dmfs/dmfs/cache"
 	"github.com/oceanum-dmfs/dmfs/internal/bytesize"
 	"github.com/oceanum-dmfs/dmfs/internal/statedir"
 	"github.com/oceanum-dmfs/dmfs/session"
@@ -26,6 +27,8 @@ type mountOptions struct {
 	SessionDuration time.Duration
 	Datasources     []string
 	CacheSize       byteSize
+	CacheDir        string // "": no disk tier
+	CacheDirSize    byteSize
 	Readahead       int
 	MaxConnections  int
 	MetadataTTL     time.Duration
@@ -79,6 +82,11 @@ func (o *mountOptions) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.StringArrayVar(&o.Datasources, "datasource", nil,
 		"mount only this datasource id (repeatable; default: every datasource in the catalog)")
 	fs.Var(&o.CacheSize, "cache-size", "memory for fetched chunks, e.g. 512MiB, 2GiB")
+	o.CacheDirSize = cache.DefaultDiskMaxBytes
+	fs.StringVar(&o.CacheDir, "cache-dir", "",
+		"keep fetched chunks in this private folder (yours, mode 0700; created if missing) too, so that they survive remounts; "+
+			"mounts may share it (default: memory only)")
+	fs.Var(&o.CacheDirSize, "cache-dir-size", "with --cache-dir: most disk it may use, e.g. 20GiB (a hard cap, shared by the mounts using the folder)")
 	fs.IntVar(&o.Readahead, "readahead", 32,
 		"least number of chunks fetched ahead of a reader that reads an array in key order; more while the gateway sustains more (0 disables)")
 	fs.IntVar(&o.MaxConnections, "max-connections", 128,
@@ -125,6 +133,9 @@ func (o *mountOptions) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	o.statusOptions.addFlags(fs)
 }
 
+// minCacheDirSize is the least --cache-dir-size: room for a few chunks.
+const minCacheDirSize = 1 << 20
+
 // maxConnections bounds --max-connections: far more than any gateway
 // sustains for one client, few enough to keep descriptors and memory sane.
 const maxConnections = 4096
@@ -138,6 +149,12 @@ func (o *mountOptions) check(flags *pflag.FlagSet) error {
 		return fmt.Errorf("--session-duration must be at least 1s (got %s)", o.SessionDuration)
 	case o.CacheSize <= 0:
 		return fmt.Errorf("--cache-size must be more than 0 (got %s)", o.CacheSize.String())
+	case o.CacheDir == "" && flags.Changed("cache-dir-size"):
+		return errors.New("--cache-dir-size only applies with --cache-dir")
+	case o.CacheDir != "" && o.CacheDirSize < minCacheDirSize:
+		return fmt.Errorf("--cache-dir-size must be at least %s (got %s)", bytesize.Format(minCacheDirSize), o.CacheDirSize.String())
+	case o.CacheDir != "" && o.Write:
+		return errors.New("--cache-dir does not apply to a --write mount: what it uploads would leave the disk's copies stale")
 	case o.Readahead < 0:
 		return fmt.Errorf("--readahead must not be negative (got %d; 0 disables it)", o.Readahead)
 	case o.MaxConnections < 1 || o.MaxConnections > maxConnections:
@@ -159,6 +176,16 @@ func (o *mountOptions) check(flags *pflag.FlagSet) error {
 	for _, id := range o.Datasources {
 		if !session.ValidID(id) {
 			return fmt.Errorf("--datasource %q is not a datasource id (empty, '.', '..', or holding '/' or NUL)", id)
+		}
+	}
+	if o.CacheDir != "" {
+		abs, err := filepath.Abs(o.CacheDir)
+		if err != nil {
+			return fmt.Errorf("--cache-dir: %w", err)
+		}
+		o.CacheDir = abs
+		if flags.Lookup("cache-dir") != nil {
+			_ = flags.Set("cache-dir", abs)
 		}
 	}
 	if o.LogFile != "" {

@@ -170,6 +170,17 @@ func (s *mountStatus) snapshot(p statusParts) mountstat.Snapshot {
 		},
 		Requests: s.Requests.Figures(),
 	}
+	if cs.DiskMaxBytes > 0 {
+		snap.Cache.Disk = &mountstat.DiskCache{
+			Bytes:     cs.DiskBytes,
+			MaxBytes:  cs.DiskMaxBytes,
+			Hits:      cs.DiskHits,
+			Writes:    cs.DiskWrites,
+			Dropped:   cs.DiskDropped,
+			Evictions: cs.DiskEvictions,
+			Corrupt:   cs.DiskCorrupt,
+		}
+	}
 	if ws, ok := p.root.WriteStats(); ok {
 		snap.Uploads = &mountstat.Uploads{
 			Pending:       int64(ws.Pending),
