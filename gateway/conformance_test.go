@@ -92,7 +92,7 @@ func TestProtocolConformance(t *testing.T) {
 	}
 	require.NoError(t, json.Unmarshal(body, &fc))
 	assert.Equal(t, "FeatureCollection", fc.Type)
-	require.Len(t, fc.Features, 5) // demo_grid, demo_stations, demo_sparse, demo_archive, demo_table
+	require.Len(t, fc.Features, 6) // demo_grid, demo_stations, demo_sparse, demo_archive, demo_large, demo_table
 	for _, raw := range fc.Features {
 		var f map[string]any
 		require.NoError(t, json.Unmarshal(raw, &f))

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"math"
 	"os"
@@ -26,6 +27,7 @@ d = sys.argv[1]
 g = xr.open_zarr(d + "/demo_grid")
 s = xr.open_zarr(d + "/demo_stations")
 p = xr.open_zarr(d + "/demo_sparse", consolidated=False)
+l = xr.open_zarr(d + "/demo_large")
 def f(v):
     v = float(v)
     return None if math.isnan(v) else v
@@ -42,6 +44,9 @@ out = {
     "tp": [f(s.tp.values[i, t]) for (i, t) in [(1, 1), (4, 500)]],
     "station_time_last": str(s.time.values[-1])[:19],
     "sparse": [f(p.field.values[y, x]) for (y, x) in [(0, 0), (0, 15), (15, 0), (39, 39), (25, 5)]],
+    "large_dims": {k: int(v) for k, v in l.sizes.items()},
+    "large_field": [f(l.field.values[t, y, x]) for (t, y, x) in [(0, 0, 0), (2, 10, 20), (1, 1023, 1023)]],
+    "large_shard": [f(l.shard.values[y, x]) for (y, x) in [(0, 0), (100, 200), (4095, 4095)]],
 }
 print(json.dumps(out))
 `
@@ -67,8 +72,11 @@ func TestDemoReadableByXarray(t *testing.T) {
 		Stations        []int                 `json:"stations"`
 		StationLat      []float64             `json:"station_lat"`
 		Hs, Tp          []*float64
-		StationTimeLast string     `json:"station_time_last"`
-		Sparse          []*float64 `json:"sparse"`
+		StationTimeLast string         `json:"station_time_last"`
+		Sparse          []*float64     `json:"sparse"`
+		LargeDims       map[string]int `json:"large_dims"`
+		LargeField      []float64      `json:"large_field"`
+		LargeShard      []float64      `json:"large_shard"`
 	}
 	require.NoError(t, json.Unmarshal(out, &got), string(out))
 
@@ -105,6 +113,13 @@ func TestDemoReadableByXarray(t *testing.T) {
 		} else {
 			assert.Nil(t, got.Sparse[k], "absent chunk at %v must read as fill_value (NaN)", p)
 		}
+	}
+	assert.Equal(t, map[string]int{"time": demoLargeMinSteps, "y": 1024, "x": 1024, "shard_y": 4096, "shard_x": 4096}, got.LargeDims)
+	for k, p := range [][3]int{{0, 0, 0}, {2, 10, 20}, {1, 1023, 1023}} {
+		assert.Equal(t, float64(demoLargeValue(0, uint64((p[0]*1024+p[1])*1024+p[2]))), got.LargeField[k], "field%v", p)
+	}
+	for k, p := range [][2]int{{0, 0}, {100, 200}, {4095, 4095}} {
+		assert.Equal(t, float64(demoLargeValue(1, uint64(p[0]*4096+p[1]))), got.LargeShard[k], "shard%v", p)
 	}
 }
 
@@ -165,7 +180,7 @@ func TestWriteDemoIdempotent(t *testing.T) {
 	require.NoError(t, err)
 	assert.NotEqual(t, old, fi.ModTime(), "new options: rewritten")
 	s := newServer(t, Config{Dir: dir})
-	assert.Equal(t, []string{"demo_archive", "demo_grid", "demo_sparse", "demo_stations", "demo_table"}, s.datasourceIDs())
+	assert.Equal(t, []string{"demo_archive", "demo_grid", "demo_large", "demo_sparse", "demo_stations", "demo_table"}, s.datasourceIDs())
 	f := getFeature(t, s, "demo_grid")
 	steps := int(12 << 20 / (demoLat * demoLon * 4 * demoVars))
 	assert.Equal(t, float64(steps), f.Properties["schema"].(map[string]any)["dims"].(map[string]any)["time"])
@@ -233,4 +248,79 @@ func TestDemoArchiveAndTable(t *testing.T) {
 	pf, err := parquet.OpenFile(fh, fi.Size())
 	require.NoError(t, err)
 	assert.Len(t, pf.RowGroups(), (len(want)+demoTableRowGroup-1)/demoTableRowGroup)
+}
+
+func TestDemoLargeSteps(t *testing.T) {
+	for _, c := range []struct {
+		bytes int64
+		want  int
+	}{
+		{0, demoLargeMinSteps},
+		{16 << 20, demoLargeMinSteps},
+		{64 << 20, 6},
+		{256 << 20, 25},
+		{1 << 30, 100},
+		{2 << 30, 200},
+		{1 << 50, demoLargeMaxSteps},
+	} {
+		assert.Equal(t, c.want, demoLargeSteps(DemoOptions{GridBytes: c.bytes}), "%d bytes", c.bytes)
+	}
+}
+
+// TestDemoLarge checks demo_large's layout: uncompressed float32, field in
+// chunks of exactly 4 MiB, shard in one 64 MiB chunk, bytes as the value
+// functions say (the fast chunk writer agrees with them element by
+// element), and the 100-per-GiB rule for bigger demos.
+func TestDemoLarge(t *testing.T) {
+	dir := filepath.Join(demoDir, demoLargeID)
+	for name, chunks := range map[string][]any{"field": {1.0, 1024.0, 1024.0}, "shard": {4096.0, 4096.0}} {
+		var zarray map[string]any
+		b, err := os.ReadFile(filepath.Join(dir, name, ".zarray"))
+		require.NoError(t, err)
+		require.NoError(t, json.Unmarshal(b, &zarray))
+		assert.Nil(t, zarray["compressor"], name)
+		assert.Equal(t, "<f4", zarray["dtype"], name)
+		assert.Equal(t, chunks, zarray["chunks"], name)
+	}
+	_, err := os.Stat(filepath.Join(dir, ".zmetadata"))
+	require.NoError(t, err)
+
+	entries, err := os.ReadDir(filepath.Join(dir, "field"))
+	require.NoError(t, err)
+	var names []string
+	for _, e := range entries {
+		if e.Name()[0] == '.' {
+			continue
+		}
+		names = append(names, e.Name())
+		fi, err := e.Info()
+		require.NoError(t, err)
+		assert.Equal(t, int64(4<<20), fi.Size(), e.Name())
+	}
+	assert.Equal(t, []string{"0.0.0", "1.0.0", "2.0.0"}, names, "demoLargeMinSteps chunks by default")
+
+	shard, err := os.ReadFile(filepath.Join(dir, "shard", "0.0"))
+	require.NoError(t, err)
+	require.Len(t, shard, 64<<20)
+	field2, err := os.ReadFile(filepath.Join(dir, "field", "2.0.0"))
+	require.NoError(t, err)
+	at := func(b []byte, k int) float32 { return math.Float32frombits(binary.LittleEndian.Uint32(b[4*k:])) }
+	large := demoLarge(DemoOptions{})
+	fieldArr, shardArr := large.arrays[1], large.arrays[2]
+	for _, k := range []int{0, 1, 1023, 1024, 500_000, 1<<20 - 1} {
+		y, x := k/1024, k%1024
+		assert.Equal(t, float32(fieldArr.value([]int{2, y, x})), at(field2, k), "field[2,%d,%d]", y, x)
+	}
+	for _, k := range []int{0, 4095, 4096, 8_000_000, 16<<20 - 1} {
+		y, x := k/4096, k%4096
+		assert.Equal(t, float32(shardArr.value([]int{y, x})), at(shard, k), "shard[%d,%d]", y, x)
+	}
+	// Noise: neighbours and chunks differ, so that a misplaced range shows.
+	assert.NotEqual(t, at(field2, 0), at(field2, 1))
+	field0, err := os.ReadFile(filepath.Join(dir, "field", "0.0.0"))
+	require.NoError(t, err)
+	assert.NotEqual(t, field0, field2)
+	assert.NotEqual(t, shard[:4<<20], field0)
+
+	assert.Equal(t, []int{100, 1024, 1024}, demoLarge(DemoOptions{GridBytes: 1 << 30}).arrays[1].shape, "400 MiB at 1 GiB")
 }

@@ -91,7 +91,7 @@ func TestListingCostsOnlyConsolidatedMetadata(t *testing.T) {
 	m := mountForeground(t, g)
 
 	root := strings.Fields(runCmd(t, "ls", m.Dir))
-	assert.Equal(t, []string{"demo_archive", "demo_grid", "demo_sparse", "demo_stations", "demo_table"}, root)
+	assert.Equal(t, []string{"demo_archive", "demo_grid", "demo_large", "demo_sparse", "demo_stations", "demo_table"}, root)
 
 	ds := filepath.Join(m.Dir, "demo_grid")
 	g.resetCounters(t)

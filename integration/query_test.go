@@ -164,6 +164,6 @@ func TestFixedQueryAndCatalogListing(t *testing.T) {
 	require.NoError(t, err)
 	var all []map[string]any
 	require.NoError(t, json.Unmarshal(b, &all))
-	assert.Len(t, all, 5)
+	assert.Len(t, all, 6) // demo_archive, demo_grid, demo_large, demo_sparse, demo_stations, demo_table
 	assert.NotContains(t, string(b), testToken)
 }

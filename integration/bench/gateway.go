@@ -181,10 +181,13 @@ func (c *gatewayClient) clearDatasource(ctx context.Context, ds, session string)
 
 // counters is the part of GET /_dmfs/counters the benchmark reads.
 type counters struct {
-	Requests  int64            `json:"requests"`
-	ByRoute   map[string]int64 `json:"by_route"`
-	ByStatus  map[string]int64 `json:"by_status"`
-	BytesSent int64            `json:"bytes_sent"`
+	Requests int64            `json:"requests"`
+	ByRoute  map[string]int64 `json:"by_route"`
+	ByStatus map[string]int64 `json:"by_status"`
+	// ByRouteStatus counts by "ROUTE STATUS": "zarr_get 206" are the GETs
+	// answered with a byte range.
+	ByRouteStatus map[string]int64 `json:"by_route_status"`
+	BytesSent     int64            `json:"bytes_sent"`
 	// ZarrKeys counts requests per key: "DSID/KEY GET".
 	ZarrKeys map[string]int64 `json:"zarr_keys"`
 	// ZarrKeysOther counts key requests left out of ZarrKeys (full, or a
@@ -249,6 +252,10 @@ func (c counters) keyRequests(prefix string) (gets, heads int64) {
 
 func (c counters) gets() int64  { return c.ByRoute["zarr_get"] }
 func (c counters) heads() int64 { return c.ByRoute["zarr_head"] }
+
+// partialGets counts the GETs answered 206 Partial Content: those that
+// asked for a byte range the gateway honoured.
+func (c counters) partialGets() int64 { return c.ByRouteStatus["zarr_get 206"] }
 
 func (c *gatewayClient) resetCounters(ctx context.Context) error {
 	_, err := c.do(ctx, http.MethodPost, "/_dmfs/counters/reset", "", http.StatusOK)

@@ -1,12 +1,14 @@
 // Command bench measures dmfs against what a user would use instead, on the
 // same local gateway and data in one run (issue 7): fetching every key
 // directly with parallel HTTP clients, rclone's http backend, and xarray over
-// fsspec's HTTP mapper; and for writes through a --write mount, POSTing
-// every key directly with parallel clients and to_zarr the way the Datamesh
-// Python client writes. It writes the results as Markdown.
+// fsspec's HTTP mapper; for large chunks (issue 18), the same direct fetch
+// and a local cp -r of the same files; and for writes through a --write
+// mount, POSTing every key directly with parallel clients and to_zarr the
+// way the Datamesh Python client writes. It writes the results as Markdown.
 //
 //	go run ./integration/bench --dmfs /tmp/dmfs --size 1GiB --runs 2 --latency 20ms,100ms,0ms --out docs/benchmarks.md
 //	go run ./integration/bench --dmfs /tmp/dmfs --size 64MiB --runs 1 --latency 20ms --only write
+//	go run ./integration/bench --dmfs /tmp/dmfs --size 256MiB --runs 1 --latency 20ms,0ms --only large
 //	go run ./integration/bench --dmfs /tmp/dmfs --size 64MiB --runs 1 --dmfs-flag=--max-connections=64
 package main
 
@@ -70,7 +72,42 @@ type options struct {
 	dataDir   string
 	limit     time.Duration
 	command   string
-	only      string // "": reads and writes; "read" or "write"
+	parts     []string // the parts to run, in partNames order
+}
+
+// The parts of the benchmark --only chooses from: the reads of demo_grid,
+// the large-chunk reads of demo_large, and the writes.
+const (
+	partRead  = "read"
+	partLarge = "large"
+	partWrite = "write"
+)
+
+var partNames = []string{partRead, partLarge, partWrite}
+
+// does tells whether the named part runs.
+func (o *options) does(part string) bool { return slices.Contains(o.parts, part) }
+
+// parseParts reads --only: a comma-separated list of partNames, "" for all.
+func parseParts(s string) ([]string, error) {
+	if strings.TrimSpace(s) == "" {
+		return slices.Clone(partNames), nil
+	}
+	want := map[string]bool{}
+	for p := range strings.SplitSeq(s, ",") {
+		p = strings.TrimSpace(p)
+		if !slices.Contains(partNames, p) {
+			return nil, fmt.Errorf("%q is none of %s", p, strings.Join(partNames, ", "))
+		}
+		want[p] = true
+	}
+	var out []string
+	for _, p := range partNames {
+		if want[p] {
+			out = append(out, p)
+		}
+	}
+	return out, nil
 }
 
 // The faults row's gateway: DESIGN.md §6's share of failed answers, with
@@ -85,11 +122,11 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	o := &options{}
 	fs := pflag.NewFlagSet("bench", pflag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var lat, clients, peers, faults string
+	var lat, clients, peers, faults, only string
 	fs.StringVar(&o.dmfs, "dmfs", "", "the dmfs binary to measure (required)")
 	fs.StringVar(&o.rclone, "rclone", "rclone", "the rclone binary")
 	fs.StringVar(&o.python, "python", "/usr/bin/python3", "the Python with xarray, zarr, fsspec and aiohttp")
-	fs.StringVar(&o.size, "size", "1GiB", "uncompressed size of the demo_grid datasource (dmfs serve --demo-size); with the defaults 1GiB takes about half an hour on 2 cores")
+	fs.StringVar(&o.size, "size", "1GiB", "uncompressed size of the demo_grid datasource (dmfs serve --demo-size; demo_large's 4 MiB chunks follow it, 100 per GiB); with the defaults 1GiB takes about half an hour on 2 cores")
 	fs.IntVar(&o.runs, "runs", 2, "runs of every measurement (the median is reported)")
 	fs.StringVar(&clients, "clients", "16,64", "comma-separated widths of the direct-HTTP fetch; the largest is the limit the ratios use (DESIGN.md §6: 64)")
 	fs.StringVar(&lat, "latency", "20ms,100ms,0ms", "comma-separated gateway latencies (dmfs serve --latency)")
@@ -100,7 +137,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.dataDir, "data-dir", "", "where the demo data is generated and kept (default: a temporary folder, removed at the end)")
 	fs.DurationVar(&o.limit, "cap", 5*time.Minute, "time cap of one measured operation; a capped figure is reported as a lower bound")
 	fs.StringVar(&o.command, "command", "", "the command line to print in the report (default: this program's)")
-	fs.StringVar(&o.only, "only", "", "run only the read or only the write benchmarks: read or write (default: both)")
+	fs.StringVar(&only, "only", "", "run only these parts, comma-separated: read (demo_grid), large (demo_large's 4 MiB chunks and 64 MiB shard), write (default: all three)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -136,8 +173,8 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 			return nil, fmt.Errorf("--dmfs-flag: %q is not a flag (write --dmfs-flag=--name=value)", f)
 		}
 	}
-	if o.only != "" && o.only != "read" && o.only != "write" {
-		return nil, fmt.Errorf("--only: %q is neither read nor write", o.only)
+	if o.parts, err = parseParts(only); err != nil {
+		return nil, fmt.Errorf("--only: %w", err)
 	}
 	if o.latencies, err = parseLatencies(lat); err != nil {
 		return nil, fmt.Errorf("--latency: %w", err)
@@ -263,6 +300,9 @@ type bench struct {
 	varChunks  int64
 	cacheSmall int64
 	cacheLarge int64
+
+	// The large-chunk rows' data set.
+	large largeSet
 
 	// Writes.
 	srcDir        string   // local copy of the datasource, written by the writers
@@ -439,7 +479,11 @@ func (b *bench) measure(ctx context.Context, name string, op func() (sample, err
 	}
 	s.Requests, s.Gets, s.Heads = c.Requests, c.gets(), c.heads()
 	s.InFlight = c.ZarrInFlight
-	if s.Chunks == b.varChunks && b.varChunks > 0 && strings.Contains(name, "xarray") {
+	s.Partial, s.BytesSent = c.partialGets(), c.BytesSent
+	if s.KeyPrefix != "" {
+		g, h := c.keyRequests(s.KeyPrefix)
+		s.KeyRequests = g + h
+	} else if s.Chunks == b.varChunks && b.varChunks > 0 && strings.Contains(name, "xarray") {
 		// xarray also reads .zmetadata and the coordinates: count the
 		// variable's own chunk requests.
 		s.Gets, s.Heads = c.keyRequests(datasource + "/" + b.largestVar + "/")
@@ -475,16 +519,21 @@ func (b *bench) copyTree(ctx context.Context, src string) (sample, error) {
 // xarray runs the Python reader and returns its own timing (open + op,
 // without the interpreter's start-up).
 func (b *bench) xarray(ctx context.Context, source, target, op, session string) (sample, error) {
+	return b.xarrayVar(ctx, source, target, b.largestVar, op, session, b.varBytes, b.varChunks)
+}
+
+// xarrayVar is xarray for any variable, of size bytes in chunks.
+func (b *bench) xarrayVar(ctx context.Context, source, target, variable, op, session string, size, chunks int64) (sample, error) {
 	cctx, cancel := context.WithTimeout(ctx, b.o.limit)
 	defer cancel()
-	cmd := exec.CommandContext(cctx, b.o.python, b.script, source, target, b.largestVar, op)
+	cmd := exec.CommandContext(cctx, b.o.python, b.script, source, target, variable, op)
 	cmd.Env = append(os.Environ(), "BENCH_TOKEN="+b.token, "BENCH_SESSION="+session)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
 	err := cmd.Run()
 	if cctx.Err() == context.DeadlineExceeded && ctx.Err() == nil {
-		return sample{Seconds: time.Since(start).Seconds(), Capped: true, Chunks: b.varChunks}, nil
+		return sample{Seconds: time.Since(start).Seconds(), Capped: true, Chunks: chunks}, nil
 	}
 	if err != nil {
 		return sample{}, fmt.Errorf("xarray %s %s: %w: %s", source, op, err, firstLines(stderr.String(), 5))
@@ -495,7 +544,7 @@ func (b *bench) xarray(ctx context.Context, source, target, op, session string) 
 	if err := json.Unmarshal(stdout.Bytes(), &out); err != nil {
 		return sample{}, fmt.Errorf("xarray %s %s: output %q: %w", source, op, firstLines(stdout.String(), 2), err)
 	}
-	return sample{Seconds: out.Seconds, Bytes: b.varBytes, Chunks: b.varChunks}, nil
+	return sample{Seconds: out.Seconds, Bytes: size, Chunks: chunks}, nil
 }
 
 func (b *bench) learnDataset(sizes map[string]int64) {
@@ -538,12 +587,17 @@ func (b *bench) learnDataset(sizes map[string]int64) {
 // oneRun measures every operation once, so that ratios compare figures
 // taken minutes apart at most: the reads, then the writes.
 func (b *bench) oneRun(ctx context.Context, res *latencyResult) error {
-	if b.o.only != "write" {
+	if b.o.does(partRead) {
 		if err := b.oneReadRun(ctx, res); err != nil {
 			return err
 		}
 	}
-	if b.o.only != "read" {
+	if b.o.does(partLarge) {
+		if err := b.oneLargeRun(ctx, res); err != nil {
+			return err
+		}
+	}
+	if b.o.does(partWrite) {
 		return b.oneWriteRun(ctx, res)
 	}
 	return nil
@@ -761,9 +815,12 @@ func (b *bench) writeReport(w io.Writer, results []*latencyResult, started time.
 	fmt.Fprintf(w, "- Command: `%s`\n", escapeCell(b.o.command))
 	fmt.Fprintf(w, "- Machine: %s\n", machine())
 	fmt.Fprintf(w, "- Software: %s\n", b.versions())
-	fmt.Fprintf(w, "- Data: `%s`, `dmfs serve --demo --demo-size %s`: %d keys, %d chunks (zlib float32), %.1f MB on the wire; largest variable `%s`: %d chunks, %.1f MB\n",
-		datasource, b.o.size, len(b.keys), b.chunks, float64(b.wireBytes)/1e6, b.largestVar, b.varChunks, float64(b.varBytes)/1e6)
-	fmt.Fprintf(w, "- dmfs cache: %d MiB (holds all the data) unless the row says 1/10 (%d MiB); readahead default\n", b.cacheLarge>>20, b.cacheSmall>>20)
+	fmt.Fprintf(w, "- Parts: %s (`--only`)\n", strings.Join(b.o.parts, ", "))
+	if len(b.keys) > 0 {
+		fmt.Fprintf(w, "- Data: `%s`, `dmfs serve --demo --demo-size %s`: %d keys, %d chunks (zlib float32), %.1f MB on the wire; largest variable `%s`: %d chunks, %.1f MB\n",
+			datasource, b.o.size, len(b.keys), b.chunks, float64(b.wireBytes)/1e6, b.largestVar, b.varChunks, float64(b.varBytes)/1e6)
+		fmt.Fprintf(w, "- dmfs cache: %d MiB (holds all the data) unless the row says 1/10 (%d MiB); readahead default\n", b.cacheLarge>>20, b.cacheSmall>>20)
+	}
 	mountFlags := "none besides `--service`, `--cache-size`, `--log-file` (and the write flags of the write rows)"
 	if len(b.o.dmfsFlags) > 0 {
 		mountFlags = "`" + escapeCell(strings.Join(b.o.dmfsFlags, " ")) + "` on every mount (`--dmfs-flag`), before the benchmark's own"
@@ -783,8 +840,8 @@ func (b *bench) writeReport(w io.Writer, results []*latencyResult, started time.
 		}
 	}
 	fmt.Fprintln(w)
-	if b.o.only == "write" {
-		fmt.Fprintf(w, "Only the write benchmarks ran (`--only write`). A figure marked capped was stopped at %s and is a lower bound.\n\n", b.o.limit)
+	if !b.o.does(partRead) {
+		fmt.Fprintf(w, "Only %s ran (`--only`). A figure marked capped was stopped at %s and is a lower bound.\n\n", strings.Join(b.o.parts, " and "), b.o.limit)
 	} else {
 		fmt.Fprintf(w, "Cold means a fresh mount: a new dmfs (or rclone) process with an empty cache, and a new mount so the kernel has no page cache for it (rclone `full`: a fresh `--cache-dir`). Warm is the same operation again on the same mount. ")
 		fmt.Fprintf(w, "`cp -r` copies the whole datasource to tmpfs and checks the byte count. ")
@@ -819,6 +876,7 @@ func (b *bench) writeReport(w io.Writer, results []*latencyResult, started time.
 			fmt.Fprintln(w)
 		}
 	}
+	b.writeLargeSection(w, results)
 	b.writeWritesSection(w, results)
 }
 

@@ -29,6 +29,17 @@ type sample struct {
 	Posts   int64   // POSTs of those keys
 	Check   string  // why the write (or faults) check failed ("": it passed)
 	Checked bool    // a read row's content was checked (the faults row)
+
+	// Large-chunk rows.
+	KeyPrefix   string // "DSID/ARRAY/": the keys KeyRequests counts
+	KeyRequests int64  // GETs and HEADs of keys under KeyPrefix
+	Partial     int64  // GETs answered 206 (a byte range)
+	BytesSent   int64  // body bytes the gateway sent
+	// Kernel page cache of the mount's chunk files, in bytes resident,
+	// after the warm copy and after dropping the page cache (the row read
+	// from dmfs's memory), when measured.
+	PageCacheMeasured               bool
+	PageCacheBefore, PageCacheAfter int64
 }
 
 // summary is the median, min and max of a series.
@@ -144,6 +155,8 @@ type latencyResult struct {
 	Ratios  map[string][]float64
 	// Traces are the faults row's in-flight traces, one per run.
 	Traces []trace
+	// Large holds the large-chunk rows (nil: they did not run).
+	Large *latencyResult
 }
 
 func newLatencyResult(l time.Duration) *latencyResult {
