@@ -3,7 +3,6 @@ package main
 import (
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -42,20 +41,7 @@ func TestCacheDirBadValuesAreUsageErrors(t *testing.T) {
 		{[]string{"--cache-dir-size", "2GiB"}, "--cache-dir-size only applies with --cache-dir"},
 		{[]string{"--cache-dir", dir, "--write"}, "--cache-dir does not apply to a --write mount"},
 	} {
-		for _, mode := range []string{"background", "foreground"} {
-			t.Run(strings.Join(c.args, " ")+"/"+mode, func(t *testing.T) {
-				t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
-				args := append([]string{"mount", "--service", "http://127.0.0.1:9"}, c.args...)
-				if mode == "foreground" {
-					args = append(args, "--foreground")
-				}
-				env := map[string]string{"DATAMESH_TOKEN": "t", "DATAMESH_TOKEN_FILE": ""}
-				code, stdout, stderr := runArgs(t, env, append(args, t.TempDir())...)
-				assert.Equal(t, exitUsage, code, stderr)
-				assert.Contains(t, stderr, c.says)
-				assert.Empty(t, stdout)
-			})
-		}
+		checkUsageError(t, c.args, c.says)
 	}
 }
 

@@ -107,21 +107,28 @@ func TestBadValuesAreUsageErrors(t *testing.T) {
 		{[]string{"--log-file", missingDir}, "no-such-folder"},
 	}
 	for _, c := range cases {
-		for _, mode := range []string{"background", "foreground"} {
-			t.Run(strings.Join(c.args, " ")+"/"+mode, func(t *testing.T) {
-				t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
-				args := append([]string{"mount", "--service", "http://127.0.0.1:9"}, c.args...)
-				if mode == "foreground" {
-					args = append(args, "--foreground")
-				}
-				env := map[string]string{"DATAMESH_TOKEN": "t", "DATAMESH_TOKEN_FILE": ""}
-				code, stdout, stderr := runArgs(t, env, append(args, t.TempDir())...)
-				assert.Equal(t, exitUsage, code, stderr)
-				assert.Contains(t, stderr, c.says)
-				assert.Empty(t, stdout)
-				assert.Equal(t, 1, strings.Count(strings.TrimSpace(stderr), "dmfs mount:"), "one message: %s", stderr)
-			})
-		}
+		checkUsageError(t, c.args, c.says)
+	}
+}
+
+// checkUsageError mounts with args in the background and in the foreground
+// and expects exit 2 with one message saying says, before any session.
+func checkUsageError(t *testing.T, args []string, says string) {
+	t.Helper()
+	for _, mode := range []string{"background", "foreground"} {
+		t.Run(strings.Join(args, " ")+"/"+mode, func(t *testing.T) {
+			t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
+			a := append([]string{"mount", "--service", "http://127.0.0.1:9"}, args...)
+			if mode == "foreground" {
+				a = append(a, "--foreground")
+			}
+			env := map[string]string{"DATAMESH_TOKEN": "t", "DATAMESH_TOKEN_FILE": ""}
+			code, stdout, stderr := runArgs(t, env, append(a, t.TempDir())...)
+			assert.Equal(t, exitUsage, code, stderr)
+			assert.Contains(t, stderr, says)
+			assert.Empty(t, stdout)
+			assert.Equal(t, 1, strings.Count(strings.TrimSpace(stderr), "dmfs mount:"), "one message: %s", stderr)
+		})
 	}
 }
 

@@ -610,11 +610,7 @@ func (r *latencyResult) writeLargeTable(w io.Writer, order []string) {
 		if len(ss) == 0 {
 			continue
 		}
-		t, _ := summarize(pick(ss, func(s sample) float64 { return s.Seconds }))
-		timeCol := t.format("", 2)
-		if n := countIf(ss, func(s sample) bool { return s.Capped }); n > 0 {
-			timeCol = fmt.Sprintf("> %s (capped in %d of %d runs)", timeCol, n, len(ss))
-		}
+		timeCol := timeColumn(ss)
 		mbps := "—"
 		if ss[0].Bytes > 0 {
 			m, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.Bytes) / 1e6 / s.Seconds }))

@@ -190,17 +190,7 @@ func (r *latencyResult) writeTable(w io.Writer, order []string) {
 		if len(ss) == 0 {
 			continue
 		}
-		t, _ := summarize(pick(ss, func(s sample) float64 { return s.Seconds }))
-		timeCol := t.format("", 2)
-		capped := 0
-		for _, s := range ss {
-			if s.Capped {
-				capped++
-			}
-		}
-		if capped > 0 {
-			timeCol = fmt.Sprintf("> %s (capped in %d of %d runs)", timeCol, capped, len(ss))
-		}
+		timeCol := timeColumn(ss)
 		mbps := "—"
 		if ss[0].Bytes > 0 {
 			m, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.Bytes) / 1e6 / s.Seconds }))
@@ -243,6 +233,16 @@ func (r *latencyResult) has(names []string) bool {
 	return false
 }
 
+// timeColumn is a row's time: median (min–max), marked when a run hit the cap.
+func timeColumn(ss []sample) string {
+	t, _ := summarize(pick(ss, func(s sample) float64 { return s.Seconds }))
+	col := t.format("", 2)
+	if n := countIf(ss, func(s sample) bool { return s.Capped }); n > 0 {
+		col = fmt.Sprintf("> %s (capped in %d of %d runs)", col, n, len(ss))
+	}
+	return col
+}
+
 // writeWriteTable writes one latency's write measurements and ratios.
 func (r *latencyResult) writeWriteTable(w io.Writer) {
 	fmt.Fprintf(w, "| Operation | Time, s: median (min–max) | of which `dmfs unmount`, s | MB/s | Keys written | POSTs per key | Other gateway requests | Requests in flight per run: mean / max | Peak RSS, MiB | Checks |\n")
@@ -252,11 +252,7 @@ func (r *latencyResult) writeWriteTable(w io.Writer) {
 		if len(ss) == 0 {
 			continue
 		}
-		t, _ := summarize(pick(ss, func(s sample) float64 { return s.Seconds }))
-		timeCol := t.format("", 2)
-		if n := countIf(ss, func(s sample) bool { return s.Capped }); n > 0 {
-			timeCol = fmt.Sprintf("> %s (capped in %d of %d runs)", timeCol, n, len(ss))
-		}
+		timeCol := timeColumn(ss)
 		unmount := "—"
 		if countIf(ss, func(s sample) bool { return s.Unmount > 0 }) > 0 {
 			u, _ := summarize(pick(ss, func(s sample) float64 { return s.Unmount }))
