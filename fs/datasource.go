@@ -230,7 +230,10 @@ func (d *datasource) releaseIfIdle(now time.Time, idle time.Duration) {
 }
 
 // readMetadata reports a read of an array's metadata from its start (cp,
-// tar and rsync read .zarray before the chunks).
+// tar and rsync read .zarray before the chunks). The chunks are taken to
+// be of their uncompressed size, so that a copier's readahead never holds
+// more than the cache allows (with size 0 it was unbounded: 4 MiB chunks
+// under a 32 MiB cache were fetched, evicted and fetched again).
 func (d *datasource) readMetadata(arrayPath string) {
 	d.mu.Lock()
 	h := d.cur.h
@@ -239,7 +242,7 @@ func (d *datasource) readMetadata(arrayPath string) {
 		return
 	}
 	if f, ok := h.Folder(arrayPath); ok && f.Array != nil {
-		d.readAhead(f.Array, "", 0)
+		d.readAhead(f.Array, "", f.Array.ChunkBytes())
 	}
 }
 
