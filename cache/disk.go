@@ -70,6 +70,8 @@ const (
 	diskTouchAfter = time.Minute
 	// diskFlushTimeout bounds how long Close writes what is still queued.
 	diskFlushTimeout = 2 * time.Second
+	// blobCopyBuffer is the piece a blob is copied by.
+	blobCopyBuffer = 1 << 20
 
 	lockFileName = "lock"
 	entriesDir   = "entries"
@@ -123,6 +125,8 @@ type Disk struct {
 	queued  int64 // bytes queued or being written
 	closed  bool  // no more jobs are taken
 	abandon bool  // Close's deadline passed: the writer drops what is left
+	// stopping is abandon for the write under way: a blob being copied stops.
+	stopping atomic.Bool
 
 	writer    sync.WaitGroup
 	closeOnce sync.Once
@@ -133,13 +137,23 @@ type Disk struct {
 	hits, writes, dropped, evictions, corruptCount atomic.Int64
 }
 
-// diskJob is a value waiting to be written.
+// diskJob is a value waiting to be written: val, or prefix then n bytes of src (a blob, read
+// from its holder's memory or file as it is written).
 type diskJob struct {
 	sum     [32]byte
 	val     []byte
+	prefix  []byte
+	src     io.ReaderAt
+	n       int64
 	at      time.Time
 	replace bool // replace an entry already there (a refresh)
 }
+
+// length is the job's value's length on disk.
+func (j diskJob) length() int64 { return int64(len(j.val)+len(j.prefix)) + j.n }
+
+// held is what the job holds in memory of its own: a blob's src belongs to its caller.
+func (j diskJob) held() int64 { return int64(len(j.val) + len(j.prefix)) }
 
 // diskStats is a snapshot of a Disk's counters.
 type diskStats struct {
@@ -595,14 +609,19 @@ func (d *Disk) drop(sum [32]byte, why string) {
 // put queues the value of (version, key), fetched at at, to be written; replace replaces an
 // entry already there. A value that does not fit the queue is dropped.
 func (d *Disk) put(version, key string, val []byte, at time.Time, replace bool) {
-	n := int64(len(val))
+	d.enqueue(diskJob{sum: d.name(version, key), val: val, at: at, replace: replace})
+}
+
+// enqueue queues j unless the queue is full or the Disk closed.
+func (d *Disk) enqueue(j diskJob) {
+	n := j.held()
 	d.mu.Lock()
 	if d.closed || (d.queued > 0 && d.queued+n > d.queueMax) {
 		d.mu.Unlock()
 		d.dropped.Add(1)
 		return
 	}
-	d.queue = append(d.queue, diskJob{sum: d.name(version, key), val: val, at: at, replace: replace})
+	d.queue = append(d.queue, j)
 	d.queued += n
 	d.wake.Signal()
 	d.mu.Unlock()
@@ -627,14 +646,14 @@ func (d *Disk) write() {
 		d.mu.Unlock()
 		d.writeEntry(j)
 		d.mu.Lock()
-		d.queued -= int64(len(j.val))
+		d.queued -= j.held()
 	}
 }
 
 // writeEntry writes one entry: room is made and counted, and its temp file made at full size,
 // under the folder's lock; then the bytes are written and the file renamed into place.
 func (d *Disk) writeEntry(j diskJob) {
-	need := diskHeaderSize + int64(len(j.val))
+	need := diskHeaderSize + j.length()
 	if need > d.maxBytes-dirHeadroom {
 		d.dropped.Add(1)
 		return
@@ -647,11 +666,7 @@ func (d *Disk) writeEntry(j diskJob) {
 		}
 		return
 	}
-	h := header{sum: j.sum, length: int64(len(j.val)), at: j.at, crc: crc32.Checksum(j.val, crc32c)}
-	_, err = tmp.Write(h.encode())
-	if err == nil {
-		_, err = tmp.Write(j.val)
-	}
+	err = d.writeValue(tmp, j)
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
@@ -668,6 +683,47 @@ func (d *Disk) writeEntry(j diskJob) {
 		return
 	}
 	d.writes.Add(1)
+}
+
+// writeValue writes j's header and value into tmp (made at full size by reserve).
+func (d *Disk) writeValue(tmp *os.File, j diskJob) error {
+	crc := crc32.New(crc32c)
+	if _, err := tmp.Seek(diskHeaderSize, io.SeekStart); err != nil {
+		return err
+	}
+	w := io.MultiWriter(tmp, crc)
+	for _, b := range [][]byte{j.prefix, j.val} {
+		if _, err := w.Write(b); err != nil {
+			return err
+		}
+	}
+	if j.src != nil {
+		buf := make([]byte, blobCopyBuffer)
+		for off := int64(0); off < j.n; {
+			if d.stopping.Load() {
+				return errors.New("closing: blob write abandoned")
+			}
+			k, err := j.src.ReadAt(buf[:min(int64(len(buf)), j.n-off)], off)
+			if k > 0 {
+				if _, werr := w.Write(buf[:k]); werr != nil {
+					return werr
+				}
+				off += int64(k)
+			}
+			if k == 0 && err == nil {
+				err = io.ErrNoProgress
+			}
+			if err != nil && !(errors.Is(err, io.EOF) && off == j.n) {
+				if errors.Is(err, io.EOF) {
+					err = io.ErrUnexpectedEOF
+				}
+				return fmt.Errorf("reading the blob: %w", err)
+			}
+		}
+	}
+	h := header{sum: j.sum, length: j.length(), at: j.at, crc: crc.Sum32()}
+	_, err := tmp.WriteAt(h.encode(), 0)
+	return err
 }
 
 // errNoRoom is a write that would not fit even after eviction.
@@ -698,7 +754,7 @@ func (d *Disk) reserve(path string, need int64, j diskJob) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := f.Truncate(diskHeaderSize + int64(len(j.val))); err != nil {
+	if err := f.Truncate(diskHeaderSize + j.length()); err != nil {
 		f.Close()
 		os.Remove(name)
 		return nil, err
@@ -785,14 +841,15 @@ func (d *Disk) Close() {
 		case <-timer.C:
 			d.mu.Lock()
 			d.abandon = true
+			d.stopping.Store(true)
 			d.dropped.Add(int64(len(d.queue)))
 			for _, j := range d.queue {
-				d.queued -= int64(len(j.val))
+				d.queued -= j.held()
 			}
 			d.queue = nil
 			d.mu.Unlock()
 			d.log.Warn("disk cache: writes still queued at close were dropped")
-			<-done // the writes under way are local and short
+			<-done // a chunk being written is local and short; a blob stops at its next piece
 		}
 		os.Remove(d.ownerLock.Name())
 		d.ownerLock.Close()

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
 )
 
 // Download is a body streamed from the gateway: a whole table as Parquet.
@@ -26,6 +28,45 @@ type Download struct {
 	io.ReadCloser
 	// Size is the body's Content-Length, -1 when the gateway did not say.
 	Size int64
+	// Validator names this version of the body (from its ETag, else its
+	// Last-Modified) for IfChanged; "" when the gateway gave neither.
+	Validator string
+}
+
+// ErrNotModified is the error of a download made with IfChanged when the
+// gateway answers 304: the body is still the one the validator names.
+var ErrNotModified = errors.New("datamesh body not modified")
+
+// A DownloadOption changes a download request.
+type DownloadOption func(*request)
+
+// IfChanged makes a download conditional: the gateway sends the body only
+// if it is no longer the version validator (a Download.Validator) names,
+// and answers ErrNotModified otherwise. An empty or unknown validator
+// leaves the request unconditional.
+func IfChanged(validator string) DownloadOption {
+	return func(r *request) {
+		kind, v, _ := strings.Cut(validator, ":")
+		switch {
+		case v == "" || strings.ContainsFunc(v, unicode.IsControl): // not sendable
+		case kind == "etag":
+			r.header.Set("If-None-Match", v)
+		case kind == "modified":
+			r.header.Set("If-Modified-Since", v)
+		}
+	}
+}
+
+// validatorOf names the version of an answer's body: its ETag (strong or
+// weak: If-None-Match compares weakly), else its Last-Modified.
+func validatorOf(h http.Header) string {
+	if etag := h.Get("ETag"); etag != "" {
+		return "etag:" + etag
+	}
+	if lm := h.Get("Last-Modified"); lm != "" {
+		return "modified:" + lm
+	}
+	return ""
 }
 
 // OpenTable starts the download of a tabular datasource (container
@@ -35,24 +76,24 @@ type Download struct {
 // one session renewal on a 401); a 404 matches fs.ErrNotExist, a 410
 // ErrGone, 401/403 fs.ErrPermission. ctx bounds the request and the reading
 // of the body.
-func (c *Client) OpenTable(ctx context.Context, id string) (*Download, error) {
+func (c *Client) OpenTable(ctx context.Context, id string, opts ...DownloadOption) (*Download, error) {
 	r := downloadRequest("download table", c.gateway+"/data/"+pathEscape(id), c.cfg.DownloadTimeout)
 	if err := checkID(id); err != nil {
 		return nil, c.errorFor(r, 0, "", err)
 	}
-	return c.download(ctx, r)
+	return c.download(ctx, r, opts)
 }
 
 // OpenQueryTable starts the download of a staged query's results whose
 // container is a table (see Stage), as Parquet: GET
 // {gateway}/oceanql/{qhash}?f=parquet with Accept: application/parquet and
 // the session. Otherwise as OpenTable.
-func (c *Client) OpenQueryTable(ctx context.Context, qhash string) (*Download, error) {
+func (c *Client) OpenQueryTable(ctx context.Context, qhash string, opts ...DownloadOption) (*Download, error) {
 	r := downloadRequest("download query", c.gateway+"/oceanql/"+pathEscape(qhash)+"?f=parquet", c.cfg.DownloadTimeout)
 	if err := checkQHash(qhash); err != nil {
 		return nil, c.errorFor(r, 0, "", err)
 	}
-	return c.download(ctx, r)
+	return c.download(ctx, r, opts)
 }
 
 func downloadRequest(op, url string, timeout time.Duration) request {
@@ -61,10 +102,17 @@ func downloadRequest(op, url string, timeout time.Duration) request {
 }
 
 // download sends r with the session and hands over a 200 body unread.
-func (c *Client) download(ctx context.Context, r request) (*Download, error) {
+func (c *Client) download(ctx context.Context, r request, opts []DownloadOption) (*Download, error) {
+	for _, o := range opts {
+		o(&r)
+	}
 	resp, err := c.sessionDo(ctx, r)
 	if err != nil {
 		return nil, err
+	}
+	conditional := r.header.Get("If-None-Match") != "" || r.header.Get("If-Modified-Since") != ""
+	if resp.status == http.StatusNotModified && conditional {
+		return nil, c.errorFor(r, resp.status, "", ErrNotModified)
 	}
 	if resp.status != http.StatusOK {
 		if resp.stream != nil { // another 2xx: not the table
@@ -72,7 +120,7 @@ func (c *Client) download(ctx context.Context, r request) (*Download, error) {
 		}
 		return nil, c.statusError(r, resp)
 	}
-	return &Download{ReadCloser: resp.stream, Size: resp.stream.size}, nil
+	return &Download{ReadCloser: resp.stream, Size: resp.stream.size, Validator: validatorOf(resp.header)}, nil
 }
 
 // stream is a 2xx body handed over by attempt, with the attempt's context

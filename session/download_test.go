@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"log"
@@ -481,4 +482,82 @@ func TestDownloadCancelled(t *testing.T) {
 	_, err = io.ReadAll(d)
 	require.ErrorIs(t, err, context.Canceled)
 	assert.False(t, errors.Is(err, context.DeadlineExceeded), "not a timeout")
+}
+
+// A table's download names its version, and a download made with that name
+// costs no body while the table is unchanged.
+func TestDownloadIfChanged(t *testing.T) {
+	mod := time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)
+	body := []byte("PAR1 table PAR1")
+	cases := []struct {
+		name          string
+		etag          string // "" sends none
+		changed       bool   // the table changes after the first download
+		wantValidator string
+		wantHeader    string // the conditional header of the second request
+	}{
+		{"etag, unchanged", `"v1"`, false, `etag:"v1"`, "If-None-Match"},
+		{"etag, changed", `"v1"`, true, `etag:"v1"`, "If-None-Match"},
+		{"last-modified only, unchanged", "", false, "modified:" + mod.Format(http.TimeFormat), "If-Modified-Since"},
+		{"last-modified only, changed", "", true, "modified:" + mod.Format(http.TimeFormat), "If-Modified-Since"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			g := newFakeGateway(t)
+			var version atomic.Int32
+			var conditional atomic.Value
+			g.api = func(w http.ResponseWriter, r *http.Request) {
+				conditional.Store(r.Header.Get(c.wantHeader))
+				v, m := version.Load(), mod.Add(time.Duration(version.Load())*time.Hour)
+				if c.etag != "" {
+					w.Header().Set("ETag", fmt.Sprintf(`"v%d"`, v+1))
+				}
+				http.ServeContent(w, r, "", m, bytes.NewReader(body))
+			}
+			client := acquired(t, testConfig(g.srv.URL, nil))
+			d, err := client.OpenTable(t.Context(), "ds_1")
+			require.NoError(t, err)
+			got, err := io.ReadAll(d)
+			require.NoError(t, err)
+			require.NoError(t, d.Close())
+			assert.Equal(t, body, got)
+			assert.Equal(t, c.wantValidator, d.Validator)
+
+			if c.changed {
+				version.Add(1)
+			}
+			d2, err := client.OpenTable(t.Context(), "ds_1", IfChanged(d.Validator))
+			assert.NotEmpty(t, conditional.Load(), "the second request is conditional")
+			if !c.changed {
+				require.ErrorIs(t, err, ErrNotModified)
+				return
+			}
+			require.NoError(t, err)
+			got, err = io.ReadAll(d2)
+			require.NoError(t, err)
+			require.NoError(t, d2.Close())
+			assert.Equal(t, body, got)
+			assert.NotEqual(t, d.Validator, d2.Validator)
+		})
+	}
+}
+
+func TestIfChangedSendsOnlyWhatItCan(t *testing.T) {
+	cases := []struct{ validator, header, value string }{
+		{"", "", ""},
+		{"etag:", "", ""},
+		{"crc:123", "", ""},
+		{"etag:\"a\nb\"", "", ""},
+		{`etag:W/"x"`, "If-None-Match", `W/"x"`},
+		{"modified:Wed, 04 Mar 2026 05:06:07 GMT", "If-Modified-Since", "Wed, 04 Mar 2026 05:06:07 GMT"},
+	}
+	for _, c := range cases {
+		r := request{header: http.Header{}}
+		IfChanged(c.validator)(&r)
+		if c.header == "" {
+			assert.Empty(t, r.header, c.validator)
+			continue
+		}
+		assert.Equal(t, c.value, r.header.Get(c.header), c.validator)
+	}
 }
