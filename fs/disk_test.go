@@ -1,6 +1,8 @@
 package fs
 
 import (
+	"bytes"
+	"context"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -122,4 +124,89 @@ func TestDiskTierIsDoubtedOnceAChunkChangedInPlace(t *testing.T) {
 	require.Zero(t, errno)
 	assert.Equal(t, "BBBBBB", readAll(t, node), "the disk holds the new bytes")
 	assert.Equal(t, gets, store.getCount("grid/0.1"))
+}
+
+// newTableDiskFixture is queryFixture with a cache whose disk tier is dir
+// and with cat's catalog: a mount of its own on the same gateway.
+func newTableDiskFixture(t *testing.T, dir string, cat *memCatalog, tableDir string) *fixture {
+	t.Helper()
+	disk, err := cache.OpenDisk(cache.DiskOptions{Dir: dir, Origin: "http://gateway.test"})
+	require.NoError(t, err)
+	f := queryFixture(t)
+	if cat != nil {
+		f.cat = cat
+	}
+	f.cache = cache.New(cache.Options{MaxBytes: 1 << 20, Now: f.clock, Disk: disk})
+	t.Cleanup(f.cache.Close)
+	f.root = NewRoot(Options{Catalog: f.cat, Cache: f.cache, Readahead: 2, MetadataTTL: time.Minute, now: f.clock, TableDir: tableDir})
+	gofs.NewNodeFS(f.root, &gofs.Options{})
+	return f
+}
+
+func TestDiskTierKeepsTablesWhileTheGatewaySaysUnchanged(t *testing.T) {
+	big := bytes.Repeat([]byte("0123456789abcdef"), (tableMemory/16)+1000)
+	for _, tc := range []struct {
+		name  string
+		table []byte
+		big   bool // held in TableDir, not memory
+	}{
+		{"small table, in memory", []byte("PAR1 whole table PAR1"), false},
+		{"large table, in a file", big, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "disk")
+			first := newTableDiskFixture(t, dir, nil, t.TempDir())
+			cat := first.cat
+			cat.tables["table_1"] = tc.table
+			cat.tableTags = map[string]string{"table_1": `etag:"v1"`, "table_1?q2": ""}
+			read := func(f *fixture, path string) []byte {
+				node, _, errno := f.lookup(t, f.root, path)
+				require.Zero(t, errno)
+				var all []byte
+				for {
+					res, errno := node.Operations().(gofs.NodeReader).Read(context.Background(), nil, make([]byte, 1<<20), int64(len(all)))
+					require.Zero(t, errno)
+					b, _ := res.Bytes(nil)
+					if len(b) == 0 {
+						return all
+					}
+					all = append(all, b...)
+				}
+			}
+			same := func(want, got []byte, msg string) {
+				t.Helper()
+				assert.True(t, bytes.Equal(want, got), "%s: %d bytes, want %d", msg, len(got), len(want))
+			}
+			same(tc.table, read(first, "table_1/table_1.parquet"), "first mount")
+			first.cache.Close() // unmount: the table is written
+			require.Equal(t, 1, cat.bodies)
+
+			// A remount asks the gateway once, conditionally, and serves the kept copy.
+			again := newTableDiskFixture(t, dir, cat, t.TempDir())
+			same(tc.table, read(again, "table_1/table_1.parquet"), "remount")
+			assert.Equal(t, 2, cat.opens)
+			assert.Equal(t, 1, cat.bodies, "no body sent for an unchanged table")
+			again.cache.Close()
+
+			// The table changes: the next mount downloads it and keeps the new one.
+			changed := append([]byte("PAR1 new "), tc.table...)
+			cat.tables["table_1"] = changed
+			cat.tableTags["table_1"] = `etag:"v2"`
+			third := newTableDiskFixture(t, dir, cat, t.TempDir())
+			same(changed, read(third, "table_1/table_1.parquet"), "never the old table")
+			assert.Equal(t, 2, cat.bodies)
+			third.cache.Close()
+			fourth := newTableDiskFixture(t, dir, cat, t.TempDir())
+			same(changed, read(fourth, "table_1/table_1.parquet"), "the new version kept")
+			assert.Equal(t, 2, cat.bodies, "the new version was kept")
+
+			// A query's table the gateway gives no validator for is not kept.
+			q := `table_1@time=2020-01-01,/table_1.parquet`
+			assert.Equal(t, "PAR1 rows since 2020 PAR1", string(read(fourth, q)))
+			fourth.cache.Close()
+			fifth := newTableDiskFixture(t, dir, cat, t.TempDir())
+			assert.Equal(t, "PAR1 rows since 2020 PAR1", string(read(fifth, q)))
+			assert.Equal(t, 4, cat.bodies, "a table without a validator is downloaded at each mount")
+		})
+	}
 }

@@ -40,8 +40,19 @@ type Catalog interface {
 	// QueryStore gives read access to the Zarr keys of a staged dataset.
 	QueryStore(qhash string) zarr.Store
 	// OpenTable streams a table: the whole of datasource id when qhash is
-	// "", else the staged query qhash. size is -1 when unknown.
-	OpenTable(ctx context.Context, id, qhash string) (body io.ReadCloser, size int64, err error)
+	// "", else the staged query qhash. With ifChanged set (a
+	// Table.Validator it gave before), a table still in that version is
+	// not sent: the error matches ErrNotModified.
+	OpenTable(ctx context.Context, id, qhash, ifChanged string) (Table, error)
+}
+
+// Table is a table's body as the gateway sends it.
+type Table struct {
+	Body io.ReadCloser
+	Size int64 // -1 when unknown
+	// Validator names this version of the table for OpenTable's ifChanged;
+	// "" when the gateway gave nothing to name it by.
+	Validator string
 }
 
 // Staged is a staged query.
@@ -60,6 +71,9 @@ var (
 	// ErrBadQuery is the cause of a Stage error when the gateway refused
 	// the query.
 	ErrBadQuery = errors.New("query refused")
+	// ErrNotModified is the cause of an OpenTable error when the table is
+	// still the version ifChanged names.
+	ErrNotModified = errors.New("not modified")
 )
 
 // Entry is one datasource of the catalog.

@@ -108,6 +108,9 @@ type memCatalog struct {
 	queries  map[string]zarr.Store // by qhash
 	tables   map[string][]byte     // by id, or "id?qhash"
 	opens    int                   // OpenTable calls
+	bodies   int                   // OpenTable calls that sent the table
+	// tableTags is each table's Validator, by the key of tables ("": none).
+	tableTags map[string]string
 }
 
 func (c *memCatalog) Datasources(ctx context.Context) ([]Entry, error) {

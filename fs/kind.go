@@ -47,7 +47,7 @@ type kindState struct {
 	info func(container string) *Info
 	// table: the file's name and how to stream it.
 	tableName string
-	openTable func(ctx context.Context) (io.ReadCloser, int64, error)
+	openTable func(ctx context.Context, ifChanged string) (Table, error)
 
 	load     singleflight.Group
 	download singleflight.Group
@@ -237,10 +237,11 @@ func (f *infoFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, of
 	return fuse.ReadResultData(sliceAt(f.data, off, len(dest))), 0
 }
 
-// tableData is a downloaded table: in memory, or in an unlinked file.
+// tableData is a downloaded table: in memory, or read from a file (an
+// unlinked one in TableDir, or the disk cache's copy).
 type tableData struct {
 	mem  []byte
-	file *os.File
+	file io.ReaderAt // when not in mem
 	size int64
 	ino  uint64
 }
@@ -259,6 +260,14 @@ func (t *tableData) readAt(dest []byte, off int64) ([]byte, error) {
 	return dest[:n], nil
 }
 
+// reader is the table's bytes as an io.ReaderAt.
+func (t *tableData) reader() io.ReaderAt {
+	if t.file == nil {
+		return bytes.NewReader(t.mem)
+	}
+	return t.file
+}
+
 // table returns d's table, downloaded whole at the first call (so that its
 // size is exact before anyone reads it) and kept for the datasource's life.
 func (d *datasource) table(ctx context.Context) (*tableData, error) {
@@ -270,7 +279,7 @@ func (d *datasource) table(ctx context.Context) (*tableData, error) {
 		return t, nil
 	}
 	return sharedFor(ctx, &k.download, "", 0, func(lctx context.Context) (*tableData, error) {
-		t, err := d.downloadTable(lctx)
+		t, err := d.loadTable(lctx)
 		if err != nil {
 			return nil, err
 		}
@@ -281,19 +290,61 @@ func (d *datasource) table(ctx context.Context) (*tableData, error) {
 	})
 }
 
-// downloadTable streams the table into memory when it is small, else into
-// an unlinked file in TableDir, logging progress on long downloads.
-func (d *datasource) downloadTable(ctx context.Context) (*tableData, error) {
+// tableDiskVersion names d's table in the cache's disk tier ("": not kept
+// there). Its version is checked with the gateway at each mount (a
+// conditional download), so the name needs no digest. A --write mount keeps
+// nothing there, as for chunks.
+func (d *datasource) tableDiskVersion() string {
+	if d.opt.writer != nil {
+		return ""
+	}
+	return "\x00table\x00" + d.ns
+}
+
+// loadTable returns the table from the disk cache when the gateway says
+// the copy there is still its version, else downloads it (and keeps it
+// there when the gateway names its version).
+func (d *datasource) loadTable(ctx context.Context) (*tableData, error) {
 	k := d.kind
+	version := d.tableDiskVersion()
+	kept, ok := d.opt.Cache.OpenBlob(version, k.tableName)
+	ifChanged := ""
+	if ok {
+		ifChanged = kept.Meta
+	}
 	start := d.opt.now()
-	body, size, err := k.openTable(ctx)
+	tbl, err := k.openTable(ctx, ifChanged)
+	if ok {
+		if errors.Is(err, ErrNotModified) {
+			d.opt.Logger.Info("table unchanged: served from the disk cache", "datasource", d.id, "file", k.tableName,
+				"bytes", kept.Size(), "duration", d.opt.now().Sub(start))
+			return &tableData{file: kept, size: kept.Size(), ino: d.tableIno()}, nil
+		}
+		kept.Close()
+	}
 	if err != nil {
 		return nil, err
 	}
+	t, err := d.downloadTable(tbl, start)
+	if err != nil {
+		return nil, err
+	}
+	if tbl.Validator != "" {
+		d.opt.Cache.KeepBlob(version, k.tableName, tbl.Validator, t.reader(), t.size)
+	}
+	return t, nil
+}
+
+// downloadTable streams the table into memory when it is small, else into
+// an unlinked file in TableDir, logging progress on long downloads.
+func (d *datasource) downloadTable(tbl Table, start time.Time) (*tableData, error) {
+	k := d.kind
+	body, size := tbl.Body, tbl.Size
 	defer body.Close()
 	t := &tableData{ino: d.tableIno()}
 	var dst io.Writer
 	var mem *bytes.Buffer
+	var file *os.File
 	if d.opt.TableDir == "" || (size >= 0 && size <= tableMemory) {
 		mem = &bytes.Buffer{}
 		if size > 0 && size <= tableMemory { // a size from the gateway: bounded before it is trusted
@@ -306,8 +357,7 @@ func (d *datasource) downloadTable(ctx context.Context) (*tableData, error) {
 			return nil, fmt.Errorf("table file: %w", err)
 		}
 		os.Remove(f.Name())
-		t.file = f
-		dst = f
+		file, t.file, dst = f, f, f
 	}
 	progress := &progressWriter{w: dst, log: func(n int64) {
 		d.opt.Logger.Info("downloading table", "datasource", d.id, "bytes", n, "of", size)
@@ -317,8 +367,8 @@ func (d *datasource) downloadTable(ctx context.Context) (*tableData, error) {
 		err = fmt.Errorf("table of %d bytes announced, %d received: %w", size, n, io.ErrUnexpectedEOF)
 	}
 	if err != nil {
-		if t.file != nil {
-			t.file.Close()
+		if file != nil {
+			file.Close()
 		}
 		return nil, fmt.Errorf("downloading table %s: %w", k.tableName, err)
 	}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	iofs "io/fs"
 	"slices"
 	"strings"
@@ -155,8 +154,8 @@ func (r *Root) querySource(name, id string, query []byte, st Staged) *datasource
 		learn:     fixedKind(container),
 		info:      func(c string) *Info { return r.describe(id, c, query) },
 		tableName: id + tableSuffix,
-		openTable: func(ctx context.Context) (io.ReadCloser, int64, error) {
-			return r.opt.Catalog.OpenTable(ctx, id, st.QHash)
+		openTable: func(ctx context.Context, ifChanged string) (Table, error) {
+			return r.opt.Catalog.OpenTable(ctx, id, st.QHash, ifChanged)
 		},
 	}
 	r.sources[name] = ds

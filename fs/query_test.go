@@ -40,7 +40,7 @@ func (c *memCatalog) QueryStore(qhash string) zarr.Store {
 	return c.queries[qhash]
 }
 
-func (c *memCatalog) OpenTable(ctx context.Context, id, qhash string) (io.ReadCloser, int64, error) {
+func (c *memCatalog) OpenTable(ctx context.Context, id, qhash, ifChanged string) (Table, error) {
 	c.qmu.Lock()
 	defer c.qmu.Unlock()
 	c.opens++
@@ -50,9 +50,14 @@ func (c *memCatalog) OpenTable(ctx context.Context, id, qhash string) (io.ReadCl
 	}
 	b, ok := c.tables[key]
 	if !ok {
-		return nil, 0, fmt.Errorf("table %s: %w", key, iofs.ErrNotExist)
+		return Table{}, fmt.Errorf("table %s: %w", key, iofs.ErrNotExist)
 	}
-	return io.NopCloser(bytes.NewReader(b)), int64(len(b)), nil
+	tag := c.tableTags[key]
+	if ifChanged != "" && ifChanged == tag {
+		return Table{}, fmt.Errorf("table %s: %w", key, ErrNotModified)
+	}
+	c.bodies++
+	return Table{Body: io.NopCloser(bytes.NewReader(b)), Size: int64(len(b)), Validator: tag}, nil
 }
 
 func (c *memCatalog) stageCount() int {

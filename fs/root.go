@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	iofs "io/fs"
 	"maps"
 	"slices"
@@ -301,8 +300,8 @@ func (r *Root) source(id string, created bool) *datasource {
 			learn:     func(ctx context.Context) (string, error) { return r.learnContainer(ctx, id) },
 			info:      func(c string) *Info { return r.describe(id, c, nil) },
 			tableName: id + tableSuffix,
-			openTable: func(ctx context.Context) (io.ReadCloser, int64, error) {
-				return r.opt.Catalog.OpenTable(ctx, id, "")
+			openTable: func(ctx context.Context, ifChanged string) (Table, error) {
+				return r.opt.Catalog.OpenTable(ctx, id, "", ifChanged)
 			},
 		}
 		r.sources[id] = ds

@@ -14,6 +14,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/parquet-go/parquet-go"
@@ -593,7 +594,21 @@ func serveParquet(w http.ResponseWriter, r *http.Request, f *os.File) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/parquet")
+	// An ETag as well as Last-Modified (whole seconds): a table replaced
+	// within the second still changes it, so a client's copy kept under the
+	// old one is never taken for the new (If-None-Match wins over
+	// If-Modified-Since).
+	w.Header().Set("ETag", fileETag(fi))
 	http.ServeContent(w, r, "", fi.ModTime(), f)
+}
+
+// fileETag names a version of a file: its inode, size and mtime.
+func fileETag(fi os.FileInfo) string {
+	var ino uint64
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		ino = st.Ino
+	}
+	return fmt.Sprintf(`"%x-%x-%x"`, ino, fi.Size(), fi.ModTime().UnixNano())
 }
 
 // acceptsParquet tells whether an Accept header allows Parquet.

@@ -301,3 +301,32 @@ func TestTableOptionalColumns(t *testing.T) {
 	}
 	assert.Equal(t, []string{"time", "lat", "lon", "name"}, cols)
 }
+
+// A client holding a copy of a table asks whether it changed: 304 while it
+// has not, by ETag (which wins) or by Last-Modified.
+func TestDataConditional(t *testing.T) {
+	s := newServer(t, Config{Token: testToken})
+	w := call(t, s, http.MethodGet, "/data/demo_table", nil, auth...)
+	require.Equal(t, 200, w.Code)
+	etag, modified := w.Header().Get("ETag"), w.Header().Get("Last-Modified")
+	require.NotEmpty(t, etag)
+	for _, tc := range []struct {
+		name   string
+		hdr    []string
+		status int
+	}{
+		{"same etag", []string{"If-None-Match", etag}, 304},
+		{"other etag", []string{"If-None-Match", `"other"`}, 200},
+		{"other etag, same date: the etag wins", []string{"If-None-Match", `"other"`, "If-Modified-Since", modified}, 200},
+		{"same date", []string{"If-Modified-Since", modified}, 304},
+		{"older date", []string{"If-Modified-Since", "Mon, 01 Jan 2001 00:00:00 GMT"}, 200},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := call(t, s, http.MethodGet, "/data/demo_table", nil, append(append([]string{}, auth...), tc.hdr...)...)
+			assert.Equal(t, tc.status, w.Code)
+			if tc.status == 304 {
+				assert.Empty(t, w.Body.Bytes())
+			}
+		})
+	}
+}

@@ -366,3 +366,30 @@ func TestUnsafeCacheDirIsRefused(t *testing.T) {
 	assert.False(t, isMounted(mp))
 	assert.Zero(t, g.counters(t).Sessions.Acquired, "refused before a session")
 }
+
+// Tables, whole or queried, are kept too: a remount asks the gateway
+// whether each changed (a 304, no body) and serves the kept copy.
+func TestDiskCacheKeepsTables(t *testing.T) {
+	g := startGateway(t, "")
+	cacheDir := filepath.Join(t.TempDir(), "cache")
+	files := map[string][]byte{}
+	paths := []string{"demo_table/demo_table.parquet", "demo_table@time=2020-01-05,2020-01-06/demo_table.parquet"}
+	first := mountForeground(t, g, "--cache-dir", cacheDir)
+	for _, p := range paths {
+		b, err := os.ReadFile(filepath.Join(first.Dir, p))
+		require.NoError(t, err)
+		require.NotEmpty(t, b)
+		files[p] = b
+	}
+	stopMount(t, first)
+
+	g.resetCounters(t)
+	again := mountForeground(t, g, "--cache-dir", cacheDir)
+	readPaths(t, again.Dir, files)
+	c := g.counters(t)
+	assert.Equal(t, int64(1), c.ByRouteStatus["data 304"], "the whole table: unchanged, not sent: %v", c.ByRouteStatus)
+	assert.Equal(t, int64(1), c.ByRouteStatus["oceanql 304"], "the query's table: unchanged, not sent: %v", c.ByRouteStatus)
+	assert.Zero(t, c.ByRouteStatus["data 200"]+c.ByRouteStatus["oceanql 200"])
+	log := stopMount(t, again)
+	assert.Equal(t, 2, strings.Count(log, "served from the disk cache"), "both tables from the disk")
+}

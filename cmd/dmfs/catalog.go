@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	iofs "io/fs"
 	"slices"
 	"sync"
@@ -146,17 +145,21 @@ func (c *datameshCatalog) Stage(ctx context.Context, query []byte) (fs.Staged, e
 
 func (c *datameshCatalog) QueryStore(qhash string) zarr.Store { return c.client.QueryStore(qhash) }
 
-// OpenTable streams a datasource's table, or a staged query's.
-func (c *datameshCatalog) OpenTable(ctx context.Context, id, qhash string) (io.ReadCloser, int64, error) {
+// OpenTable streams a datasource's table, or a staged query's, unless it is
+// still the version ifChanged names.
+func (c *datameshCatalog) OpenTable(ctx context.Context, id, qhash, ifChanged string) (fs.Table, error) {
 	var d *session.Download
 	var err error
 	if qhash == "" {
-		d, err = c.client.OpenTable(ctx, id)
+		d, err = c.client.OpenTable(ctx, id, session.IfChanged(ifChanged))
 	} else {
-		d, err = c.client.OpenQueryTable(ctx, qhash)
+		d, err = c.client.OpenQueryTable(ctx, qhash, session.IfChanged(ifChanged))
 	}
-	if err != nil {
-		return nil, 0, err
+	switch {
+	case errors.Is(err, session.ErrNotModified):
+		return fs.Table{}, fmt.Errorf("%w: %w", fs.ErrNotModified, err)
+	case err != nil:
+		return fs.Table{}, err
 	}
-	return d, d.Size, nil
+	return fs.Table{Body: d, Size: d.Size, Validator: d.Validator}, nil
 }
