@@ -20,11 +20,12 @@ func TestParseParts(t *testing.T) {
 		want    []string
 		wantErr string
 	}{
-		{"", []string{"read", "large", "write"}, ""},
+		{"", []string{"read", "large", "disk", "write"}, ""},
 		{"large", []string{"large"}, ""},
 		{"write, read", []string{"read", "write"}, ""},
+		{"write,disk", []string{"disk", "write"}, ""},
 		{"large,large", []string{"large"}, ""},
-		{"reads", nil, `"reads" is none of read, large, write`},
+		{"reads", nil, `"reads" is none of read, large, disk, write`},
 		{"read,", nil, `"" is none of`},
 	} {
 		got, err := parseParts(c.in)
@@ -40,9 +41,13 @@ func TestParseParts(t *testing.T) {
 	assert.True(t, o.does(partLarge))
 	assert.False(t, o.does(partRead))
 	assert.False(t, o.does(partWrite))
+	assert.False(t, o.does(partDisk))
+	o, err = parseOptions([]string{"--dmfs", "x", "--only", "disk"}, io.Discard)
+	require.NoError(t, err)
+	assert.Equal(t, []string{partDisk}, o.parts)
 	o, err = parseOptions([]string{"--dmfs", "x"}, io.Discard)
 	require.NoError(t, err)
-	assert.True(t, o.does(partRead) && o.does(partLarge) && o.does(partWrite), "all parts by default")
+	assert.True(t, o.does(partRead) && o.does(partLarge) && o.does(partDisk) && o.does(partWrite), "all parts by default")
 	_, err = parseOptions([]string{"--dmfs", "x", "--only", "big"}, io.Discard)
 	assert.ErrorContains(t, err, "--only")
 }

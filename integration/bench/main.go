@@ -2,13 +2,16 @@
 // same local gateway and data in one run (issue 7): fetching every key
 // directly with parallel HTTP clients, rclone's http backend, and xarray over
 // fsspec's HTTP mapper; for large chunks (issue 18), the same direct fetch
-// and a local cp -r of the same files; and for writes through a --write
+// and a local cp -r of the same files; for the disk cache (--cache-dir,
+// issue 15), cp -r cold, from dmfs's memory and after a remount from the
+// disk, against the same direct fetch; and for writes through a --write
 // mount, POSTing every key directly with parallel clients and to_zarr the
 // way the Datamesh Python client writes. It writes the results as Markdown.
 //
 //	go run ./integration/bench --dmfs /tmp/dmfs --size 1GiB --runs 2 --latency 20ms,100ms,0ms --out docs/benchmarks.md
 //	go run ./integration/bench --dmfs /tmp/dmfs --size 64MiB --runs 1 --latency 20ms --only write
 //	go run ./integration/bench --dmfs /tmp/dmfs --size 256MiB --runs 1 --latency 20ms,0ms --only large
+//	go run ./integration/bench --dmfs /tmp/dmfs --size 256MiB --runs 1 --latency 20ms --only disk
 //	go run ./integration/bench --dmfs /tmp/dmfs --size 64MiB --runs 1 --dmfs-flag=--max-connections=64
 package main
 
@@ -76,14 +79,16 @@ type options struct {
 }
 
 // The parts of the benchmark --only chooses from: the reads of demo_grid,
-// the large-chunk reads of demo_large, and the writes.
+// the large-chunk reads of demo_large, demo_grid through the disk cache
+// (--cache-dir), and the writes.
 const (
 	partRead  = "read"
 	partLarge = "large"
+	partDisk  = "disk"
 	partWrite = "write"
 )
 
-var partNames = []string{partRead, partLarge, partWrite}
+var partNames = []string{partRead, partLarge, partDisk, partWrite}
 
 // does tells whether the named part runs.
 func (o *options) does(part string) bool { return slices.Contains(o.parts, part) }
@@ -137,7 +142,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.dataDir, "data-dir", "", "where the demo data is generated and kept (default: a temporary folder, removed at the end)")
 	fs.DurationVar(&o.limit, "cap", 5*time.Minute, "time cap of one measured operation; a capped figure is reported as a lower bound")
 	fs.StringVar(&o.command, "command", "", "the command line to print in the report (default: this program's)")
-	fs.StringVar(&only, "only", "", "run only these parts, comma-separated: read (demo_grid), large (demo_large's 4 MiB chunks and 64 MiB shard), write (default: all three)")
+	fs.StringVar(&only, "only", "", "run only these parts, comma-separated: read (demo_grid), large (demo_large's 4 MiB chunks and 64 MiB shard), disk (demo_grid cold, from memory and after a remount with --cache-dir), write (default: all four)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -303,6 +308,8 @@ type bench struct {
 
 	// The large-chunk rows' data set.
 	large largeSet
+	// The disk cache rows'.
+	disk diskState
 
 	// Writes.
 	srcDir        string   // local copy of the datasource, written by the writers
@@ -480,6 +487,9 @@ func (b *bench) measure(ctx context.Context, name string, op func() (sample, err
 	s.Requests, s.Gets, s.Heads = c.Requests, c.gets(), c.heads()
 	s.InFlight = c.ZarrInFlight
 	s.Partial, s.BytesSent = c.partialGets(), c.BytesSent
+	if s.SplitDS != "" {
+		s.Split = splitRequests(c, s.SplitDS)
+	}
 	if s.KeyPrefix != "" {
 		g, h := c.keyRequests(s.KeyPrefix)
 		s.KeyRequests = g + h
@@ -594,6 +604,11 @@ func (b *bench) oneRun(ctx context.Context, res *latencyResult) error {
 	}
 	if b.o.does(partLarge) {
 		if err := b.oneLargeRun(ctx, res); err != nil {
+			return err
+		}
+	}
+	if b.o.does(partDisk) {
+		if err := b.oneDiskRun(ctx, res); err != nil {
 			return err
 		}
 	}
@@ -821,7 +836,7 @@ func (b *bench) writeReport(w io.Writer, results []*latencyResult, started time.
 			datasource, b.o.size, len(b.keys), b.chunks, float64(b.wireBytes)/1e6, b.largestVar, b.varChunks, float64(b.varBytes)/1e6)
 		fmt.Fprintf(w, "- dmfs cache: %d MiB (holds all the data) unless the row says 1/10 (%d MiB); readahead default\n", b.cacheLarge>>20, b.cacheSmall>>20)
 	}
-	mountFlags := "none besides `--service`, `--cache-size`, `--log-file` (and the write flags of the write rows)"
+	mountFlags := "none besides `--service`, `--cache-size`, `--log-file` (and the write flags of the write rows, the `--cache-dir` flags of the disk cache rows)"
 	if len(b.o.dmfsFlags) > 0 {
 		mountFlags = "`" + escapeCell(strings.Join(b.o.dmfsFlags, " ")) + "` on every mount (`--dmfs-flag`), before the benchmark's own"
 	}
@@ -877,6 +892,7 @@ func (b *bench) writeReport(w io.Writer, results []*latencyResult, started time.
 		}
 	}
 	b.writeLargeSection(w, results)
+	b.writeDiskSection(w, results)
 	b.writeWritesSection(w, results)
 }
 

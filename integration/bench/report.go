@@ -40,6 +40,14 @@ type sample struct {
 	// from dmfs's memory), when measured.
 	PageCacheMeasured               bool
 	PageCacheBefore, PageCacheAfter int64
+
+	// Disk cache rows (the page cache fields above: of the cache folder's
+	// files, for the remount).
+	SplitDS      string       // the datasource whose requests Split counts by kind
+	Split        requestSplit // the gateway's requests by kind, when SplitDS is set
+	DiskMeasured bool         // Disk was read from the mount
+	Disk         diskFigures  // the mount's disk tier counters over the operation
+	FolderBytes  int64        // size of the cache folder's files the remount read from
 }
 
 // summary is the median, min and max of a series.
@@ -157,6 +165,8 @@ type latencyResult struct {
 	Traces []trace
 	// Large holds the large-chunk rows (nil: they did not run).
 	Large *latencyResult
+	// Disk holds the disk cache rows (nil: they did not run).
+	Disk *latencyResult
 }
 
 func newLatencyResult(l time.Duration) *latencyResult {
