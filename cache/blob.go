@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"os"
 )
@@ -98,20 +97,9 @@ func (d *Disk) openBlob(version, key string) (*Blob, bool) {
 
 // checkBlob checks the entry in f (fileSize bytes) whole and reads its Meta.
 func checkBlob(f *os.File, sum [32]byte, fileSize int64) (*Blob, error) {
-	var hb [diskHeaderSize]byte
-	if _, err := f.ReadAt(hb[:], 0); err != nil {
-		return nil, fmt.Errorf("reading its header: %w", err)
-	}
-	h, err := decodeHeader(hb[:], sum, fileSize)
+	h, err := checkEntry(f, sum, fileSize)
 	if err != nil {
 		return nil, err
-	}
-	crc := crc32.New(crc32c)
-	if _, err := io.CopyBuffer(crc, io.NewSectionReader(f, diskHeaderSize, h.length), make([]byte, blobCopyBuffer)); err != nil {
-		return nil, fmt.Errorf("reading: %w", err)
-	}
-	if crc.Sum32() != h.crc {
-		return nil, errors.New("checksum mismatch")
 	}
 	var lb [4]byte
 	if h.length < 4 {

@@ -105,6 +105,23 @@ type Options struct {
 type FetchOption struct {
 	version, key string
 	refresh      bool
+	since        time.Time
+}
+
+// TrustedSince says the disk's value was checked against its source at t (its source's
+// metadata was read then and named the same version): a value from the disk counts as fetched
+// no earlier than t (see Age), though it may have been fetched long before.
+func (o FetchOption) TrustedSince(t time.Time) FetchOption {
+	o.since = t
+	return o
+}
+
+// diskAt is when a value fetched at t and read from the disk counts as fetched.
+func (o FetchOption) diskAt(t time.Time) time.Time {
+	if o.since.After(t) {
+		return o.since
+	}
+	return t
 }
 
 // OnDisk names a value in the disk tier (Options.Disk) by the version of its source and its
@@ -273,6 +290,12 @@ type flight struct {
 	val  []byte // kindBody
 	size int64  // the size answered: len(val) for a body
 	err  error
+	// inPlace: the body was found in the disk tier and checked there, to be read in place
+	// (val is nil): nobody waiting asked for the bytes themselves (wantBytes).
+	inPlace bool
+	// wantBytes: a GetOrFetch caller asked for the bytes before the flight started. Guarded
+	// by Cache.mu until then.
+	wantBytes bool
 }
 
 // New returns a Cache. Its workers start as background work is queued; call Close to end them.
@@ -393,6 +416,7 @@ func (c *Cache) GetOrFetch(ctx context.Context, key string, fetch FetchFunc, opt
 	}
 	if !f.started {
 		f.kind, f.fetch, f.head, f.parent, f.disk = kindBody, fetch, nil, ctx, fetchOption(opts)
+		f.wantBytes = true
 		c.startLocked(f)
 	}
 	c.mu.Unlock()
@@ -400,10 +424,76 @@ func (c *Cache) GetOrFetch(ctx context.Context, key string, fetch FetchFunc, opt
 	c.waiting()
 	select {
 	case <-f.done:
+		if f.inPlace { // a readahead left it on disk: this caller wants it in memory
+			return c.GetOrFetch(ctx, key, fetch, opts...)
+		}
 		return f.val, f.err
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// ReadAt returns at most n bytes of key's value from off, and the value's size: from memory;
+// else, for a key given OnDisk (not RefreshOnDisk), read in place from the disk tier (the
+// entry is checked whole when first opened) without loading it into memory; else fetched and
+// kept as by GetOrFetch. Release the piece once its bytes are used.
+func (c *Cache) ReadAt(ctx context.Context, key string, off int64, n int, fetch FetchFunc, opts ...FetchOption) (Piece, int64, error) {
+	if v, ok := c.Get(key); ok {
+		return Piece{data: sliceAt(v, off, n)}, int64(len(v)), nil
+	}
+	if o := fetchOption(opts); c.disk != nil && o.version != "" && !o.refresh {
+		if df, ok := c.disk.acquire(o.version, o.key); ok {
+			c.hits.Add(1)
+			c.knownSize(key, df.size, o.diskAt(df.at))
+			return c.disk.filePiece(df, off, n), df.size, nil
+		}
+	}
+	v, err := c.GetOrFetch(ctx, key, fetch, opts...)
+	if err != nil {
+		return Piece{}, 0, err
+	}
+	return Piece{data: sliceAt(v, off, n)}, int64(len(v)), nil
+}
+
+// SizeInPlace returns the size of key's value when it is in memory, or when the disk tier
+// holds it (OnDisk, not RefreshOnDisk) to be read in place: the entry is then opened and
+// checked, ready for ReadAt. It fetches nothing.
+func (c *Cache) SizeInPlace(key string, opts ...FetchOption) (int64, bool) {
+	if v, ok := c.Get(key); ok {
+		return int64(len(v)), true
+	}
+	o := fetchOption(opts)
+	if c.disk == nil || o.version == "" || o.refresh {
+		return 0, false
+	}
+	df, ok := c.disk.acquire(o.version, o.key)
+	if !ok {
+		return 0, false
+	}
+	defer c.disk.release(df)
+	c.knownSize(key, df.size, o.diskAt(df.at))
+	return df.size, true
+}
+
+// knownSize records key's size, learnt at at, unless more is known.
+func (c *Cache) knownSize(key string, size int64, at time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.getLocked(key, false); ok {
+		return
+	}
+	if st, ok := c.stat.Peek(key); ok && !st.missing && st.size == size {
+		return
+	}
+	c.stat.Add(key, statEntry{size: size, at: at})
+}
+
+// sliceAt returns up to n bytes of data from off, clamped to its length.
+func sliceAt(data []byte, off int64, n int) []byte {
+	if off < 0 || off >= int64(len(data)) {
+		return nil
+	}
+	return data[off:min(off+int64(n), int64(len(data)))]
 }
 
 // waiting calls the test hook onWait.
@@ -434,6 +524,10 @@ func (c *Cache) Prefetch(key string, fetch FetchFunc, opts ...FetchOption) {
 	if fetch == nil {
 		return
 	}
+	o := fetchOption(opts)
+	if c.disk != nil && o.version != "" && !o.refresh && c.disk.opened(o.version, o.key) {
+		return // checked on disk, to be read in place
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.getLocked(key, false); ok || c.closed {
@@ -445,7 +539,7 @@ func (c *Cache) Prefetch(key string, fetch FetchFunc, opts ...FetchOption) {
 	f := c.flights[key]
 	switch {
 	case f == nil || (f.kind == kindSize && f.started):
-		c.enqueueLocked(&flight{key: key, kind: kindBody, fetch: fetch, parent: context.Background(), disk: fetchOption(opts), done: make(chan struct{})})
+		c.enqueueLocked(&flight{key: key, kind: kindBody, fetch: fetch, parent: context.Background(), disk: o, done: make(chan struct{})})
 	case f.kind == kindSize: // queued: the body will tell its size too
 		f.kind, f.fetch, f.head, f.disk = kindBody, fetch, nil, fetchOption(opts)
 	}
@@ -574,13 +668,25 @@ func (c *Cache) run(f *flight) {
 	if f.disk.version == "" {
 		disk = nil
 	}
-	fromDisk := false
+	fromDisk, inPlace := false, false
 	switch f.kind {
 	case kindBody:
+		if disk != nil && !f.disk.refresh && !f.wantBytes {
+			// A readahead, or a size, of a value on disk: checked there, to be read in
+			// place (ReadAt).
+			if df, ok := disk.acquire(f.disk.version, f.disk.key); ok {
+				fromDisk, inPlace, size = true, true, df.size
+				if t := f.disk.diskAt(df.at); t.Before(at) {
+					at = t // as old as the fetch that got it
+				}
+				disk.release(df)
+				break
+			}
+		}
 		if disk != nil && !f.disk.refresh {
 			var t time.Time
-			if val, t, fromDisk = disk.get(f.disk.version, f.disk.key); fromDisk && t.Before(at) {
-				at = t // as old as the fetch that got it
+			if val, t, fromDisk = disk.get(f.disk.version, f.disk.key); fromDisk && f.disk.diskAt(t).Before(at) {
+				at = f.disk.diskAt(t) // as old as the fetch that got it
 			}
 		}
 		if !fromDisk {
@@ -591,8 +697,8 @@ func (c *Cache) run(f *flight) {
 	case kindSize:
 		if disk != nil && !f.disk.refresh {
 			var t time.Time
-			if size, t, fromDisk = disk.size(f.disk.version, f.disk.key); fromDisk && t.Before(at) {
-				at = t
+			if size, t, fromDisk = disk.size(f.disk.version, f.disk.key); fromDisk && f.disk.diskAt(t).Before(at) {
+				at = f.disk.diskAt(t)
 			}
 		}
 		if !fromDisk {
@@ -614,6 +720,8 @@ func (c *Cache) run(f *flight) {
 		delete(c.flights, f.key)
 		keep = disk != nil && err == nil && f.kind == kindBody && !fromDisk
 		switch {
+		case err == nil && inPlace:
+			c.stat.Add(f.key, statEntry{size: size, at: at})
 		case err == nil && f.kind == kindBody:
 			c.addLocked(f.key, dataEntry{val: val, at: at})
 			c.stat.Add(f.key, statEntry{size: size, at: at})
@@ -629,7 +737,7 @@ func (c *Cache) run(f *flight) {
 	if f.foreground {
 		c.foreground--
 	}
-	f.val, f.size, f.err = val, size, err
+	f.val, f.size, f.err, f.inPlace = val, size, err, inPlace
 	close(f.done)
 	c.mu.Unlock()
 	if keep {

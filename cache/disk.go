@@ -20,6 +20,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 )
 
 // The disk tier.
@@ -119,6 +121,11 @@ type Disk struct {
 	// (flock does not exclude goroutines sharing one open file) and across processes.
 	lockMu sync.Mutex
 
+	// The entries open for reading in place (see diskread.go).
+	filesMu     sync.Mutex
+	files       *simplelru.LRU[[32]byte, *diskFile]
+	filesClosed bool
+
 	mu      sync.Mutex // guards what follows
 	wake    *sync.Cond // on mu: a job was queued, or the Disk closed
 	queue   []diskJob
@@ -188,6 +195,7 @@ func OpenDisk(o DiskOptions) (*Disk, error) {
 		d.now = time.Now
 	}
 	d.entries, d.tmp = filepath.Join(d.dir, entriesDir), filepath.Join(d.dir, tmpDir)
+	d.files = newOpenFiles(d.fileEvicted)
 	d.wake = sync.NewCond(&d.mu)
 	for _, p := range []string{d.dir, d.entries, d.tmp} {
 		if err := privateDir(p); err != nil {
@@ -682,6 +690,7 @@ func (d *Disk) writeEntry(j diskJob) {
 		d.failed(err)
 		return
 	}
+	d.forgetFile(j.sum) // a reader in place of a replaced entry takes the new one from now on
 	d.writes.Add(1)
 }
 
@@ -851,6 +860,7 @@ func (d *Disk) Close() {
 			d.log.Warn("disk cache: writes still queued at close were dropped")
 			<-done // a chunk being written is local and short; a blob stops at its next piece
 		}
+		d.closeFiles()
 		os.Remove(d.ownerLock.Name())
 		d.ownerLock.Close()
 		d.lockFile.Close()

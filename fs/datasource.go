@@ -84,6 +84,11 @@ type version struct {
 	// the same digest, so what the disk holds is doubted.
 	disk        string
 	diskRefresh bool
+	// diskSince: when this mount read the metadata that named disk. A
+	// chunk from the disk is trusted for the metadata TTL from then, as a
+	// chunk fetched then would be; after it, a reader's lookup checks it
+	// with the gateway.
+	diskSince time.Time
 }
 
 // newDatasource makes a datasource whose files have mtime modified (the
@@ -151,7 +156,7 @@ func (d *datasource) install(h *zarr.Hierarchy) version {
 	changed := !first && digest != d.cur.digest
 	d.cur.h, d.cur.digest, d.loadedAt = h, digest, d.opt.now()
 	if first || changed {
-		d.cur.disk, d.cur.diskRefresh = d.diskVersion(digest), false
+		d.cur.disk, d.cur.diskRefresh, d.cur.diskSince = d.diskVersion(digest), false, d.loadedAt
 	}
 	if changed {
 		d.bumpLocked()
@@ -335,12 +340,12 @@ func (d *datasource) diskVersion(digest [32]byte) string {
 // the gateway and written over it.
 func (d *datasource) onDisk(key string, refresh bool) cache.FetchOption {
 	d.mu.Lock()
-	v, again := d.cur.disk, d.cur.diskRefresh
+	v, again, since := d.cur.disk, d.cur.diskRefresh, d.cur.diskSince
 	d.mu.Unlock()
 	if refresh || again {
 		return cache.RefreshOnDisk(v, key)
 	}
-	return cache.OnDisk(v, key)
+	return cache.OnDisk(v, key).TrustedSince(since)
 }
 
 // fetcher gets key's bytes; ahead marks a readahead fetch, which nobody
@@ -413,8 +418,16 @@ func (d *datasource) chunkSize(ctx context.Context, arr *zarr.Array, rel string,
 		}
 	}
 	if decision.Fetch == access.Get {
-		fresh, err = d.opt.Cache.GetOrFetch(ctx, ck, d.fetcher(key, false), d.onDisk(key, stale))
-		n = int64(len(fresh))
+		// A chunk in the disk cache is read from there in place: its size is
+		// in its entry, and nothing is loaded into memory.
+		var onDisk bool
+		if !stale {
+			n, onDisk = d.opt.Cache.SizeInPlace(ck, d.onDisk(key, false))
+		}
+		if !onDisk {
+			fresh, err = d.opt.Cache.GetOrFetch(ctx, ck, d.fetcher(key, false), d.onDisk(key, stale))
+			n = int64(len(fresh))
+		}
 	}
 	if err != nil || !stale || state == cache.StatMissing {
 		return n, false, err
@@ -439,10 +452,12 @@ func (d *datasource) header(key string, ahead bool) func(context.Context) (int64
 	}
 }
 
-// readChunk returns a chunk's bytes (size bytes, as looked up) for a read,
-// after telling the policy, which may fetch the chunks that follow.
-func (d *datasource) readChunk(ctx context.Context, arr *zarr.Array, rel string, size int64) ([]byte, error) {
+// readChunk returns n bytes of a chunk from off for a read, and the
+// chunk's size, after telling the policy (the chunk's size as looked up),
+// which may fetch the chunks that follow. The piece is in memory, or in the
+// disk cache read in place.
+func (d *datasource) readChunk(ctx context.Context, arr *zarr.Array, rel string, size, off int64, n int) (cache.Piece, int64, error) {
 	d.readAhead(arr, rel, size)
 	key := joinKey(arr.Path, rel)
-	return d.opt.Cache.GetOrFetch(ctx, d.cacheKey(key), d.fetcher(key, false), d.onDisk(key, false))
+	return d.opt.Cache.ReadAt(ctx, d.cacheKey(key), off, n, d.fetcher(key, false), d.onDisk(key, false))
 }

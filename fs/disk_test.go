@@ -74,6 +74,7 @@ func TestDiskTierServesARemountAndNeverAChangedStore(t *testing.T) {
 	assert.Equal(t, heads, h2, "no chunk HEAD on a remount")
 	assert.Equal(t, metaBefore+1, store.getCount(".zmetadata"))
 	assert.GreaterOrEqual(t, again.cache.Stats().DiskHits, int64(len(testChunks)))
+	assert.Zero(t, again.cache.Stats().Bytes, "chunks on disk are read in place, not loaded into memory")
 	again.cache.Close()
 
 	// The store changes on the server (new metadata, new bytes): the next
@@ -209,4 +210,30 @@ func TestDiskTierKeepsTablesWhileTheGatewaySaysUnchanged(t *testing.T) {
 			assert.Equal(t, 4, cat.bodies, "a table without a validator is downloaded at each mount")
 		})
 	}
+}
+
+// A remount a day after the chunks were fetched trusts them, from the disk,
+// for the metadata TTL counted from its own metadata read, as it would a
+// fetch made then: names looked up again meanwhile cost nothing; after the
+// TTL a reader's lookup checks each chunk with the gateway, as in memory.
+func TestDiskTierTrustsADayOldChunkForTheTTLOfItsRemount(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "disk")
+	store := testStore()
+	first := newDiskFixture(t, dir, store)
+	want := first.readChunks(t)
+	first.cache.Close()
+	gets, _ := store.chunkGets()
+
+	again := newDiskFixture(t, dir, store)
+	again.advance(24 * time.Hour)
+	assert.Equal(t, want, again.readChunks(t))
+	again.advance(30 * time.Second) // the fixture's TTL is a minute
+	assert.Equal(t, want, again.readChunks(t), "looked up again within the TTL")
+	g2, _ := store.chunkGets()
+	assert.Equal(t, gets, g2, "no chunk request within the remount's TTL")
+
+	again.advance(time.Minute)
+	assert.Equal(t, want, again.readChunks(t), "after the TTL")
+	g3, _ := store.chunkGets()
+	assert.Equal(t, gets+len(testChunks), g3, "each chunk checked with the gateway once the TTL is over")
 }

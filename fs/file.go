@@ -7,6 +7,8 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+
+	"github.com/oceanum-dmfs/dmfs/cache"
 )
 
 // metaFile is a metadata document (.zmetadata, .zgroup, .zarray, .zattrs,
@@ -141,39 +143,75 @@ func (f *chunkFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, o
 	if r, errno, ok := f.w.overlayRead(ctx, f.ds, f.key(), fh, dest, off); ok {
 		return r, errno
 	}
-	data, errno := f.bytes(ctx)
+	piece, errno := f.read(ctx, off, len(dest))
 	if errno != 0 {
 		return nil, errno
 	}
-	return fuse.ReadResultData(sliceAt(data, off, len(dest))), 0
+	return pieceResult(piece), 0
 }
 
-// bytes checks the chunk is still part of its array and returns its bytes.
-func (f *chunkFile) bytes(ctx context.Context) ([]byte, syscall.Errno) {
+// read checks the chunk is still part of its array and returns n of its
+// bytes from off.
+func (f *chunkFile) read(ctx context.Context, off int64, n int) (cache.Piece, syscall.Errno) {
 	h, err := f.ds.hierarchy(ctx)
 	if err != nil {
-		return nil, errnoOf(ctx, f.ds.opt.Logger, "read", f.path(), err)
+		return cache.Piece{}, errnoOf(ctx, f.ds.opt.Logger, "read", f.path(), err)
 	}
 	folder, ok := h.Folder(f.arrayPath)
 	if !ok || folder.Array == nil || !folder.Array.IsChunkKey(f.rel) {
-		return nil, syscall.ENOENT
+		return cache.Piece{}, syscall.ENOENT
 	}
-	data, err := f.ds.readChunk(ctx, folder.Array, f.rel, f.size)
+	piece, size, err := f.ds.readChunk(ctx, folder.Array, f.rel, f.size, off, n)
 	if err != nil {
-		return nil, errnoOf(ctx, f.ds.opt.Logger, "read", f.path(), err)
+		return cache.Piece{}, errnoOf(ctx, f.ds.opt.Logger, "read", f.path(), err)
 	}
-	if int64(len(data)) != f.size {
+	if size != f.size {
+		piece.Release()
 		// The object changed on the server since lookup: the kernel would
 		// cut or pad it to the old size. Wrong bytes are worse than an
 		// error for this old file; a new version of the store makes the
 		// next open a new file of the new size.
 		f.ds.opt.Logger.Warn("chunk size changed on the server since lookup; this open file fails, the next open reads it anew",
-			"path", f.path(), "was", f.size, "now", len(data))
+			"path", f.path(), "was", f.size, "now", size)
 		f.ds.changed(f.modTime, "chunk "+joinKey(f.arrayPath, f.rel)+" changed size")
-		return nil, syscall.EIO
+		return cache.Piece{}, syscall.EIO
 	}
-	return data, 0
+	return piece, 0
 }
+
+// pieceResult hands a piece of a chunk to go-fuse: bytes in memory, or a
+// range of a disk cache file, which the kernel splices into the reply when
+// it can (else it is read into go-fuse's buffer). go-fuse calls Done once
+// the reply is written, which releases the piece's file.
+func pieceResult(p cache.Piece) fuse.ReadResult {
+	if b, ok := p.Memory(); ok {
+		return fuse.ReadResultData(b)
+	}
+	return &fileResult{p: p}
+}
+
+type fileResult struct{ p cache.Piece }
+
+func (r *fileResult) Size() int { return r.p.Len() }
+
+func (r *fileResult) Bytes(buf []byte) ([]byte, fuse.Status) {
+	if cap(buf) < r.p.Len() {
+		buf = make([]byte, r.p.Len())
+	}
+	b, err := r.p.Read(buf[:r.p.Len()])
+	if err != nil {
+		return nil, fuse.EIO
+	}
+	return b, fuse.OK
+}
+
+// Seekable lets go-fuse splice the range from the file.
+func (r *fileResult) Seekable() (fd uintptr, off int64, sz int) {
+	fd, off, sz, _ = r.p.File()
+	return fd, off, sz
+}
+
+func (r *fileResult) Done() { r.p.Release() }
 
 // sliceAt returns up to n bytes of data from off, clamped to its length.
 func sliceAt(data []byte, off int64, n int) []byte {
