@@ -410,7 +410,7 @@ func (b *bench) writeDiskSection(w io.Writer, results []*latencyResult) {
 		fsKind(b.work))
 	fmt.Fprintf(w, "After every drop the gateway's data folder is read back into the page cache (untimed), so that the gateway answers from memory, as it did the limit's fetch. ")
 	fmt.Fprintf(w, "The limit GETs every key of `%s` with %d clients. ", datasource, b.o.limitClients())
-	fmt.Fprintf(w, "Gateway requests are the gateway's counters during the copy, split into the chunk GETs and HEADs of `%s`, the GETs and HEADs of its metadata keys (`.zmetadata`, `.zarray`, ...), listings (`GET /zarr/ID/PATH/`), catalog lookups, and other requests (sessions, other datasources' keys); the target's metadata requests are its metadata keys and listings. ", datasource)
+	fmt.Fprintf(w, "Gateway requests are the gateway's counters during the copy, split into the chunk GETs and HEADs of `%s`, the GETs and HEADs of its metadata keys (`.zmetadata`, `.zarray`, ...), listings (`GET /zarr/ID/PATH/`), catalog lookups, and other requests (sessions, other datasources' keys); the target's metadata requests are its metadata keys (a listing is not kept on disk: each folder listed costs one per mount, with or without the folder). ", datasource)
 	fmt.Fprintf(w, "The disk tier's hits, writes and dropped writes are the mount's own counters (`dmfs status --json`) over the copy. Peak RSS is VmHWM of the dmfs daemon after the copy.\n\n")
 	if b.disk.dropErr != nil {
 		fmt.Fprintf(w, "The page cache could not be dropped (%s): the rows from dmfs's memory and after the remount are missing.\n\n", escapeCell(b.disk.dropErr.Error()))
