@@ -382,7 +382,12 @@ func (o *Options) fileAttr(a *fuse.Attr, size int64, mtime time.Time) {
 	a.Nlink = 1
 	a.Size = uint64(size)
 	a.Blocks = (uint64(size) + 511) / 512
-	a.Blksize = 1 << 20
+	// The I/O size readers are told to prefer. cp (and others) allocate a
+	// buffer of it per file, fresh pages every time: with 1 MiB, a warm
+	// cp -r of 4 MiB chunks took 0.53 s against 0.30 s with 128 KiB, and
+	// small chunks did not change (issue 18). The kernel still asks dmfs
+	// for up to 1 MiB at a time (readahead, MaxWrite).
+	a.Blksize = 128 << 10
 	a.Uid, a.Gid = o.UID, o.GID
 	setTimes(a, mtime)
 }
