@@ -39,7 +39,11 @@
 //     batch of requests sent at one limit: answers to requests granted
 //     before the last cut do not cut again, so a burst of 429s costs one
 //     step, not a collapse to the minimum. A Retry-After holds back every
-//     new grant, foreground too, until it passes (at most 30 s).
+//     new grant, foreground too, until it passes (at most 30 s), when at
+//     least half of the last 32 answers were refused; otherwise it delays
+//     only the retry of its own request (which the caller waits for), so
+//     that a few throttled answers among many good ones do not stall
+//     every reader.
 //
 // The limit stays within [Config.Min, Config.Max]. On a gateway that queues
 // requests beyond a capacity C, RTT = service time x in-flight / C past C,

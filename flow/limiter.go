@@ -40,6 +40,9 @@ const (
 	windowSamples = 32
 	// maxPause caps the wait a Retry-After imposes.
 	maxPause = 30 * time.Second
+	// recentAnswers is how many of the last answers decide whether a
+	// Retry-After pauses everyone: only when at least half were refused.
+	recentAnswers = 32
 )
 
 // Outcome is how a request that held a permit ended.
@@ -139,6 +142,12 @@ type Limiter struct {
 	probeLeft       int // successes of probe permits still wanted
 	pausedUntil     time.Time
 	pauseArmed      bool
+	// The last answers (up to recentAnswers), true for a refusal
+	// (Overload or Failure), and how many of them were refused.
+	recent        [recentAnswers]bool
+	recentN       int
+	recentNext    int
+	recentRefused int
 	lastRTT         time.Duration
 	peak            int
 	acquired        int64
@@ -292,6 +301,7 @@ func (p *Permit) Release(o Outcome, retryAfter time.Duration) {
 			end = p.answered
 		}
 		l.sampleLocked(p, end.Sub(p.start), now)
+		l.answerLocked(false)
 	case Overload, Failure:
 		if o == Overload {
 			l.overloads++
@@ -299,7 +309,12 @@ func (p *Permit) Release(o Outcome, retryAfter time.Duration) {
 			l.failures++
 		}
 		l.congestionLocked(p, o)
-		if retryAfter > 0 {
+		l.answerLocked(true)
+		// A Retry-After pauses everyone only when the gateway refuses
+		// most requests: among answers that mostly succeed, it delays
+		// only the retry of its own request (the caller's), or a few
+		// refusals would stall every reader for seconds each.
+		if retryAfter > 0 && 2*l.recentRefused >= l.recentN {
 			l.pauseLocked(now, retryAfter)
 		}
 	}
@@ -379,6 +394,22 @@ func (l *Limiter) dispatchLocked() {
 		w.permit = l.grantLocked()
 		close(w.ready)
 	}
+}
+
+// answerLocked records an answer among the recent ones.
+func (l *Limiter) answerLocked(refused bool) {
+	if l.recentN == recentAnswers {
+		if l.recent[l.recentNext] {
+			l.recentRefused--
+		}
+	} else {
+		l.recentN++
+	}
+	l.recent[l.recentNext] = refused
+	if refused {
+		l.recentRefused++
+	}
+	l.recentNext = (l.recentNext + 1) % recentAnswers
 }
 
 // pauseLocked holds back new grants for d (at most maxPause) from now.

@@ -513,3 +513,28 @@ func TestConfig(t *testing.T) {
 		assert.Equal(t, tt.want.Initial, l.Limit())
 	}
 }
+
+// Among answers that mostly succeed, a Retry-After stalls nobody else: its
+// own request waits (the caller's retry), the limit is cut once.
+func TestRetryAfterAmongGoodAnswersPausesNobody(t *testing.T) {
+	l, _ := testLimiter(t, Config{})
+	ps := take(t, l, 4)
+	for range 10 {
+		p := take(t, l, 1)[0]
+		p.Release(Success, 0)
+	}
+	before := l.Limit()
+	ps[0].Release(Overload, 2*time.Second)
+	assert.True(t, grantable(l), "no pause: 1 refusal in 11 answers")
+	assert.Less(t, l.Limit(), before, "cut")
+	// Most answers refused: the gateway means everyone.
+	for _, p := range ps[1:] {
+		p.Release(Overload, 2*time.Second)
+	}
+	refused := 4
+	for ; grantable(l) && refused < 30; refused++ {
+		take(t, l, 1)[0].Release(Overload, 2*time.Second)
+	}
+	assert.Equal(t, 10, refused, "paused once half of the 20 answers were refused")
+	assert.False(t, grantable(l))
+}
