@@ -148,11 +148,11 @@ type Limiter struct {
 	recentN       int
 	recentNext    int
 	recentRefused int
-	lastRTT         time.Duration
-	peak            int
-	acquired        int64
-	overloads       int64
-	failures        int64
+	lastRTT       time.Duration
+	peak          int
+	acquired      int64
+	overloads     int64
+	failures      int64
 }
 
 type waiter struct {
