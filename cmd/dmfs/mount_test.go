@@ -235,3 +235,13 @@ func TestLeftoverSessionOnlyOfAProcessThatIsGone(t *testing.T) {
 	_, err := os.Lstat(dir.File(sessionRecordName("/mnt/point3")))
 	assert.ErrorIs(t, err, os.ErrNotExist, "an expired record is removed")
 }
+
+func TestDiskQueueBytes(t *testing.T) {
+	for _, c := range []struct{ cache, want int64 }{
+		{1 << 20, 16 << 20},
+		{256 << 20, 32 << 20},
+		{8 << 30, 64 << 20},
+	} {
+		assert.Equal(t, c.want, diskQueueBytes(c.cache), "cache %d", c.cache)
+	}
+}
