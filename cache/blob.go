@@ -80,27 +80,21 @@ func (c *Cache) KeepBlob(version, key, meta string, src io.ReaderAt, size int64)
 // openBlob is OpenBlob on the disk.
 func (d *Disk) openBlob(version, key string) (*Blob, bool) {
 	sum := d.name(version, key)
-	f, size, mtime, ok := d.open(sum)
+	f, h, ok := d.openChecked(sum)
 	if !ok {
 		return nil, false
 	}
-	b, err := checkBlob(f, sum, size)
+	b, err := blobOf(f, h)
 	if err != nil {
 		f.Close()
 		d.drop(sum, err.Error())
 		return nil, false
 	}
-	d.hits.Add(1)
-	d.touch(sum, mtime)
 	return b, true
 }
 
-// checkBlob checks the entry in f (fileSize bytes) whole and reads its Meta.
-func checkBlob(f *os.File, sum [32]byte, fileSize int64) (*Blob, error) {
-	h, err := checkEntry(f, sum, fileSize)
-	if err != nil {
-		return nil, err
-	}
+// blobOf reads the Meta of the checked entry h in f.
+func blobOf(f *os.File, h header) (*Blob, error) {
 	var lb [4]byte
 	if h.length < 4 {
 		return nil, errors.New("not a blob: too short")

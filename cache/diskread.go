@@ -58,6 +58,24 @@ func checkEntry(f *os.File, sum [32]byte, fileSize int64) (header, error) {
 	return h, nil
 }
 
+// openChecked opens the entry of sum and checks it whole, counting a hit; a damaged entry is
+// removed.
+func (d *Disk) openChecked(sum [32]byte) (*os.File, header, bool) {
+	f, size, mtime, ok := d.open(sum)
+	if !ok {
+		return nil, header{}, false
+	}
+	h, err := checkEntry(f, sum, size)
+	if err != nil {
+		f.Close()
+		d.drop(sum, err.Error())
+		return nil, header{}, false
+	}
+	d.hits.Add(1)
+	d.touch(sum, mtime)
+	return f, h, true
+}
+
 // acquire returns the open, checked entry of (version, key) with a reference taken (give it
 // back with release), opening and checking it if it is not open yet.
 func (d *Disk) acquire(version, key string) (*diskFile, bool) {
@@ -70,18 +88,10 @@ func (d *Disk) acquire(version, key string) (*diskFile, bool) {
 	}
 	d.filesMu.Unlock()
 
-	f, size, mtime, ok := d.open(sum)
+	f, h, ok := d.openChecked(sum)
 	if !ok {
 		return nil, false
 	}
-	h, err := checkEntry(f, sum, size)
-	if err != nil {
-		f.Close()
-		d.drop(sum, err.Error())
-		return nil, false
-	}
-	d.hits.Add(1)
-	d.touch(sum, mtime)
 	df := &diskFile{f: f, size: h.length, at: h.at, refs: 1}
 
 	d.filesMu.Lock()

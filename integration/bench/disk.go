@@ -303,25 +303,10 @@ func (b *bench) oneDiskRun(ctx context.Context, parent *latencyResult) error {
 	}
 	var warm sample
 	if D.dropErr == nil {
-		files := make([]string, 0, len(b.keys))
-		for _, k := range b.keys {
-			if !isMetadataKey(k) {
-				files = append(files, filepath.Join(src, filepath.FromSlash(k)))
-			}
-		}
-		before, err := residentBytes(files)
+		before, after, err := b.dropChunkPages(src, b.keys, "the cold copy")
 		if err != nil {
 			return err
 		}
-		if err := b.dropPageCache(); err != nil {
-			return err
-		}
-		after, err := residentBytes(files)
-		if err != nil {
-			return err
-		}
-		b.logf("  page cache of the mount's chunk files: %.1f MB resident after the cold copy, %.1f MB after the drop",
-			float64(before)/1e6, float64(after)/1e6)
 		if warm, err = copyMeasure(m, mDWarm, false, func(s *sample) {
 			s.PageCacheMeasured, s.PageCacheBefore, s.PageCacheAfter = true, before, after
 			if s.Check == "" && after > 0 {

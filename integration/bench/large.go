@@ -211,6 +211,31 @@ func dropPageCache() error {
 	return f.Close()
 }
 
+// dropChunkPages drops the kernel's page cache and says how much of the
+// chunk files among keys (relative to the mount's datasource folder src)
+// was resident before and after, as mincore(2) sees them; after names what
+// came before the drop, for the log.
+func (b *bench) dropChunkPages(src string, keys []string, after string) (before, left int64, err error) {
+	files := make([]string, 0, len(keys))
+	for _, k := range keys {
+		if !isMetadataKey(k) {
+			files = append(files, filepath.Join(src, filepath.FromSlash(k)))
+		}
+	}
+	if before, err = residentBytes(files); err != nil {
+		return 0, 0, err
+	}
+	if err := b.dropPageCache(); err != nil {
+		return 0, 0, err
+	}
+	if left, err = residentBytes(files); err != nil {
+		return 0, 0, err
+	}
+	b.logf("  page cache of the mount's chunk files: %.1f MB resident after %s, %.1f MB after the drop",
+		float64(before)/1e6, after, float64(left)/1e6)
+	return before, left, nil
+}
+
 // residentBytes sums the bytes of files the kernel's page cache holds,
 // from mincore(2) on a read-only mapping of each file (which reads
 // nothing).
@@ -420,25 +445,10 @@ func (b *bench) oneLargeRun(ctx context.Context, parent *latencyResult) error {
 	}
 	var fromMem sample
 	if L.dropErr == nil {
-		files := make([]string, 0, len(L.fieldFiles))
-		for _, f := range L.fieldFiles {
-			if !isMetadataKey(f) {
-				files = append(files, filepath.Join(src, filepath.FromSlash(f)))
-			}
-		}
-		before, err := residentBytes(files)
+		before, after, err := b.dropChunkPages(src, L.fieldFiles, "the warm copy")
 		if err != nil {
 			return err
 		}
-		if err := b.dropPageCache(); err != nil {
-			return err
-		}
-		after, err := residentBytes(files)
-		if err != nil {
-			return err
-		}
-		b.logf("  page cache of the mount's chunk files: %.1f MB resident after the warm copy, %.1f MB after the drop",
-			float64(before)/1e6, float64(after)/1e6)
 		s, err := b.measure(ctx, mLWarmDrop, func() (sample, error) {
 			s, err := b.copyLarge(ctx, src, local)
 			s.KeyPrefix = fieldPrefix
