@@ -421,11 +421,7 @@ func (r *latencyResult) writeDiskTable(w io.Writer, order []string) {
 		if len(ss) == 0 {
 			continue
 		}
-		mbps := "—"
-		if ss[0].Bytes > 0 {
-			m, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.Bytes) / 1e6 / s.Seconds }))
-			mbps = m.format("", 1)
-		}
+		mbps := mbpsColumn(ss)
 		f := func(get func(sample) int64) string {
 			s, _ := summarize(pick(ss, func(s sample) float64 { return float64(get(s)) }))
 			return s.format("", 0)

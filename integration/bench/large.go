@@ -621,11 +621,7 @@ func (r *latencyResult) writeLargeTable(w io.Writer, order []string) {
 			continue
 		}
 		timeCol := timeColumn(ss)
-		mbps := "—"
-		if ss[0].Bytes > 0 {
-			m, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.Bytes) / 1e6 / s.Seconds }))
-			mbps = m.format("", 1)
-		}
+		mbps := mbpsColumn(ss)
 		reqCol := "0"
 		if countIf(ss, func(s sample) bool { return s.Requests > 0 }) > 0 {
 			req, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.Requests) }))

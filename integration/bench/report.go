@@ -182,6 +182,16 @@ func (r *latencyResult) addRatio(name string, num, den float64) {
 	}
 }
 
+// mbpsColumn is a row's throughput cell: MB/s over its runs, "—" for a
+// row that moves no bytes.
+func mbpsColumn(ss []sample) string {
+	if ss[0].Bytes == 0 {
+		return "—"
+	}
+	m, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.Bytes) / 1e6 / s.Seconds }))
+	return m.format("", 1)
+}
+
 func pick(ss []sample, f func(sample) float64) []float64 {
 	out := make([]float64, len(ss))
 	for i, s := range ss {
@@ -201,11 +211,7 @@ func (r *latencyResult) writeTable(w io.Writer, order []string) {
 			continue
 		}
 		timeCol := timeColumn(ss)
-		mbps := "—"
-		if ss[0].Bytes > 0 {
-			m, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.Bytes) / 1e6 / s.Seconds }))
-			mbps = m.format("", 1)
-		}
+		mbps := mbpsColumn(ss)
 		req, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.Requests) }))
 		reqCol := req.format("", 0)
 		if g, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.Gets) })); g.Max > 0 {
@@ -268,11 +274,7 @@ func (r *latencyResult) writeWriteTable(w io.Writer) {
 			u, _ := summarize(pick(ss, func(s sample) float64 { return s.Unmount }))
 			unmount = u.format("", 2)
 		}
-		mbps := "—"
-		if ss[0].Bytes > 0 {
-			m, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.Bytes) / 1e6 / s.Seconds }))
-			mbps = m.format("", 1)
-		}
+		mbps := mbpsColumn(ss)
 		keys, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.Keys) }))
 		perKey, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.Posts) / float64(max(1, s.Keys)) }))
 		other, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.Requests - s.Posts) }))
