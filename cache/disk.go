@@ -707,7 +707,9 @@ func (d *Disk) writeValue(tmp *os.File, j diskJob) error {
 		}
 	}
 	if j.src != nil {
-		buf := make([]byte, blobCopyBuffer)
+		bp := checkBuffers.Get().(*[]byte)
+		defer checkBuffers.Put(bp)
+		buf := *bp
 		for off := int64(0); off < j.n; {
 			if d.stopping.Load() {
 				return errors.New("closing: blob write abandoned")

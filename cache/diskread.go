@@ -31,8 +31,8 @@ type diskFile struct {
 	evicted bool // out of the LRU: closed when the last reference goes
 }
 
-// checkBuffers are the buffers entries are checked through, reused so that a check costs no
-// fresh memory.
+// checkBuffers are the buffers entries are checked and blobs copied through, reused so that
+// neither costs fresh memory.
 var checkBuffers = sync.Pool{New: func() any { b := make([]byte, blobCopyBuffer); return &b }}
 
 // checkEntry reads the header of the entry in f (fileSize bytes), checks it against sum, and
