@@ -24,6 +24,24 @@ type Store interface {
 	Head(ctx context.Context, key string) (int64, error)
 }
 
+// A Sink is where a value whose size is known before its bytes arrive is
+// written: given the size, it returns the writer that keeps it. A reader
+// that keeps values outside the Go heap (the cache's memory file) gives one,
+// so that a body is never held in a fresh heap buffer on its way there.
+// It may be called again, with the size of a retried answer; the bytes are
+// then written again from offset 0.
+type Sink func(size int64) (io.WriterAt, error)
+
+// SinkGetter is implemented by stores that can write a value straight into
+// a Sink.
+type SinkGetter interface {
+	// GetTo fetches key's value as Get does. When the size of the value is
+	// known before its bytes (a Content-Length), it writes the value whole
+	// to the writer sink returns and returns nil bytes; otherwise it
+	// returns the bytes, as Get, and sink is not called. A nil sink is Get.
+	GetTo(ctx context.Context, key string, sink Sink) ([]byte, error)
+}
+
 // Lister is implemented by stores that can list a folder. It is only needed
 // for stores without consolidated metadata.
 type Lister interface {
