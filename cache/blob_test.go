@@ -23,7 +23,7 @@ func readBlob(t *testing.T, b *Blob) []byte {
 func TestBlobKeptAndFoundAgain(t *testing.T) {
 	for _, size := range []int{0, 1, blobCopyBuffer - 1, 2*blobCopyBuffer + 17} {
 		dir := filepath.Join(t.TempDir(), "disk")
-		want := value(size, size)
+		want := testBytes(size, size)
 		c1, _ := diskCache(t, dir, DiskOptions{}, Options{})
 		_, ok := c1.OpenBlob("t@1", "table.parquet")
 		assert.False(t, ok, "nothing kept yet")
@@ -48,7 +48,7 @@ func TestBlobKeptAndFoundAgain(t *testing.T) {
 
 func TestBlobReplacedStaysReadableWhileOpen(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "disk")
-	old, next := value(1, 3000), value(2, 5000)
+	old, next := testBytes(1, 3000), testBytes(2, 5000)
 	c1, _ := diskCache(t, dir, DiskOptions{}, Options{})
 	c1.KeepBlob("t", "k", "modified:1", bytes.NewReader(old), int64(len(old)))
 	c1.Close()
@@ -83,7 +83,7 @@ func (r failingReader) ReadAt(p []byte, off int64) (int, error) {
 }
 
 func TestBlobNotKeptWhenItsSourceFailsOrIsShort(t *testing.T) {
-	want := value(3, 3*blobCopyBuffer)
+	want := testBytes(3, 3*blobCopyBuffer)
 	for _, src := range []io.ReaderAt{
 		failingReader{data: want, n: blobCopyBuffer + 5},
 		bytes.NewReader(want[:blobCopyBuffer]), // shorter than announced
@@ -99,7 +99,7 @@ func TestBlobNotKeptWhenItsSourceFailsOrIsShort(t *testing.T) {
 }
 
 func TestBlobDamagedIsNotServed(t *testing.T) {
-	want := value(4, 100000)
+	want := testBytes(4, 100000)
 	for name, damage := range map[string]func(path string){
 		"a byte flipped":  func(p string) { flipByte(t, p, diskHeaderSize+4+1+5000) },
 		"meta length bad": func(p string) { flipByte(t, p, diskHeaderSize+3) },

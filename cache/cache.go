@@ -44,6 +44,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"math"
@@ -71,9 +72,16 @@ const prefetchQueuePerWorker = 4
 // ErrClosed is returned for fetches asked of, or cancelled by, a closed Cache.
 var ErrClosed = errors.New("cache: closed")
 
-// FetchFunc fetches the bytes of one key. An error that matches fs.ErrNotExist means the key
-// does not exist; the cache remembers that.
-type FetchFunc func(ctx context.Context) ([]byte, error)
+// FetchFunc fetches the bytes of one key. When to is not nil and the size of the value is known
+// before its bytes, it may write the value whole to the writer to gives for that size and
+// return nil bytes (see Sink); otherwise it returns the bytes. An error that matches
+// fs.ErrNotExist means the key does not exist; the cache remembers that.
+type FetchFunc func(ctx context.Context, to Sink) ([]byte, error)
+
+// A Sink is where a fetch writes a value of known size: given the size, it returns the writer
+// that keeps the value (in the cache's memory file, out of the Go heap). It may be called again
+// with the size of a retried answer, whose bytes are then written again from offset 0.
+type Sink func(size int64) (io.WriterAt, error)
 
 // HeadFunc asks the size of one key without its bytes. An error that matches fs.ErrNotExist
 // means the key does not exist; the cache remembers that.
@@ -98,6 +106,9 @@ type Options struct {
 	// Disk is the disk tier under the memory (nil: none), used by requests given OnDisk. The
 	// cache closes it in Close.
 	Disk *Disk
+	// HeapOnly keeps every value in the Go heap, none in a memory file (see memFile), as
+	// happens anyway where memory files are not available.
+	HeapOnly bool
 }
 
 // A FetchOption says where a value is kept beyond memory; the zero FetchOption keeps it
@@ -189,6 +200,9 @@ type Stats struct {
 	Running         int // background flights a worker is running now
 	Foreground      int // flights started by GetOrFetch or SizeOrHead running now
 	Workers         int // worker goroutines alive now (at most Options.PrefetchWorkers)
+	// MemFileBytes is what the memory file holds (values cached there, whole pages, and
+	// values evicted but still being read or written to the disk tier).
+	MemFileBytes int64
 
 	// The disk tier (zero without one).
 	DiskHits      int64 // bodies and sizes answered from the disk
@@ -216,6 +230,7 @@ type Cache struct {
 	log        *slog.Logger
 	now        func() time.Time // Options.Now
 	disk       *Disk            // Options.Disk
+	mem        *memFile         // where fetched values are kept; nil: the heap
 	onWait     func()           // tests: called when a caller starts waiting for a shared call
 	closeCtx   context.Context  // cancelled by Close: ends every running flight
 	closeFn    context.CancelFunc
@@ -242,10 +257,58 @@ type Cache struct {
 	prefetchStarted, prefetchDropped, evictions   atomic.Int64
 }
 
-// dataEntry is a cached value and when it was fetched.
+// dataEntry is a cached value and when it was fetched. It holds a reference to its memory
+// file extent, if any.
 type dataEntry struct {
-	val []byte
-	at  time.Time // when the fetch that got val started: val is at least that recent
+	value
+	at time.Time // when the fetch that got the value started: it is at least that recent
+}
+
+// value is a value's bytes: in the heap, or a memory file extent (nil bytes).
+type value struct {
+	bytes []byte
+	mem   *memValue
+}
+
+func (v value) size() int64 {
+	if v.mem != nil {
+		return v.mem.size
+	}
+	return int64(len(v.bytes))
+}
+
+// hold takes a reference to v's extent for a caller, who gives it back with release. The
+// holder of a reference (or the lock guarding one) must be held.
+func (v value) hold() value {
+	if v.mem != nil {
+		v.mem.acquire()
+	}
+	return v
+}
+
+func (v value) release() {
+	if v.mem != nil {
+		v.mem.release()
+	}
+}
+
+// read returns the value's bytes (copied out of the memory file).
+func (v value) read() ([]byte, error) {
+	if v.mem != nil {
+		return v.mem.bytes()
+	}
+	return v.bytes, nil
+}
+
+// piece is the piece of v from off, at most n bytes; it takes over v's reference.
+func (v value) piece(off int64, n int) Piece {
+	if v.mem == nil {
+		return Piece{data: sliceAt(v.bytes, off, n)}
+	}
+	if off < 0 || off > v.mem.size {
+		off = v.mem.size
+	}
+	return Piece{file: v.mem.m.f, ref: v.mem, off: v.mem.off + off, n: int(min(int64(n), v.mem.size-off))}
 }
 
 type statEntry struct {
@@ -287,9 +350,13 @@ type flight struct {
 
 	// Written before done is closed, read after.
 	done chan struct{}
-	val  []byte // kindBody
-	size int64  // the size answered: len(val) for a body
+	val  value // kindBody
+	size int64 // the size answered: val.size() for a body
 	err  error
+	// waiters counts callers waiting for the bytes (await); while some are, the flight holds a
+	// reference to its extent (hold) for them to take theirs. Guarded by Cache.mu.
+	waiters int
+	hold    bool
 	// inPlace: the body was found in the disk tier and checked there, to be read in place
 	// (val is nil): nobody waiting asked for the bytes themselves (wantBytes).
 	inPlace bool
@@ -331,8 +398,15 @@ func New(opt Options) *Cache {
 	if err != nil {
 		panic(err)
 	}
+	var mem *memFile
+	if !opt.HeapOnly {
+		if mem, err = openMemFile(); err != nil {
+			opt.Logger.Info("cache: values kept in the heap: no memory file", "err", err)
+		}
+	}
 	closeCtx, closeFn := context.WithCancel(context.Background())
 	return &Cache{
+		mem:        mem,
 		maxBytes:   opt.MaxBytes,
 		timeout:    opt.FetchTimeout,
 		missingTTL: opt.MissingTTL,
@@ -386,11 +460,24 @@ func notFound(key string) error {
 // (see the package comment). An OnDisk option has the disk tier answer before fetch is called,
 // and keep what it fetches. The returned slice is shared and must not be modified.
 func (c *Cache) GetOrFetch(ctx context.Context, key string, fetch FetchFunc, opts ...FetchOption) ([]byte, error) {
+	v, err := c.get(ctx, key, fetch, opts, true)
+	if err != nil {
+		return nil, err
+	}
+	defer v.release()
+	return v.read()
+}
+
+// get is GetOrFetch returning the value held for the caller (release it). wantBytes says the
+// caller wants the value here, not read in place from the disk tier, and so starts a flight
+// that reads the disk into memory rather than only checking it there.
+func (c *Cache) get(ctx context.Context, key string, fetch FetchFunc, opts []FetchOption, wantBytes bool) (value, error) {
 	if fetch == nil {
-		return nil, fmt.Errorf("cache: GetOrFetch %q: nil fetch func", key)
+		return value{}, fmt.Errorf("cache: GetOrFetch %q: nil fetch func", key)
 	}
 	c.mu.Lock()
-	if v, ok := c.getLocked(key, true); ok {
+	if e, ok := c.entryLocked(key, true); ok {
+		v := e.hold()
 		c.mu.Unlock()
 		c.hits.Add(1)
 		return v, nil
@@ -398,15 +485,15 @@ func (c *Cache) GetOrFetch(ctx context.Context, key string, fetch FetchFunc, opt
 	if st, ok := c.statLocked(key, true); ok && st.missing {
 		c.mu.Unlock()
 		c.hits.Add(1)
-		return nil, notFound(key)
+		return value{}, notFound(key)
 	}
 	if c.closed {
 		c.mu.Unlock()
-		return nil, ErrClosed
+		return value{}, ErrClosed
 	}
 	if err := ctx.Err(); err != nil { // nobody would wait for the fetch
 		c.mu.Unlock()
-		return nil, err
+		return value{}, err
 	}
 	c.misses.Add(1)
 	f := c.flights[key]
@@ -416,21 +503,59 @@ func (c *Cache) GetOrFetch(ctx context.Context, key string, fetch FetchFunc, opt
 	}
 	if !f.started {
 		f.kind, f.fetch, f.head, f.parent, f.disk = kindBody, fetch, nil, ctx, fetchOption(opts)
-		f.wantBytes = true
+		f.wantBytes = f.wantBytes || wantBytes
 		c.startLocked(f)
 	}
+	f.waiters++
 	c.mu.Unlock()
 
 	c.waiting()
+	v, inPlace, err := c.await(ctx, f)
+	switch {
+	case err == nil && inPlace && wantBytes: // a readahead left it on disk: this caller wants it here
+		return c.get(ctx, key, fetch, opts, wantBytes)
+	case err == nil && inPlace:
+		return value{}, errLeftOnDisk
+	}
+	return v, err
+}
+
+// errLeftOnDisk tells ReadAt that the flight it joined checked the value on disk and left it
+// there, to be read in place.
+var errLeftOnDisk = errors.New("cache: left on disk")
+
+// await waits for f, which counts the caller among its waiters, and returns its answer: the
+// value held for the caller, or that it was left on disk to be read in place.
+func (c *Cache) await(ctx context.Context, f *flight) (v value, inPlace bool, err error) {
+	var drop value
 	select {
 	case <-f.done:
-		if f.inPlace { // a readahead left it on disk: this caller wants it in memory
-			return c.GetOrFetch(ctx, key, fetch, opts...)
+		c.mu.Lock()
+		if f.err == nil {
+			v = f.val.hold()
 		}
-		return f.val, f.err
+		drop = c.leaveLocked(f)
+		c.mu.Unlock()
+		drop.release()
+		return v, f.inPlace, f.err
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		c.mu.Lock()
+		drop = c.leaveLocked(f)
+		c.mu.Unlock()
+		drop.release()
+		return value{}, false, ctx.Err()
 	}
+}
+
+// leaveLocked counts a waiter of f out, and returns the flight's reference to give back when it
+// was the last one. c.mu must be held.
+func (c *Cache) leaveLocked(f *flight) value {
+	f.waiters--
+	if f.waiters == 0 && f.hold {
+		f.hold = false
+		return f.val
+	}
+	return value{}
 }
 
 // ReadAt returns at most n bytes of key's value from off, and the value's size: from memory;
@@ -438,29 +563,44 @@ func (c *Cache) GetOrFetch(ctx context.Context, key string, fetch FetchFunc, opt
 // entry is checked whole when first opened) without loading it into memory; else fetched and
 // kept as by GetOrFetch. Release the piece once its bytes are used.
 func (c *Cache) ReadAt(ctx context.Context, key string, off int64, n int, fetch FetchFunc, opts ...FetchOption) (Piece, int64, error) {
-	if v, ok := c.Get(key); ok {
-		return Piece{data: sliceAt(v, off, n)}, int64(len(v)), nil
-	}
-	if o := fetchOption(opts); c.disk != nil && o.version != "" && !o.refresh {
-		if df, ok := c.disk.acquire(o.version, o.key); ok {
+	for try := 0; ; try++ {
+		c.mu.Lock()
+		if e, ok := c.entryLocked(key, true); ok {
+			v := e.hold()
+			c.mu.Unlock()
 			c.hits.Add(1)
-			c.knownSize(key, df.size, o.diskAt(df.at))
-			return c.disk.filePiece(df, off, n), df.size, nil
+			return v.piece(off, n), v.size(), nil
 		}
+		c.mu.Unlock()
+		if o := fetchOption(opts); c.disk != nil && o.version != "" && !o.refresh {
+			if df, ok := c.disk.acquire(o.version, o.key); ok {
+				c.hits.Add(1)
+				c.knownSize(key, df.size, o.diskAt(df.at))
+				return c.disk.filePiece(df, off, n), df.size, nil
+			}
+		}
+		// A flight that found the value on disk leaves it there; should the entry go
+		// before it is opened here, the second try reads it into memory.
+		v, err := c.get(ctx, key, fetch, opts, try > 0)
+		if errors.Is(err, errLeftOnDisk) {
+			continue
+		}
+		if err != nil {
+			return Piece{}, 0, err
+		}
+		return v.piece(off, n), v.size(), nil
 	}
-	v, err := c.GetOrFetch(ctx, key, fetch, opts...)
-	if err != nil {
-		return Piece{}, 0, err
-	}
-	return Piece{data: sliceAt(v, off, n)}, int64(len(v)), nil
 }
 
 // SizeInPlace returns the size of key's value when it is in memory, or when the disk tier
 // holds it (OnDisk, not RefreshOnDisk) to be read in place: the entry is then opened and
 // checked, ready for ReadAt. It fetches nothing.
 func (c *Cache) SizeInPlace(key string, opts ...FetchOption) (int64, bool) {
-	if v, ok := c.Get(key); ok {
-		return int64(len(v)), true
+	c.mu.Lock()
+	e, ok := c.entryLocked(key, false)
+	c.mu.Unlock()
+	if ok {
+		return e.size(), true
 	}
 	o := fetchOption(opts)
 	if c.disk == nil || o.version == "" || o.refresh {
@@ -479,7 +619,7 @@ func (c *Cache) SizeInPlace(key string, opts ...FetchOption) (int64, bool) {
 func (c *Cache) knownSize(key string, size int64, at time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if _, ok := c.getLocked(key, false); ok {
+	if _, ok := c.entryLocked(key, false); ok {
 		return
 	}
 	if st, ok := c.stat.Peek(key); ok && !st.missing && st.size == size {
@@ -508,12 +648,20 @@ func (c *Cache) waiting() {
 // The returned slice is shared and must not be modified.
 func (c *Cache) Get(key string) ([]byte, bool) {
 	c.mu.Lock()
-	v, ok := c.getLocked(key, true)
+	e, ok := c.entryLocked(key, true)
+	v := e.hold()
 	c.mu.Unlock()
-	if ok {
-		c.hits.Add(1)
+	if !ok {
+		return nil, false
 	}
-	return v, ok
+	defer v.release()
+	b, err := v.read()
+	if err != nil {
+		c.log.Warn("cache: "+err.Error(), "key", key)
+		return nil, false
+	}
+	c.hits.Add(1)
+	return b, true
 }
 
 // Prefetch queues a background fetch of key, for readahead, and returns at once. It does
@@ -530,7 +678,7 @@ func (c *Cache) Prefetch(key string, fetch FetchFunc, opts ...FetchOption) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if _, ok := c.getLocked(key, false); ok || c.closed {
+	if _, ok := c.entryLocked(key, false); ok || c.closed {
 		return
 	}
 	if st, ok := c.statLocked(key, false); ok && st.missing {
@@ -555,7 +703,7 @@ func (c *Cache) PrefetchSize(key string, head HeadFunc, opts ...FetchOption) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if _, ok := c.getLocked(key, false); ok || c.closed || c.flights[key] != nil {
+	if _, ok := c.entryLocked(key, false); ok || c.closed || c.flights[key] != nil {
 		return
 	}
 	if _, ok := c.statLocked(key, false); ok {
@@ -661,7 +809,7 @@ func (c *Cache) run(f *flight) {
 	at := c.now() // the answer is at least this recent
 	ctx, cancel := c.fetchContext(f.parent)
 	start := time.Now()
-	var val []byte
+	var val value
 	var size int64
 	var err error
 	disk := c.disk
@@ -685,15 +833,15 @@ func (c *Cache) run(f *flight) {
 		}
 		if disk != nil && !f.disk.refresh {
 			var t time.Time
-			if val, t, fromDisk = disk.get(f.disk.version, f.disk.key); fromDisk && f.disk.diskAt(t).Before(at) {
+			if val.bytes, t, fromDisk = disk.get(f.disk.version, f.disk.key); fromDisk && f.disk.diskAt(t).Before(at) {
 				at = f.disk.diskAt(t) // as old as the fetch that got it
 			}
 		}
 		if !fromDisk {
 			c.fetches.Add(1)
-			val, err = call(ctx, f.kind, f.fetch)
+			val, err = c.fetchValue(ctx, f)
 		}
-		size = int64(len(val))
+		size = val.size()
 	case kindSize:
 		if disk != nil && !f.disk.refresh {
 			var t time.Time
@@ -711,10 +859,11 @@ func (c *Cache) run(f *flight) {
 	}
 	cancel()
 	if err != nil {
-		val, size = nil, 0
+		val, size = value{}, 0
 	}
 
 	keep := false // on disk: a body fetched, and still wanted
+	owned := val  // the fetch's reference to val's extent, if it has one: the entry's, if kept
 	c.mu.Lock()
 	if c.flights[f.key] == f {
 		delete(c.flights, f.key)
@@ -723,8 +872,9 @@ func (c *Cache) run(f *flight) {
 		case err == nil && inPlace:
 			c.stat.Add(f.key, statEntry{size: size, at: at})
 		case err == nil && f.kind == kindBody:
-			c.addLocked(f.key, dataEntry{val: val, at: at})
+			c.addLocked(f.key, dataEntry{value: val, at: at})
 			c.stat.Add(f.key, statEntry{size: size, at: at})
+			owned = value{}
 		case err == nil:
 			c.stat.Add(f.key, statEntry{size: size, at: at})
 		case errors.Is(err, fs.ErrNotExist):
@@ -738,15 +888,68 @@ func (c *Cache) run(f *flight) {
 		c.foreground--
 	}
 	f.val, f.size, f.err, f.inPlace = val, size, err, inPlace
+	if val.mem != nil && f.waiters > 0 {
+		// The waiters take their references from the flight's (see leaveLocked).
+		if owned.mem == nil {
+			val.hold()
+		}
+		f.hold, owned = true, value{}
+	}
+	var toDisk value
+	if keep {
+		toDisk = val.hold() // for the disk writer, which gives it back
+	}
 	close(f.done)
 	c.mu.Unlock()
+	owned.release()
 	if keep {
-		disk.put(f.disk.version, f.disk.key, val, at, f.disk.refresh)
+		disk.put(f.disk.version, f.disk.key, toDisk, at, f.disk.refresh)
 	}
 
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		c.log.Debug("cache: "+f.kind.String()+" failed", "key", f.key, "duration", time.Since(start), "err", err)
 	}
+}
+
+// fetchValue calls f's fetch func, with a sink into the memory file unless the caller wants
+// the bytes in memory (or there is no memory file). The value returned holds the fetch's
+// reference to its extent.
+func (c *Cache) fetchValue(ctx context.Context, f *flight) (value, error) {
+	if c.mem == nil || f.wantBytes {
+		b, err := call(ctx, f.kind, func(ctx context.Context) ([]byte, error) { return f.fetch(ctx, nil) })
+		return value{bytes: b}, err
+	}
+	// The sink is called by the fetch func, in this goroutine or one it waits for.
+	var mu sync.Mutex
+	var mem *memValue
+	sink := func(size int64) (io.WriterAt, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if mem != nil && mem.size == size {
+			return mem, nil // a retry: written again from 0
+		}
+		if mem != nil {
+			mem.release()
+			mem = nil
+		}
+		v, err := c.mem.alloc(size)
+		if err != nil {
+			return nil, err
+		}
+		mem = v
+		return v, nil
+	}
+	b, err := call(ctx, f.kind, func(ctx context.Context) ([]byte, error) { return f.fetch(ctx, sink) })
+	mu.Lock()
+	defer mu.Unlock()
+	switch {
+	case err != nil || b != nil || mem == nil:
+		if mem != nil {
+			mem.release()
+		}
+		return value{bytes: b}, err
+	}
+	return value{mem: mem}, nil
 }
 
 // call turns a panic in a fetch or head func into an error: waiters must be released either way.
@@ -760,14 +963,8 @@ func call[T any](ctx context.Context, kind flightKind, fn func(context.Context) 
 	return fn(ctx)
 }
 
-// getLocked returns the cached bytes of key, from the LRU (marked as recently used when touch)
-// or the oversize slot. c.mu must be held.
-func (c *Cache) getLocked(key string, touch bool) ([]byte, bool) {
-	e, ok := c.entryLocked(key, touch)
-	return e.val, ok
-}
-
-// entryLocked is getLocked with the time of the fetch. c.mu must be held.
+// entryLocked returns the cached value of key, from the LRU (marked as recently used when
+// touch) or the oversize slot. c.mu must be held.
 func (c *Cache) entryLocked(key string, touch bool) (dataEntry, bool) {
 	var e dataEntry
 	var ok bool
@@ -776,7 +973,7 @@ func (c *Cache) entryLocked(key string, touch bool) (dataEntry, bool) {
 	} else {
 		e, ok = c.data.Peek(key)
 	}
-	if !ok && c.oversize.val != nil && c.oversizeKey == key {
+	if !ok && c.oversizeKey != "" && c.oversizeKey == key {
 		e, ok = c.oversize, true
 	}
 	return e, ok
@@ -786,20 +983,23 @@ func (c *Cache) entryLocked(key string, touch bool) (dataEntry, bool) {
 func (c *Cache) dropLocked(key string) {
 	if old, ok := c.data.Peek(key); ok {
 		c.data.Remove(key)
-		c.bytes -= int64(len(old.val))
+		c.bytes -= old.size()
+		old.release()
 	}
 	if c.oversizeKey == key {
+		c.oversize.release()
 		c.oversizeKey, c.oversize = "", dataEntry{}
 	}
 }
 
-// addLocked stores e under key and evicts the least recently used entries beyond the byte
-// budget. A value larger than the whole budget replaces the oversize slot instead. c.mu must
-// be held.
+// addLocked stores e under key (with its reference) and evicts the least recently used entries
+// beyond the byte budget. A value larger than the whole budget replaces the oversize slot
+// instead. c.mu must be held.
 func (c *Cache) addLocked(key string, e dataEntry) {
 	c.dropLocked(key)
-	n := int64(len(e.val))
+	n := e.size()
 	if n > c.maxBytes {
+		c.oversize.release()
 		c.oversizeKey, c.oversize = key, e
 		return
 	}
@@ -808,7 +1008,8 @@ func (c *Cache) addLocked(key string, e dataEntry) {
 		if !ok {
 			break
 		}
-		c.bytes -= int64(len(old.val))
+		c.bytes -= old.size()
+		old.release()
 		c.evictions.Add(1)
 	}
 	c.data.Add(key, e)
@@ -820,8 +1021,8 @@ func (c *Cache) addLocked(key string, e dataEntry) {
 func (c *Cache) Stat(key string) (size int64, state StatState) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if v, ok := c.getLocked(key, false); ok {
-		return int64(len(v)), StatPresent
+	if e, ok := c.entryLocked(key, false); ok {
+		return e.size(), StatPresent
 	}
 	if st, ok := c.statLocked(key, true); ok {
 		if st.missing {
@@ -882,9 +1083,9 @@ func (c *Cache) SizeOrHead(ctx context.Context, key string, head HeadFunc, opts 
 		return 0, fmt.Errorf("cache: SizeOrHead %q: nil head func", key)
 	}
 	c.mu.Lock()
-	if v, ok := c.getLocked(key, false); ok {
+	if e, ok := c.entryLocked(key, false); ok {
 		c.mu.Unlock()
-		return int64(len(v)), nil
+		return e.size(), nil
 	}
 	if st, ok := c.statLocked(key, true); ok {
 		c.mu.Unlock()
@@ -938,7 +1139,7 @@ func (c *Cache) Put(key string, val []byte) {
 		c.detachLocked(f, errInvalidated)
 	}
 	c.stat.Remove(key)
-	c.addLocked(key, dataEntry{val: val, at: c.now()})
+	c.addLocked(key, dataEntry{value: value{bytes: val}, at: c.now()})
 }
 
 // Invalidate forgets every key that starts with prefix: bytes, sizes and missing marks. Fetches
@@ -963,7 +1164,7 @@ func (c *Cache) invalidate(match func(key string) bool) {
 			c.dropLocked(k)
 		}
 	}
-	if c.oversize.val != nil && match(c.oversizeKey) {
+	if c.oversizeKey != "" && match(c.oversizeKey) {
 		c.dropLocked(c.oversizeKey)
 	}
 	for _, k := range c.stat.Keys() {
@@ -983,7 +1184,7 @@ func (c *Cache) Stats() Stats {
 	c.mu.Lock()
 	st := Stats{
 		Bytes:          c.bytes,
-		OversizeBytes:  int64(len(c.oversize.val)),
+		OversizeBytes:  c.oversize.size(),
 		Entries:        c.data.Len(),
 		PrefetchQueued: c.queue.Len(),
 		Running:        c.busy,
@@ -1000,6 +1201,9 @@ func (c *Cache) Stats() Stats {
 	st.PrefetchDropped = c.prefetchDropped.Load()
 	st.Evictions = c.evictions.Load()
 	st.MaxBytes = c.maxBytes
+	if c.mem != nil {
+		st.MemFileBytes = c.mem.allocated.Load()
+	}
 	if c.disk != nil {
 		ds := c.disk.stats()
 		st.DiskHits, st.DiskWrites, st.DiskDropped = ds.hits, ds.writes, ds.dropped

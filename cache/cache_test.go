@@ -40,7 +40,7 @@ func newGated(val []byte, err error) *gatedFetch {
 	return &gatedFetch{started: make(chan struct{}, 100), gate: make(chan struct{}), val: val, err: err}
 }
 
-func (g *gatedFetch) fetch(ctx context.Context) ([]byte, error) {
+func (g *gatedFetch) fetch(ctx context.Context, _ Sink) ([]byte, error) {
 	g.calls.Add(1)
 	g.started <- struct{}{}
 	select {
@@ -72,14 +72,14 @@ func (c *fakeClock) Now() time.Time          { return clockStart.Add(time.Durati
 func (c *fakeClock) Advance(d time.Duration) { c.ns.Add(int64(d)) }
 
 func constFetch(calls *atomic.Int64, val []byte, err error) FetchFunc {
-	return func(context.Context) ([]byte, error) {
+	return func(context.Context, Sink) ([]byte, error) {
 		calls.Add(1)
 		return val, err
 	}
 }
 
 func mustNotFetch(t *testing.T) FetchFunc {
-	return func(context.Context) ([]byte, error) {
+	return func(context.Context, Sink) ([]byte, error) {
 		t.Error("fetch called for a key the cache should answer")
 		return nil, errors.New("unexpected fetch")
 	}
@@ -190,7 +190,7 @@ func TestBytesNeverExceedBudgetUnderConcurrency(t *testing.T) {
 			for i := range 200 {
 				key := fmt.Sprintf("w%d-%d", w, i%50)
 				n := (i*37 + w*11) % 300
-				_, err := c.GetOrFetch(context.Background(), key, func(context.Context) ([]byte, error) {
+				_, err := c.GetOrFetch(context.Background(), key, func(context.Context, Sink) ([]byte, error) {
 					return make([]byte, n), nil
 				})
 				assert.NoError(t, err)
@@ -310,7 +310,7 @@ func TestDoneContextStartsNoFetch(t *testing.T) {
 func TestFetchTimeoutBoundsSharedFetch(t *testing.T) {
 	c := newCache(t, Options{FetchTimeout: 20 * time.Millisecond})
 	start := time.Now()
-	_, err := c.GetOrFetch(context.Background(), "k", func(ctx context.Context) ([]byte, error) {
+	_, err := c.GetOrFetch(context.Background(), "k", func(ctx context.Context, _ Sink) ([]byte, error) {
 		<-ctx.Done()
 		return nil, ctx.Err()
 	})
@@ -354,7 +354,7 @@ func TestFetchFailures(t *testing.T) {
 
 func TestFetchPanicBecomesError(t *testing.T) {
 	c := newCache(t, Options{})
-	_, err := c.GetOrFetch(context.Background(), "k", func(context.Context) ([]byte, error) { panic("boom") })
+	_, err := c.GetOrFetch(context.Background(), "k", func(context.Context, Sink) ([]byte, error) { panic("boom") })
 	require.ErrorContains(t, err, "panicked: boom")
 	var calls atomic.Int64
 	v, err := c.GetOrFetch(context.Background(), "k", constFetch(&calls, []byte("ok"), nil))
@@ -828,10 +828,10 @@ func BenchmarkGetOrFetchHit(b *testing.B) {
 	ctx := context.Background()
 	for i := range names {
 		names[i] = fmt.Sprintf("ds/var/%d.0", i)
-		_, err := c.GetOrFetch(ctx, names[i], func(context.Context) ([]byte, error) { return make([]byte, 1024), nil })
+		_, err := c.GetOrFetch(ctx, names[i], func(context.Context, Sink) ([]byte, error) { return make([]byte, 1024), nil })
 		require.NoError(b, err)
 	}
-	fetch := func(context.Context) ([]byte, error) { return nil, errors.New("unexpected fetch") }
+	fetch := func(context.Context, Sink) ([]byte, error) { return nil, errors.New("unexpected fetch") }
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
@@ -850,7 +850,7 @@ func BenchmarkGetOrFetchMissEvict(b *testing.B) {
 	c := New(Options{MaxBytes: 1 << 20})
 	defer c.Close()
 	val := make([]byte, 64<<10)
-	fetch := func(context.Context) ([]byte, error) { return val, nil }
+	fetch := func(context.Context, Sink) ([]byte, error) { return val, nil }
 	names := make([]string, 4096)
 	for i := range names {
 		names[i] = fmt.Sprintf("ds/var/%d.0", i)
@@ -919,7 +919,7 @@ func TestPutReplacesWhatWasKnownOfAKey(t *testing.T) {
 	size, st := c.Stat("k")
 	assert.Equal(t, StatPresent, st)
 	assert.Equal(t, int64(7), size)
-	got, err := c.GetOrFetch(context.Background(), "k", func(context.Context) ([]byte, error) {
+	got, err := c.GetOrFetch(context.Background(), "k", func(context.Context, Sink) ([]byte, error) {
 		t.Fatal("a key put is not fetched")
 		return nil, nil
 	})

@@ -147,11 +147,14 @@ type Disk struct {
 // diskJob is a value waiting to be written: val, or prefix then n bytes of src (a blob, read
 // from its holder's memory or file as it is written).
 type diskJob struct {
-	sum     [32]byte
-	val     []byte
-	prefix  []byte
-	src     io.ReaderAt
-	n       int64
+	sum    [32]byte
+	val    []byte
+	prefix []byte
+	src    io.ReaderAt
+	n      int64
+	// ref, when set, is the job's own reference to src (a value in the memory file), given
+	// back once the job is written or dropped.
+	ref     interface{ release() }
 	at      time.Time
 	replace bool // replace an entry already there (a refresh)
 }
@@ -160,7 +163,20 @@ type diskJob struct {
 func (j diskJob) length() int64 { return int64(len(j.val)+len(j.prefix)) + j.n }
 
 // held is what the job holds in memory of its own: a blob's src belongs to its caller.
-func (j diskJob) held() int64 { return int64(len(j.val) + len(j.prefix)) }
+func (j diskJob) held() int64 {
+	n := int64(len(j.val) + len(j.prefix))
+	if j.ref != nil {
+		n += j.n
+	}
+	return n
+}
+
+// done gives back the job's reference, if it has one.
+func (j diskJob) done() {
+	if j.ref != nil {
+		j.ref.release()
+	}
+}
 
 // diskStats is a snapshot of a Disk's counters.
 type diskStats struct {
@@ -616,8 +632,12 @@ func (d *Disk) drop(sum [32]byte, why string) {
 
 // put queues the value of (version, key), fetched at at, to be written; replace replaces an
 // entry already there. A value that does not fit the queue is dropped.
-func (d *Disk) put(version, key string, val []byte, at time.Time, replace bool) {
-	d.enqueue(diskJob{sum: d.name(version, key), val: val, at: at, replace: replace})
+func (d *Disk) put(version, key string, val value, at time.Time, replace bool) {
+	j := diskJob{sum: d.name(version, key), val: val.bytes, at: at, replace: replace}
+	if val.mem != nil {
+		j.src, j.n, j.ref = val.mem, val.mem.size, val.mem
+	}
+	d.enqueue(j)
 }
 
 // enqueue queues j unless the queue is full or the Disk closed.
@@ -627,6 +647,7 @@ func (d *Disk) enqueue(j diskJob) {
 	if d.closed || (d.queued > 0 && d.queued+n > d.queueMax) {
 		d.mu.Unlock()
 		d.dropped.Add(1)
+		j.done()
 		return
 	}
 	d.queue = append(d.queue, j)
@@ -653,6 +674,7 @@ func (d *Disk) write() {
 		d.queue = d.queue[1:]
 		d.mu.Unlock()
 		d.writeEntry(j)
+		j.done()
 		d.mu.Lock()
 		d.queued -= j.held()
 	}
@@ -856,6 +878,7 @@ func (d *Disk) Close() {
 			d.dropped.Add(int64(len(d.queue)))
 			for _, j := range d.queue {
 				d.queued -= j.held()
+				j.done()
 			}
 			d.queue = nil
 			d.mu.Unlock()

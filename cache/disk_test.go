@@ -69,8 +69,8 @@ func entryFiles(t *testing.T, dir string) []string {
 	return names
 }
 
-// value is a test value of n bytes determined by seed.
-func value(seed, n int) []byte {
+// testBytes is a test value of n bytes determined by seed.
+func testBytes(seed, n int) []byte {
 	r := rand.New(rand.NewPCG(uint64(seed), 7))
 	b := make([]byte, n)
 	for i := range b {
@@ -82,7 +82,7 @@ func value(seed, n int) []byte {
 func TestDiskAnswersAfterReopen(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "disk")
 	clock := newFakeClock()
-	want := value(1, 5000)
+	want := testBytes(1, 5000)
 	var calls atomic.Int64
 
 	c1, _ := diskCache(t, dir, DiskOptions{}, Options{Now: clock.Now})
@@ -201,7 +201,7 @@ func TestDiskKeepsNoFailureNorAbandonedAnswer(t *testing.T) {
 }
 
 func TestDiskDamagedEntryIsRefetched(t *testing.T) {
-	want := value(2, 3000)
+	want := testBytes(2, 3000)
 	for _, tc := range []struct {
 		name   string
 		damage func(t *testing.T, path string)
@@ -272,7 +272,7 @@ func flipByte(t *testing.T, path string, off int64) {
 func TestDiskDamagedHeaderTellsNoSize(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "disk")
 	d := openDisk(t, DiskOptions{Dir: dir})
-	d.writeEntry(diskJob{sum: d.name("v", "k"), val: value(3, 1000), at: time.Now()})
+	d.writeEntry(diskJob{sum: d.name("v", "k"), val: testBytes(3, 1000), at: time.Now()})
 	n, _, ok := d.size("v", "k")
 	require.True(t, ok)
 	assert.Equal(t, int64(1000), n)
@@ -289,7 +289,7 @@ func TestDiskCapAndLRUEviction(t *testing.T) {
 	d := openDisk(t, DiskOptions{Dir: dir, MaxBytes: capBytes, Now: later})
 	d.touchAfter = 0
 	put := func(i int) {
-		d.writeEntry(diskJob{sum: d.name("v", fmt.Sprint(i)), val: value(i, 4000), at: time.Now()})
+		d.writeEntry(diskJob{sum: d.name("v", fmt.Sprint(i)), val: testBytes(i, 4000), at: time.Now()})
 	}
 	// Fill to about half the cap, then use 0 to 2, so that they are the most recent.
 	for i := range 7 {
@@ -328,7 +328,7 @@ func TestDiskOpenCountsWhatIsThereAndRemovesDeadTemps(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "disk")
 	d1 := openDisk(t, DiskOptions{Dir: dir})
 	for i := range 5 {
-		d1.writeEntry(diskJob{sum: d1.name("v", fmt.Sprint(i)), val: value(i, 2000), at: time.Now()})
+		d1.writeEntry(diskJob{sum: d1.name("v", fmt.Sprint(i)), val: testBytes(i, 2000), at: time.Now()})
 	}
 	// A live writer: d1 is open and has a temp file.
 	liveTemp := filepath.Join(dir, tmpDir, d1.owner+".99")
@@ -360,9 +360,9 @@ func TestDiskQueueIsBoundedAndFlushedAtClose(t *testing.T) {
 	require.NoError(t, err)
 	defer d.Close()
 	require.NoError(t, d.lock()) // writers wait: what is queued stays queued
-	d.put("v", "a", value(1, 80), time.Now(), false)
-	d.put("v", "b", value(2, 80), time.Now(), false) // 160 > 100: dropped
-	d.put("v", "c", value(3, 10), time.Now(), false)
+	d.put("v", "a", value{bytes: testBytes(1, 80)}, time.Now(), false)
+	d.put("v", "b", value{bytes: testBytes(2, 80)}, time.Now(), false) // 160 > 100: dropped
+	d.put("v", "c", value{bytes: testBytes(3, 10)}, time.Now(), false)
 	d.unlock()
 	d.Close()
 	st := d.stats()
@@ -381,7 +381,7 @@ func TestDiskSharedByTwoInstances(t *testing.T) {
 	const keys = 150
 	vals := make([][]byte, keys)
 	for i := range vals {
-		vals[i] = value(i, 1000+i*37%6000)
+		vals[i] = testBytes(i, 1000+i*37%6000)
 	}
 	var disks [2]*Disk
 	for i := range disks {
@@ -419,7 +419,7 @@ func TestDiskSharedByTwoInstances(t *testing.T) {
 				if v, _, ok := d.get("v", key); ok && !bytes.Equal(v, vals[i]) {
 					bad.Add(1)
 				}
-				d.put("v", key, vals[i], time.Now(), r.IntN(10) == 0)
+				d.put("v", key, value{bytes: vals[i]}, time.Now(), r.IntN(10) == 0)
 			}
 		})
 	}

@@ -160,12 +160,13 @@ func newOpenFiles(onEvict func([32]byte, *diskFile)) *simplelru.LRU[[32]byte, *d
 }
 
 // A Piece is the bytes of one read of a value (see Cache.ReadAt): a slice of the value in
-// memory, or a range of a disk tier file read in place. Release it once its bytes are used.
+// memory, or a range of a file read in place (the memory file, or a disk tier file). Release
+// it once its bytes are used.
 type Piece struct {
 	data []byte
-	file *diskFile
-	disk *Disk
-	off  int64 // in file
+	file *os.File
+	ref  interface{ release() } // what keeps file's range readable
+	off  int64                  // in file
 	n    int
 }
 
@@ -180,13 +181,13 @@ func (p Piece) Len() int {
 // Memory returns the piece's bytes when they are in memory (shared: not to be modified).
 func (p Piece) Memory() ([]byte, bool) { return p.data, p.file == nil }
 
-// File returns the open file, offset and length of a piece read in place. The file stays open
-// until Release.
+// File returns the open file, offset and length of a piece read in place. The file stays open,
+// and the range readable, until Release.
 func (p Piece) File() (fd uintptr, off int64, n int, ok bool) {
 	if p.file == nil {
 		return 0, 0, 0, false
 	}
-	return p.file.f.Fd(), p.off, p.n, true
+	return p.file.Fd(), p.off, p.n, true
 }
 
 // Read returns the piece's bytes: its memory, or read from its file into buf (at least Len
@@ -195,7 +196,7 @@ func (p Piece) Read(buf []byte) ([]byte, error) {
 	if p.file == nil {
 		return p.data, nil
 	}
-	n, err := p.file.f.ReadAt(buf[:min(len(buf), p.n)], p.off)
+	n, err := p.file.ReadAt(buf[:min(len(buf), p.n)], p.off)
 	if err == io.EOF && n == min(len(buf), p.n) {
 		err = nil
 	}
@@ -204,8 +205,8 @@ func (p Piece) Read(buf []byte) ([]byte, error) {
 
 // Release ends the piece's use of its file, if it has one. Release it once only.
 func (p Piece) Release() {
-	if p.file != nil {
-		p.disk.release(p.file)
+	if p.ref != nil {
+		p.ref.release()
 	}
 }
 
@@ -214,5 +215,13 @@ func (d *Disk) filePiece(df *diskFile, off int64, n int) Piece {
 	if off < 0 || off > df.size {
 		off = df.size
 	}
-	return Piece{file: df, disk: d, off: diskHeaderSize + off, n: int(min(int64(n), df.size-off))}
+	return Piece{file: df.f, ref: diskRef{d, df}, off: diskHeaderSize + off, n: int(min(int64(n), df.size-off))}
 }
+
+// diskRef is a reference to an open disk tier entry, given back by release.
+type diskRef struct {
+	d  *Disk
+	df *diskFile
+}
+
+func (r diskRef) release() { r.d.release(r.df) }

@@ -42,7 +42,7 @@ func keptOnDisk(t *testing.T, want []byte, o Options) (*Cache, string) {
 }
 
 func TestReadAtReadsTheDiskInPlace(t *testing.T) {
-	want := value(5, 300_000)
+	want := testBytes(5, 300_000)
 	c, _ := keptOnDisk(t, want, Options{})
 	for _, r := range []struct {
 		off  int64
@@ -86,7 +86,7 @@ func TestReadAtReadsTheDiskInPlace(t *testing.T) {
 }
 
 func TestReadAtNeverServesADamagedEntry(t *testing.T) {
-	want := value(6, 50_000)
+	want := testBytes(6, 50_000)
 	c, dir := keptOnDisk(t, want, Options{})
 	entries := entryFiles(t, dir)
 	require.Len(t, entries, 1)
@@ -102,7 +102,7 @@ func TestReadAtNeverServesADamagedEntry(t *testing.T) {
 }
 
 func TestReadaheadOfADiskValueChecksItInPlace(t *testing.T) {
-	want := value(7, 20_000)
+	want := testBytes(7, 20_000)
 	c, _ := keptOnDisk(t, want, Options{})
 	c.Prefetch("k", mustNotFetch(t), OnDisk("v", "k"))
 	require.Eventually(t, func() bool { return c.Stats().Running == 0 && c.Stats().PrefetchQueued == 0 }, 5*time.Second, time.Millisecond)
@@ -131,7 +131,7 @@ func TestReadAtPieceOutlivesItsEntrysEviction(t *testing.T) {
 	keys := diskOpenFiles + 5
 	for i := range keys {
 		k := fmt.Sprint(i)
-		_, err := c1.GetOrFetch(context.Background(), k, constFetch(&calls, value(i, 100), nil), OnDisk("v", k))
+		_, err := c1.GetOrFetch(context.Background(), k, constFetch(&calls, testBytes(i, 100), nil), OnDisk("v", k))
 		require.NoError(t, err)
 	}
 	c1.Close()
@@ -142,13 +142,13 @@ func TestReadAtPieceOutlivesItsEntrysEviction(t *testing.T) {
 		k := fmt.Sprint(i)
 		p, _, err := c2.ReadAt(context.Background(), k, 0, 100, mustNotFetch(t), OnDisk("v", k))
 		require.NoError(t, err)
-		assert.Equal(t, value(i, 100), readPiece(t, p))
+		assert.Equal(t, testBytes(i, 100), readPiece(t, p))
 		p.Release()
 	}
 	assert.False(t, c2.disk.opened("v", "0"))
-	assert.Equal(t, value(0, 100), readPiece(t, held), "still open while held")
+	assert.Equal(t, testBytes(0, 100), readPiece(t, held), "still open while held")
 	held.Release()
-	_, err = held.file.f.Stat()
+	_, err = held.file.Stat()
 	assert.Error(t, err, "closed once released")
 }
 
@@ -171,7 +171,7 @@ func TestReadAtTakesAReplacedEntry(t *testing.T) {
 }
 
 func TestSizeOfADiskValueLoadsNothing(t *testing.T) {
-	want := value(8, 20_000)
+	want := testBytes(8, 20_000)
 	c, _ := keptOnDisk(t, want, Options{})
 	n, ok := c.SizeInPlace("k", OnDisk("v", "k"))
 	require.True(t, ok)

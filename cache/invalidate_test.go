@@ -107,7 +107,7 @@ func TestInvalidateRacingHead(t *testing.T) {
 			if tt.body {
 				go func() {
 					defer close(oldDone)
-					_, _ = c.GetOrFetch(context.Background(), key, func(ctx context.Context) ([]byte, error) {
+					_, _ = c.GetOrFetch(context.Background(), key, func(ctx context.Context, _ Sink) ([]byte, error) {
 						close(oldStarted)
 						select {
 						case <-oldGate:

@@ -432,7 +432,7 @@ func TestCloseWaitsForEveryGoroutine(t *testing.T) {
 		<-ctx.Done()
 		time.Sleep(20 * time.Millisecond) // a request slow to wind down
 	}
-	fetch := func(ctx context.Context) ([]byte, error) { block(ctx); return nil, ctx.Err() }
+	fetch := func(ctx context.Context, _ Sink) ([]byte, error) { block(ctx); return nil, ctx.Err() }
 	head := func(ctx context.Context) (int64, error) { block(ctx); return 0, ctx.Err() }
 
 	callers := make(chan error, 4)

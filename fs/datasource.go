@@ -351,14 +351,20 @@ func (d *datasource) onDisk(key string, refresh bool) cache.FetchOption {
 // fetcher gets key's bytes; ahead marks a readahead fetch, which nobody
 // waits for yet (the gateway's limiter serves waiting readers first).
 func (d *datasource) fetcher(key string, ahead bool) cache.FetchFunc {
-	return func(ctx context.Context) ([]byte, error) {
+	return func(ctx context.Context, to cache.Sink) ([]byte, error) {
 		if ahead {
 			ctx = zarr.WithReadahead(ctx)
 		}
 		ctx = zarr.WithSizeHint(ctx, d.chunkBytes(key))
 		start := d.opt.now()
-		b, err := d.store.Get(ctx, key)
-		d.opt.Logger.Debug("fetch", "datasource", d.id, "key", key, "size", len(b),
+		var b []byte
+		var err error
+		if sg, ok := d.store.(zarr.SinkGetter); ok && to != nil {
+			b, err = sg.GetTo(ctx, key, zarr.Sink(to))
+		} else {
+			b, err = d.store.Get(ctx, key)
+		}
+		d.opt.Logger.Debug("fetch", "datasource", d.id, "key", key, "in memory", len(b),
 			"duration", d.opt.now().Sub(start), "err", err)
 		return b, err
 	}
