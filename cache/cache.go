@@ -203,6 +203,9 @@ type Stats struct {
 	// MemFileBytes is what the memory file holds (values cached there, whole pages, and
 	// values evicted but still being read or written to the disk tier).
 	MemFileBytes int64
+	// MemFilePeakBytes is the most the memory file ever held: with the process's peak RSS
+	// (where the memory file is not counted), the cache's peak memory.
+	MemFilePeakBytes int64
 
 	// The disk tier (zero without one).
 	DiskHits      int64 // bodies and sizes answered from the disk
@@ -1203,6 +1206,7 @@ func (c *Cache) Stats() Stats {
 	st.MaxBytes = c.maxBytes
 	if c.mem != nil {
 		st.MemFileBytes = c.mem.allocated.Load()
+		st.MemFilePeakBytes = c.mem.peak.Load()
 	}
 	if c.disk != nil {
 		ds := c.disk.stats()

@@ -33,6 +33,7 @@ type memFile struct {
 	next int64 // where the next extent starts
 
 	allocated atomic.Int64 // bytes of the extents not yet punched out
+	peak      atomic.Int64 // the most allocated ever was
 }
 
 // memValue is one value's extent in the memory file. Its references are the cache entry's (or
@@ -73,7 +74,8 @@ func (m *memFile) alloc(size int64) (*memValue, error) {
 	}
 	m.next += span
 	m.mu.Unlock()
-	m.allocated.Add(span)
+	for n, p := m.allocated.Add(span), m.peak.Load(); n > p && !m.peak.CompareAndSwap(p, n); p = m.peak.Load() {
+	}
 	v := &memValue{m: m, off: off, size: size}
 	v.refs.Store(1)
 	return v, nil

@@ -115,6 +115,7 @@ func newCollector(snapshot func() Snapshot, labels prometheus.Labels) *collector
 	add("cache_heads_total", "Size lookups (HEAD) started.", counter, cache(func(c *Cache) int64 { return c.Heads }))
 	add("cache_prefetches_total", "Readahead fetches started.", counter, cache(func(c *Cache) int64 { return c.Prefetches }))
 	add("cache_prefetches_dropped_total", "Readahead fetches dropped because the queue was full.", counter, cache(func(c *Cache) int64 { return c.PrefetchDropped }))
+	add("cache_memory_file_bytes", "Bytes in the chunk cache's memory file (values held out of the heap, and not in the RSS).", gauge, cache(func(c *Cache) int64 { return c.MemoryFileBytes }))
 	add("cache_evictions_total", "Values evicted to keep the cache within its bound.", counter, cache(func(c *Cache) int64 { return c.Evictions }))
 	add("cache_disk_bytes", "Bytes in the disk cache's folder, every mount sharing it included, as last counted (--cache-dir).", gauge, disk(func(d *DiskCache) int64 { return d.Bytes }))
 	add("cache_disk_max_bytes", "The disk cache's cap (--cache-dir-size).", gauge, disk(func(d *DiskCache) int64 { return d.MaxBytes }))

@@ -80,6 +80,7 @@ func TestMetricsExportTheSnapshot(t *testing.T) {
 		"dmfs_cache_prefetches_total":         dto.MetricType_COUNTER,
 		"dmfs_cache_prefetches_dropped_total": dto.MetricType_COUNTER,
 		"dmfs_cache_evictions_total":          dto.MetricType_COUNTER,
+		"dmfs_cache_memory_file_bytes":        dto.MetricType_GAUGE,
 		"dmfs_requests_total":                 dto.MetricType_COUNTER,
 		"dmfs_request_errors_total":           dto.MetricType_COUNTER,
 		"dmfs_requests_in_flight":             dto.MetricType_GAUGE,

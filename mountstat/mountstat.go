@@ -58,6 +58,11 @@ type Cache struct {
 	Prefetches      int64 `json:"prefetches"`   // readahead fetches started
 	PrefetchDropped int64 `json:"prefetch_dropped"`
 	Evictions       int64 `json:"evictions"`
+	// MemoryFileBytes is what the cache's memory file holds now, and
+	// MemoryFilePeakBytes the most it ever held: values are kept there, out
+	// of the process's heap, and not counted in its RSS.
+	MemoryFileBytes     int64 `json:"memory_file_bytes"`
+	MemoryFilePeakBytes int64 `json:"memory_file_peak_bytes"`
 	// Disk is the disk tier, on a mount with --cache-dir.
 	Disk *DiskCache `json:"disk,omitempty"`
 }

@@ -127,7 +127,7 @@ func TestStatusDocumentFields(t *testing.T) {
 		"started", "session", "cache", "requests", "uploads"}, keys(m))
 	assert.ElementsMatch(t, []string{"id", "end_time"}, keys(m["session"].(map[string]any)))
 	assert.ElementsMatch(t, []string{"bytes", "max_bytes", "entries", "hits", "misses", "fetches", "fetch_errors",
-		"heads", "prefetches", "prefetch_dropped", "evictions"}, keys(m["cache"].(map[string]any)))
+		"heads", "prefetches", "prefetch_dropped", "evictions", "memory_file_bytes", "memory_file_peak_bytes"}, keys(m["cache"].(map[string]any)))
 	assert.ElementsMatch(t, Kinds[:], keys(m["requests"].(map[string]any)))
 	assert.ElementsMatch(t, []string{"total", "errors", "in_flight"}, keys(m["requests"].(map[string]any)["chunk"].(map[string]any)))
 	assert.ElementsMatch(t, []string{"pending", "in_flight", "uploaded", "failed", "spool_bytes", "spool_max_bytes"},

@@ -167,6 +167,9 @@ func (s *mountStatus) snapshot(p statusParts) mountstat.Snapshot {
 			Prefetches:      cs.PrefetchStarted,
 			PrefetchDropped: cs.PrefetchDropped,
 			Evictions:       cs.Evictions,
+
+			MemoryFileBytes:     cs.MemFileBytes,
+			MemoryFilePeakBytes: cs.MemFilePeakBytes,
 		},
 		Requests: s.Requests.Figures(),
 	}

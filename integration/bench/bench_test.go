@@ -419,13 +419,13 @@ func TestTargetsAndTable(t *testing.T) {
 		mCpCold + ": requests per chunk":   true,
 		mLsR + ": zarr requests":           true,
 		mLslR + ": GETs / HEADs per chunk": true,
-		"peak RSS − cache size (cache 1/10, reading all data)": true,
+		"peak memory − cache size (cache 1/10, reading all data)": true,
 	}, met)
 
 	var buf bytes.Buffer
 	r.writeTable(&buf, readOrder([]int{16, 64}, "t2m"))
 	out := buf.String()
-	assert.Contains(t, out, "| Operation | Time, s: median (min–max) | MB/s | Gateway requests | Requests per chunk | Fetches in flight per run: mean / max | Peak RSS, MiB | Checks |\n")
+	assert.Contains(t, out, "| Operation | Time, s: median (min–max) | MB/s | Gateway requests | Requests per chunk | Fetches in flight per run: mean / max | Peak memory, MiB | Checks |\n")
 	assert.Contains(t, out, "| "+mCpCold+" | 10.00 | 10.0 | 1000 (GET 1000, HEAD 0) | 1.000 | 15.5 / 16, 15.5 / 17, 15.5 / 18 | — | — |")
 	assert.Contains(t, out, "| "+mLslR+" | > 300.00 (capped in 1 of 3 runs) |")
 	assert.Contains(t, out, "| "+mCpFaults+" | 12.00 | 8.3 | 1100 (GET 1100, HEAD 0) | 1.100 | 7.2 / 40, 7.2 / 40, 7.2 / 40 | — | **failed in 1 of 3 runs**: copy differs")

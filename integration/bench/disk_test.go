@@ -41,13 +41,16 @@ func TestSplitRequests(t *testing.T) {
 	assert.Equal(t, requestSplit{Other: 3}, none)
 }
 
-func TestParseDiskStatus(t *testing.T) {
+func TestParseStatus(t *testing.T) {
 	const doc = `{"version": 1, "mounts": [
-	  {"state": "running", "mountpoint": "/m/a", "cache": {"bytes": 1, "max_bytes": 2, "disk": {"bytes": 10, "max_bytes": 20, "hits": 7, "writes": 3, "dropped": 1, "evictions": 2, "corrupt": 4}}},
+	  {"state": "running", "mountpoint": "/m/a", "cache": {"bytes": 1, "max_bytes": 2, "memory_file_peak_bytes": 5, "disk": {"bytes": 10, "max_bytes": 20, "hits": 7, "writes": 3, "dropped": 1, "evictions": 2, "corrupt": 4}}},
 	  {"state": "running", "mountpoint": "/m/nodisk", "cache": {"bytes": 1, "max_bytes": 2}},
 	  {"state": "dead", "mountpoint": "/m/dead", "problem": "its process is gone"}
 	]}`
-	got, err := parseDiskStatus([]byte(doc), "/m/a")
+	st, err := parseStatus([]byte(doc), "/m/a")
+	require.NoError(t, err)
+	assert.Equal(t, int64(5), st.Cache.MemoryFilePeakBytes)
+	got, err := diskFiguresOf(st)
 	require.NoError(t, err)
 	assert.Equal(t, diskFigures{Hits: 7, Writes: 3, Dropped: 1, Evictions: 2, Corrupt: 4}, got)
 
@@ -56,10 +59,13 @@ func TestParseDiskStatus(t *testing.T) {
 		"/m/dead":   "is dead: its process is gone",
 		"/m/other":  "no mount at /m/other",
 	} {
-		_, err := parseDiskStatus([]byte(doc), mnt)
+		st, err := parseStatus([]byte(doc), mnt)
+		if err == nil {
+			_, err = diskFiguresOf(st)
+		}
 		assert.ErrorContains(t, err, want, mnt)
 	}
-	_, err = parseDiskStatus([]byte("dmfs: not json"), "/m/a")
+	_, err = parseStatus([]byte("dmfs: not json"), "/m/a")
 	assert.ErrorContains(t, err, "dmfs status")
 }
 

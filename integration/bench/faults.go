@@ -72,7 +72,7 @@ func (b *bench) faultsRun(ctx context.Context, res *latencyResult) (sample, erro
 			s.Check = "copy differs from the direct fetch: " + err.Error()
 		}
 	}
-	if s.RSS, err = m.peakRSS(); err != nil {
+	if s.RSS, err = m.peakMemory(); err != nil {
 		return sample{}, err
 	}
 	res.Traces = append(res.Traces, tr)

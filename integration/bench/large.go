@@ -58,7 +58,7 @@ const (
 	ratioLXrBound  = "xarray `.load()`: (dmfs cold − warm time) / the limit's fetch time"
 	ratioLShard    = "shard: direct GET time / dmfs time"
 	targetLDropped = "page cache of the chunk files dropped before the copy (resident bytes = 0)"
-	targetLRSS     = "peak RSS − cache size (small cache, reading all of `field`)"
+	targetLRSS     = "peak memory − cache size (small cache, reading all of `field`)"
 	targetLExact   = "byte-exact"
 )
 
@@ -427,7 +427,7 @@ func (b *bench) oneLargeRun(ctx context.Context, parent *latencyResult) error {
 		if err != nil {
 			return s, err
 		}
-		if s.RSS, err = m.peakRSS(); err != nil {
+		if s.RSS, err = m.peakMemory(); err != nil {
 			return s, err
 		}
 		if s.Check != "" {
@@ -457,7 +457,7 @@ func (b *bench) oneLargeRun(ctx context.Context, parent *latencyResult) error {
 		if err != nil {
 			return err
 		}
-		if s.RSS, err = m.peakRSS(); err != nil {
+		if s.RSS, err = m.peakMemory(); err != nil {
 			return err
 		}
 		s.PageCacheMeasured, s.PageCacheBefore, s.PageCacheAfter = true, before, after
@@ -474,7 +474,7 @@ func (b *bench) oneLargeRun(ctx context.Context, parent *latencyResult) error {
 		return err
 	}
 
-	// dmfs cp -r cold with a small cache, for the peak RSS.
+	// dmfs cp -r cold with a small cache, for the peak memory.
 	if m, err = b.mountDMFS(ctx, L.cacheSmall); err != nil {
 		return err
 	}
@@ -529,7 +529,7 @@ func (b *bench) oneLargeRun(ctx context.Context, parent *latencyResult) error {
 	if err != nil {
 		return err
 	}
-	if sh.RSS, err = m.peakRSS(); err != nil {
+	if sh.RSS, err = m.peakMemory(); err != nil {
 		return err
 	}
 	if sh.Check != "" {
@@ -613,7 +613,7 @@ func (b *bench) writeLargeSection(w io.Writer, results []*latencyResult) {
 
 // writeLargeTable writes one latency's large-chunk rows and ratios.
 func (r *latencyResult) writeLargeTable(w io.Writer, order []string) {
-	fmt.Fprintf(w, "| Operation | Time, s: median (min–max) | MB/s | Gateway requests | Requests per chunk | Gateway bytes per byte read | Fetches in flight per run: mean / max | Peak RSS, MiB | Checks |\n")
+	fmt.Fprintf(w, "| Operation | Time, s: median (min–max) | MB/s | Gateway requests | Requests per chunk | Gateway bytes per byte read | Fetches in flight per run: mean / max | Peak memory, MiB | Checks |\n")
 	fmt.Fprintf(w, "|---|---|---|---|---|---|---|---|---|\n")
 	for _, name := range order {
 		ss := r.Samples[name]

@@ -683,7 +683,7 @@ func (b *bench) oneReadRun(ctx context.Context, res *latencyResult) error {
 		if err != nil {
 			return err
 		}
-		if s.RSS, err = m.peakRSS(); err != nil {
+		if s.RSS, err = m.peakMemory(); err != nil {
 			return err
 		}
 		res.add(c.coldName, s)
@@ -692,7 +692,7 @@ func (b *bench) oneReadRun(ctx context.Context, res *latencyResult) error {
 		if err != nil {
 			return err
 		}
-		if w.RSS, err = m.peakRSS(); err != nil {
+		if w.RSS, err = m.peakMemory(); err != nil {
 			return err
 		}
 		res.add(c.warmNm, w)
@@ -865,7 +865,7 @@ func (b *bench) writeReport(w io.Writer, results []*latencyResult, started time.
 		fmt.Fprintf(w, "The limit's fetch of the xarray variable's chunks only bounds the xarray reads: cold may take at most the warm time plus 1.25x that fetch. ")
 		fmt.Fprintf(w, "xarray times are `open_zarr` + the operation inside Python (interpreter start-up excluded); `.mean()` is a dask reduction that reads every chunk; xarray's requests per chunk count only the variable's chunk keys. Requests are the gateway's own counters. ")
 		fmt.Fprintf(w, "Fetches in flight are the gateway's count of `/zarr/` requests being answered at once, from their arrival (the latency included) to the end of the answer: the mean is time-weighted over the time at least one was in flight (so idle time, such as Python's start-up, does not dilute it), the max is the most at once; one mean / max pair per run, in run order. ")
-		fmt.Fprintf(w, "Peak RSS is VmHWM of the dmfs daemon after the operation. A figure marked capped was stopped at %s and is a lower bound.\n\n", b.o.limit)
+		fmt.Fprintf(w, "Peak memory is VmHWM of the dmfs daemon after the operation plus the most its cache's memory file held (`memory_file_peak_bytes` in `dmfs status --json`: values kept there are not in the RSS). A figure marked capped was stopped at %s and is a lower bound.\n\n", b.o.limit)
 		if b.o.hasFaults && slices.Contains(b.o.latencies, b.o.faults) {
 			fmt.Fprintf(w, "The faults row (at %v only) copies the datasource cold, like `cp -r` cold, from a second gateway on the same data that answers %.0f%% of its `/zarr/` requests with 503 or 429 (`dmfs serve --fail-rate %g --fail-codes %s --fail-retry-after %s`, drawn from a fixed seed), and compares the copy with the direct client's local copy: chunks byte for byte, metadata files as JSON. Its requests include the retries. The in-flight trace of its last run follows that latency's targets.\n\n",
 				b.o.faults, faultRate*100, faultRate, faultCodes, faultRetryAfter)

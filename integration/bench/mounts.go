@@ -73,13 +73,27 @@ func (m *dmfsMount) pid() (int, error) {
 	return strconv.Atoi(strings.TrimSpace(string(b)))
 }
 
-// peakRSS is VmHWM of the daemon, in bytes.
-func (m *dmfsMount) peakRSS() (int64, error) {
+// peakMemory is the daemon's peak memory, in bytes: its VmHWM plus the most its cache's
+// memory file held (values kept there are not in the RSS), from `dmfs status --json`.
+func (m *dmfsMount) peakMemory() (int64, error) {
 	pid, err := m.pid()
 	if err != nil {
 		return 0, err
 	}
-	return vmHWM(fmt.Sprintf("/proc/%d/status", pid))
+	rss, err := vmHWM(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := m.status(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if st.Cache == nil {
+		return 0, fmt.Errorf("dmfs status: %s reports no cache", m.mnt)
+	}
+	return rss + st.Cache.MemoryFilePeakBytes, nil
 }
 
 func vmHWM(statusPath string) (int64, error) {

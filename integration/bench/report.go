@@ -18,7 +18,7 @@ type sample struct {
 	// Gateway requests during the operation, from its counters.
 	Requests, Gets, Heads int64
 	Chunks                int64 // chunks the operation covers, for requests per chunk
-	RSS                   int64 // peak RSS of the dmfs daemon after the operation (0: n/a)
+	RSS                   int64 // peak memory of the dmfs daemon after the operation, its cache's memory file included (0: n/a)
 	// InFlight is the gateway's count of /zarr/ requests answered at once
 	// during the operation.
 	InFlight inFlight
@@ -203,7 +203,7 @@ func pick(ss []sample, f func(sample) float64) []float64 {
 // writeTable writes one latency's measurements, rows in order, as a
 // Markdown table.
 func (r *latencyResult) writeTable(w io.Writer, order []string) {
-	fmt.Fprintf(w, "| Operation | Time, s: median (min–max) | MB/s | Gateway requests | Requests per chunk | Fetches in flight per run: mean / max | Peak RSS, MiB | Checks |\n")
+	fmt.Fprintf(w, "| Operation | Time, s: median (min–max) | MB/s | Gateway requests | Requests per chunk | Fetches in flight per run: mean / max | Peak memory, MiB | Checks |\n")
 	fmt.Fprintf(w, "|---|---|---|---|---|---|---|---|\n")
 	for _, name := range order {
 		ss := r.Samples[name]
@@ -435,7 +435,7 @@ func (r *latencyResult) targets(cacheSmall int64) []target {
 	}
 	if ss := r.Samples[mCpColdSmall]; len(ss) > 0 && cacheSmall > 0 {
 		s, _ := summarize(pick(ss, func(s sample) float64 { return float64(s.RSS-cacheSmall) / (1 << 20) }))
-		out = append(out, target{"peak RSS − cache size (cache 1/10, reading all data)", "≤ 64 MiB",
+		out = append(out, target{"peak memory − cache size (cache 1/10, reading all data)", "≤ 64 MiB",
 			s.format(" MiB", 0), s.Max <= 64})
 	}
 	if ss := r.Samples[mCpFaults]; len(ss) > 0 {
