@@ -13,9 +13,11 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/oceanum-dmfs/dmfs/flow"
+	"github.com/oceanum-dmfs/dmfs/zarr"
 )
 
 const (
@@ -79,9 +81,13 @@ type request struct {
 	timeout  time.Duration
 	readBody bool  // read the whole body of a 2xx answer
 	maxBody  int64 // bound on that body
-	// into, when set with readBody, receives a 2xx body of exactly its
+	// part, when set with readBody, receives a 206 body of exactly its
 	// length (a part of a larger value), instead of a new buffer.
-	into    []byte
+	part *span
+	// sink, when set with readBody, is given a 200 body that has a
+	// Content-Length within maxBody, instead of a new buffer (see
+	// zarr.Sink): it is called once per attempt that gets that far.
+	sink    zarr.Sink
 	noRetry bool // one try only (the caller has its own schedule)
 	// stream hands a 2xx body to the caller unread (response.stream),
 	// with the attempt's context and timeout, instead of reading it.
@@ -101,7 +107,7 @@ type response struct {
 	status int
 	header http.Header
 	size   int64  // Content-Length, -1 if absent
-	body   []byte // the 2xx body when readBody, else the (bounded) error body
+	body   []byte // the 2xx body when readBody (nil when it went to a part or sink), else the (bounded) error body
 	// stream is the unread 2xx body of a request with stream set; whoever
 	// holds the response must close it.
 	stream *stream
@@ -445,6 +451,7 @@ func (c *Client) send(ctx context.Context, r request, n int, permit *flow.Permit
 		body = &idleBody{ReadCloser: res.Body, timer: idle, d: r.timeout}
 	}
 	resp := &response{status: res.StatusCode, header: res.Header, size: res.ContentLength}
+	var got int64 // body bytes read, wherever they went
 	switch {
 	case res.StatusCode/100 == 2 && r.stream:
 		if idle != nil {
@@ -453,22 +460,29 @@ func (c *Client) send(ctx context.Context, r request, n int, permit *flow.Permit
 		resp.stream = &stream{body: res.Body, ctx: ctx, cancel: cancel, idle: idle, timeout: r.timeout,
 			size: res.ContentLength, errorFor: func(err error) error { return c.errorFor(r, res.StatusCode, "", err) }}
 		handed = true
-	case res.StatusCode/100 == 2 && r.readBody && r.into != nil && res.StatusCode == http.StatusPartialContent:
-		resp.body, err = readInto(body, res.ContentLength, r.into)
+	case res.StatusCode == http.StatusPartialContent && r.readBody && r.part != nil:
+		got, err = readInto(body, res.ContentLength, *r.part)
+		if err != nil {
+			err = timedOut(err)
+		}
+	case res.StatusCode == http.StatusOK && r.readBody && r.sink != nil && res.ContentLength >= 0:
+		got, err = readTo(body, res.ContentLength, r.maxBody, r.sink)
 		if err != nil {
 			err = timedOut(err)
 		}
 	case res.StatusCode/100 == 2 && r.readBody:
 		resp.body, err = readBody(body, res.ContentLength, r.maxBody)
+		got = int64(len(resp.body))
 		if err != nil {
 			err = timedOut(err)
 		}
 	case res.StatusCode/100 != 2:
 		resp.body, _ = io.ReadAll(io.LimitReader(body, maxErrorBody))
+		got = int64(len(resp.body))
 	}
 	if c.log.Enabled(ctx, slog.LevelDebug) {
 		attrs := []any{"method", r.method, "path", pathOf(r.url), "attempt", n,
-			"status", res.StatusCode, "bytes", len(resp.body), "duration", time.Since(start)}
+			"status", res.StatusCode, "bytes", got, "duration", time.Since(start)}
 		if err != nil {
 			attrs = append(attrs, "error", err.Error())
 		}
@@ -508,15 +522,103 @@ func checkHeaderValues(h http.Header) error {
 	return nil
 }
 
-// readInto reads a body of exactly len(dst) bytes into dst.
-func readInto(body io.Reader, size int64, dst []byte) ([]byte, error) {
-	if size >= 0 && size != int64(len(dst)) {
-		return nil, fmt.Errorf("part of %d bytes answered with %d", len(dst), size)
+// span is n bytes at off of w: where one part of a larger value goes.
+type span struct {
+	w      io.WriterAt
+	off, n int64
+}
+
+// bytesAt writes into a slice of fixed length: the one buffer of a value
+// fetched in parts without a sink.
+type bytesAt []byte
+
+func (b bytesAt) WriteAt(p []byte, off int64) (int, error) {
+	if off < 0 || off > int64(len(b)) || int64(len(p)) > int64(len(b))-off {
+		return 0, fmt.Errorf("write of %d bytes at %d past the end of a %d-byte buffer", len(p), off, len(b))
 	}
-	if n, err := io.ReadFull(body, dst); err != nil {
-		return nil, fmt.Errorf("part shorter than asked: %d of %d bytes: %w", n, len(dst), err)
+	return copy(b[off:], p), nil
+}
+
+// copyBufferSize sizes the buffers bodies are copied through on their way
+// to a WriterAt.
+const copyBufferSize = 256 << 10
+
+// copyBuffers are reused, so that a body written to a sink costs no fresh
+// memory on its way: the first touch of fresh pages costs more than the
+// copy.
+var copyBuffers = sync.Pool{New: func() any {
+	b := make([]byte, copyBufferSize)
+	return &b
+}}
+
+// copyAt copies the next n bytes of body to dst.w at dst.off, dst.off+1...
+// through a pooled buffer, and returns how many it read. A failed write is
+// a permanentError; a failed or short read (io.ErrUnexpectedEOF) is
+// returned as it is, for the caller to say what was short.
+func copyAt(body io.Reader, dst span) (int64, error) {
+	bp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bp)
+	buf := *bp
+	var done int64
+	for done < dst.n {
+		m, err := io.ReadFull(body, buf[:min(int64(len(buf)), dst.n-done)])
+		if m > 0 {
+			if _, werr := dst.w.WriteAt(buf[:m], dst.off+done); werr != nil {
+				return done, permanentError{fmt.Errorf("write %d body bytes at offset %d: %w", m, dst.off+done, werr)}
+			}
+			done += int64(m)
+		}
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return done, err
+		}
 	}
-	return dst, nil
+	return done, nil
+}
+
+// readInto reads a body of exactly dst.n bytes into dst.
+func readInto(body io.Reader, size int64, dst span) (int64, error) {
+	if size >= 0 && size != dst.n {
+		return 0, fmt.Errorf("part of %d bytes answered with %d", dst.n, size)
+	}
+	n, err := copyAt(body, dst)
+	if err != nil && !isPermanent(err) {
+		return n, fmt.Errorf("part shorter than asked: %d of %d bytes: %w", n, dst.n, err)
+	}
+	return n, err
+}
+
+// readTo reads a body of size bytes (its Content-Length) into the writer
+// sink returns, with readBody's bounds: a size above limit is refused
+// without reading and without calling sink, a shorter body is an error.
+// The sink's failure, or its writer's, is permanent: another try would
+// write to the same place.
+func readTo(body io.Reader, size, limit int64, sink zarr.Sink) (int64, error) {
+	if size > limit {
+		return 0, tooLong(size, limit)
+	}
+	w, err := sink(size)
+	if err != nil {
+		return 0, permanentError{fmt.Errorf("sink for %d bytes: %w", size, err)}
+	}
+	if w == nil {
+		return 0, permanentError{fmt.Errorf("sink for %d bytes returned no writer", size)}
+	}
+	n, err := copyAt(body, span{w: w, n: size})
+	if err != nil && !isPermanent(err) {
+		return n, shortBody(n, size, err)
+	}
+	return n, err
+}
+
+func tooLong(size, limit int64) error {
+	return permanentError{fmt.Errorf("%w: Content-Length %d is more than the %d bytes allowed", ErrTooLarge, size, limit)}
+}
+
+func shortBody(n, size int64, err error) error {
+	return fmt.Errorf("body shorter than its Content-Length: %d of %d bytes: %w", n, size, err)
 }
 
 // readBody reads a 2xx body of at most limit bytes. With a Content-Length it
@@ -526,7 +628,7 @@ func readInto(body io.Reader, size int64, dst []byte) ([]byte, error) {
 // one, see readUnsized.
 func readBody(body io.Reader, size, limit int64) ([]byte, error) {
 	if size > limit {
-		return nil, permanentError{fmt.Errorf("%w: Content-Length %d is more than the %d bytes allowed", ErrTooLarge, size, limit)}
+		return nil, tooLong(size, limit)
 	}
 	if size < 0 {
 		return readUnsized(body, limit)
@@ -534,7 +636,7 @@ func readBody(body io.Reader, size, limit int64) ([]byte, error) {
 	buf := make([]byte, size)
 	n, err := io.ReadFull(body, buf)
 	if err != nil {
-		return nil, fmt.Errorf("body shorter than its Content-Length: %d of %d bytes: %w", n, size, err)
+		return nil, shortBody(int64(n), size, err)
 	}
 	return buf, nil
 }

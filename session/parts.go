@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
 
 	"golang.org/x/sync/errgroup"
+
+	"github.com/oceanum-dmfs/dmfs/zarr"
 )
 
 // A value whose size is hinted (zarr.WithSizeHint) at rangeThreshold or
@@ -28,39 +31,57 @@ var errPartsChanged = errors.New("value changed between its parts")
 // getParts fetches key's value in parts: the first part tells the total
 // size (and whether Range is honoured at all: a 200 is the whole value, for
 // the cost of one request), the others are fetched in parallel into one
-// buffer. A value that changes meanwhile is fetched again whole.
-func (s *Store) getParts(ctx context.Context, key string, limit int64) ([]byte, error) {
+// buffer, or with a sink into the writer it returns for the total, each at
+// its offset. A value that changes meanwhile is fetched again whole (and
+// sink asked again, for its new size).
+func (s *Store) getParts(ctx context.Context, key string, limit int64, sink zarr.Sink) ([]byte, error) {
 	// A 200 is the whole value (Range not honoured), so the bound is
-	// the value's, not the part's.
-	first, err := s.requestPart(ctx, "get", http.MethodGet, key, limit, rangeHeader(0, rangePart), nil)
+	// the value's, not the part's; a sink takes it if it has a length.
+	first, err := s.requestPart(ctx, "get", http.MethodGet, key, limit, rangeHeader(0, rangePart), nil, sink)
 	var e *Error
 	if errors.As(err, &e) && e.Status == http.StatusRequestedRangeNotSatisfiable {
-		return s.getWhole(ctx, key, limit, err) // an empty value has no byte 0
+		return s.getWhole(ctx, key, limit, sink, err) // an empty value has no byte 0
 	}
 	if err != nil {
 		return nil, err
 	}
 	if first.status == http.StatusOK {
-		return first.body, nil
+		return first.body, nil // nil if it went to sink
 	}
 	from, to, total, ok := parseContentRange(first.header.Get("Content-Range"))
 	switch {
 	case !ok || from != 0 || to+1 != int64(len(first.body)):
-		return s.getWhole(ctx, key, limit, fmt.Errorf("first part answered %q for %d bytes", first.header.Get("Content-Range"), len(first.body)))
-	case total <= int64(len(first.body)):
-		return first.body, nil
+		return s.getWhole(ctx, key, limit, sink, fmt.Errorf("first part answered %q for %d bytes", first.header.Get("Content-Range"), len(first.body)))
 	case total > limit:
-		return nil, &Error{Op: "get", Method: http.MethodGet, URL: redactURL(s.keyURL(key, false)), Status: first.status,
-			Err: fmt.Errorf("%w: %d bytes, more than the %d allowed", ErrTooLarge, total, limit)}
+		return nil, s.partsError(key, first.status, fmt.Errorf("%w: %d bytes, more than the %d allowed", ErrTooLarge, total, limit))
+	case total <= int64(len(first.body)) && sink == nil:
+		return first.body, nil
 	}
-	buf := make([]byte, total)
-	copy(buf, first.body)
+	var buf []byte
+	var dst io.WriterAt
+	if sink == nil {
+		buf = make([]byte, total)
+		dst = bytesAt(buf)
+	} else {
+		w, err := sink(total)
+		if err == nil && w == nil {
+			err = errors.New("no writer")
+		}
+		if err != nil {
+			return nil, s.partsError(key, 0, fmt.Errorf("sink for %d bytes: %w", total, err))
+		}
+		dst = w
+	}
+	if _, err := dst.WriteAt(first.body, 0); err != nil {
+		return nil, s.partsError(key, 0, fmt.Errorf("write %d body bytes at offset 0: %w", len(first.body), err))
+	}
 	validator := partValidator(first.header)
 	g, gctx := errgroup.WithContext(ctx)
 	for off := int64(len(first.body)); off < total; off += rangePart {
 		end := min(off+rangePart, total)
 		g.Go(func() error {
-			resp, err := s.requestPart(gctx, "get", http.MethodGet, key, limit, rangeHeader(off, end-off), buf[off:end])
+			resp, err := s.requestPart(gctx, "get", http.MethodGet, key, limit, rangeHeader(off, end-off),
+				&span{w: dst, off: off, n: end - off}, nil)
 			if err != nil {
 				return err
 			}
@@ -73,17 +94,23 @@ func (s *Store) getParts(ctx context.Context, key string, limit int64) ([]byte, 
 	}
 	if err := g.Wait(); err != nil {
 		if errors.Is(err, errPartsChanged) {
-			return s.getWhole(ctx, key, limit, err)
+			return s.getWhole(ctx, key, limit, sink, err)
 		}
 		return nil, err
 	}
-	return buf, nil
+	return buf, nil // nil with a sink
+}
+
+// partsError is the error of a value fetched in parts that fails between
+// its requests (status: the answer that told why, 0 if none did).
+func (s *Store) partsError(key string, status int, err error) *Error {
+	return &Error{Op: "get", Method: http.MethodGet, URL: redactURL(s.keyURL(key, false)), Status: status, Err: err}
 }
 
 // getWhole is the fallback of getParts: one plain GET of the whole value.
-func (s *Store) getWhole(ctx context.Context, key string, limit int64, why error) ([]byte, error) {
+func (s *Store) getWhole(ctx context.Context, key string, limit int64, sink zarr.Sink, why error) ([]byte, error) {
 	s.c.log.Debug("fetching the whole value instead of parts", "key", key, "why", why)
-	resp, err := s.request(ctx, "get", http.MethodGet, key, limit)
+	resp, err := s.requestPart(ctx, "get", http.MethodGet, key, limit, nil, nil, sink)
 	if err != nil {
 		return nil, err
 	}

@@ -17,7 +17,7 @@ import (
 // Store reads the Zarr keys of one datasource, or of one staged query's
 // results, through the gateway, with the client's current session, and
 // writes a datasource's keys when Config.Write is set (see Put). It
-// satisfies zarr.Store and zarr.Lister.
+// satisfies zarr.Store, zarr.SinkGetter and zarr.Lister.
 type Store struct {
 	c *Client
 	// id is the datasource id, or the qhash of a query store.
@@ -33,6 +33,8 @@ type Store struct {
 	// goneLogged makes a 410 (datasource removed) one log line, not one per key.
 	goneLogged sync.Once
 }
+
+var _ zarr.SinkGetter = (*Store)(nil)
 
 // Store returns the key store of datasource id: {gateway}/zarr/{id}/. An id
 // that ValidID refuses makes every call fail.
@@ -53,18 +55,30 @@ func (c *Client) QueryStore(qhash string) *Store {
 // the caller's smaller limit carried by ctx; a larger value fails with
 // ErrTooLarge, at once and without retries.
 func (s *Store) Get(ctx context.Context, key string) ([]byte, error) {
+	return s.GetTo(ctx, key, nil)
+}
+
+// GetTo is Get that writes a value whose size its answer tells before its
+// bytes (a Content-Length, or the total of a value fetched in parts) to the
+// writer sink returns, through reused buffers, and then returns nil bytes;
+// a value without one is returned as Get returns it, and sink is not
+// called. sink is called once per attempt that gets as far as the body,
+// with the size that attempt announced, after the size checks: a value
+// over the limit never reaches it. Its failure, or its writer's, fails the
+// read without retry. A nil sink is Get.
+func (s *Store) GetTo(ctx context.Context, key string, sink zarr.Sink) ([]byte, error) {
 	limit := s.c.cfg.MaxObjectSize
 	if n, ok := ctxLimit(ctx); ok && n < limit {
 		limit = max(n, 0)
 	}
 	if hint, ok := zarr.SizeHint(ctx); ok && hint >= rangeThreshold && limit >= rangeThreshold {
-		b, err := s.getParts(ctx, key, limit)
+		b, err := s.getParts(ctx, key, limit, sink)
 		if err != nil {
 			s.noteGone(err)
 		}
 		return b, err
 	}
-	resp, err := s.request(ctx, "get", http.MethodGet, key, limit)
+	resp, err := s.requestPart(ctx, "get", http.MethodGet, key, limit, nil, nil, sink)
 	if err != nil {
 		s.noteGone(err)
 		return nil, err
@@ -132,18 +146,19 @@ func ctxLimit(ctx context.Context) (int64, bool) { return zarr.SizeLimit(ctx) }
 // body of at most maxBody bytes (none when maxBody < 0). On a 401 the
 // session is renewed once (see sessionDo) and the request is retried once.
 func (s *Store) request(ctx context.Context, op, method, key string, maxBody int64) (*response, error) {
-	return s.requestPart(ctx, op, method, key, maxBody, nil, nil)
+	return s.requestPart(ctx, op, method, key, maxBody, nil, nil, nil)
 }
 
-// requestPart is request with extra headers (a Range) and a buffer for the
-// body of a 206 answer; a 206 is then an answer like a 200.
-func (s *Store) requestPart(ctx context.Context, op, method, key string, maxBody int64, header http.Header, into []byte) (*response, error) {
+// requestPart is request with extra headers (a Range), a place for the body
+// of a 206 answer (a 206 is then an answer like a 200), and a sink for a 200
+// body with a Content-Length (see request.part and request.sink).
+func (s *Store) requestPart(ctx context.Context, op, method, key string, maxBody int64, header http.Header, part *span, sink zarr.Sink) (*response, error) {
 	list := op == "list"
 	// Every zarr request, .zmetadata and listings included, gets the chunk
 	// read timeout, as in the Python client: metadata can be large too.
 	r := request{op: op, key: key, method: method, url: s.keyURL(key, list), readBody: maxBody >= 0,
 		maxBody: maxBody, timeout: s.c.cfg.ChunkReadTimeout,
-		limited: s.c.limiter != nil, background: zarr.IsReadahead(ctx), header: header, into: into}
+		limited: s.c.limiter != nil, background: zarr.IsReadahead(ctx), header: header, part: part, sink: sink}
 	if s.invalid != nil {
 		return nil, s.c.errorFor(r, 0, "", s.invalid)
 	}
