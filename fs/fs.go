@@ -208,6 +208,11 @@ func Mount(mountpoint string, root *Root, mo MountOptions) (*fuse.Server, error)
 	server, err := gofs.Mount(mountpoint, root, opts)
 	if err == nil {
 		root.mounted.Store(true)
+		if err := raiseReadahead(mountpoint); err != nil {
+			root.opt.Logger.Debug("kernel readahead left at its default", "error", err)
+		} else {
+			root.opt.Logger.Debug("kernel readahead raised", "kib", readaheadKB)
+		}
 	}
 	return server, err
 }

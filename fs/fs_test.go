@@ -993,3 +993,10 @@ func TestDatasourceWithoutStoreIsEmpty(t *testing.T) {
 	_, _, errno := f.lookup(t, f.root, "hollow/.zgroup")
 	assert.Equal(t, syscall.ENOENT, errno)
 }
+
+func TestRaiseReadaheadOnlyTouchesADmfsMount(t *testing.T) {
+	err := raiseReadahead("/proc")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "no dmfs mount at /proc")
+	assert.Error(t, raiseReadahead(t.TempDir()))
+}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 // sourceFiles lists the keys of a datasource folder as relative paths.
@@ -638,4 +639,19 @@ func TestGatewayGoneGivesEIOAndCleanExit(t *testing.T) {
 	require.NoError(t, m.proc.cmd.Process.Signal(syscall.SIGTERM))
 	assert.Equal(t, 0, m.proc.wait(t, 10*time.Second))
 	assert.False(t, isMounted(m.Dir))
+}
+
+// A root mount asks the kernel for 4 MiB of readahead instead of FUSE's 128
+// KiB, so that one large read() of a chunk is not 32 round trips in a row.
+func TestRootMountRaisesKernelReadahead(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("only root may set a mount's readahead")
+	}
+	g := startGateway(t, "")
+	m := mountForeground(t, g)
+	var st syscall.Stat_t
+	require.NoError(t, syscall.Stat(m.Dir, &st))
+	ra, err := os.ReadFile(fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev)))
+	require.NoError(t, err)
+	assert.Equal(t, "4096", strings.TrimSpace(string(ra)))
 }

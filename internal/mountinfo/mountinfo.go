@@ -14,6 +14,7 @@ type Entry struct {
 	Mountpoint string
 	FSType     string
 	Source     string
+	Device     string // "major:minor" of the mounted filesystem
 }
 
 // Parse reads mountinfo: "id parent maj:min root mountpoint opts ... - fstype source superopts".
@@ -34,6 +35,7 @@ func Parse(r io.Reader) ([]Entry, error) {
 			continue
 		}
 		out = append(out, Entry{
+			Device:     fields[2],
 			Mountpoint: unescape(fields[4]),
 			FSType:     fields[sep+1],
 			Source:     unescape(fields[sep+2]),

@@ -21,5 +21,6 @@ func TestParse(t *testing.T) {
 	assert.Equal(t, "/home/me/data mesh", mounts[1].Mountpoint)
 	assert.Equal(t, "fuse.dmfs", mounts[1].FSType)
 	assert.Equal(t, "dmfs", mounts[1].Source)
+	assert.Equal(t, "0:50", mounts[1].Device)
 	assert.Equal(t, "/proc", mounts[0].Mountpoint)
 }
