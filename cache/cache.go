@@ -245,6 +245,9 @@ type Cache struct {
 	mu    sync.Mutex // guards what follows, and the fields of every flight marked so
 	data  *simplelru.LRU[string, dataEntry]
 	bytes int64
+	// reserved: bytes of the memory file written by fetches under way, which count against
+	// the budget as soon as their size is known (see reserve).
+	reserved int64
 	// oversizeKey/oversize: the most recent value larger than maxBytes.
 	oversizeKey string
 	oversize    dataEntry
@@ -925,6 +928,7 @@ func (c *Cache) fetchValue(ctx context.Context, f *flight) (value, error) {
 	// The sink is called by the fetch func, in this goroutine or one it waits for.
 	var mu sync.Mutex
 	var mem *memValue
+	var reserved int64
 	sink := func(size int64) (io.WriterAt, error) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -935,6 +939,8 @@ func (c *Cache) fetchValue(ctx context.Context, f *flight) (value, error) {
 			mem.release()
 			mem = nil
 		}
+		c.unreserve(reserved)
+		reserved = c.reserve(size)
 		v, err := c.mem.alloc(size)
 		if err != nil {
 			return nil, err
@@ -945,6 +951,7 @@ func (c *Cache) fetchValue(ctx context.Context, f *flight) (value, error) {
 	b, err := call(ctx, f.kind, func(ctx context.Context) ([]byte, error) { return f.fetch(ctx, sink) })
 	mu.Lock()
 	defer mu.Unlock()
+	c.unreserve(reserved) // the value is added (or dropped) next, within the budget as any other
 	switch {
 	case err != nil || b != nil || mem == nil:
 		if mem != nil {
@@ -1006,7 +1013,15 @@ func (c *Cache) addLocked(key string, e dataEntry) {
 		c.oversizeKey, c.oversize = key, e
 		return
 	}
-	for c.bytes+n > c.maxBytes {
+	c.evictLocked(n)
+	c.data.Add(key, e)
+	c.bytes += n
+}
+
+// evictLocked evicts the least recently used entries until n more bytes fit in the budget
+// beside what is cached and what fetches under way are writing. c.mu must be held.
+func (c *Cache) evictLocked(n int64) {
+	for c.bytes+c.reserved+n > c.maxBytes {
 		_, old, ok := c.data.RemoveOldest()
 		if !ok {
 			break
@@ -1015,8 +1030,30 @@ func (c *Cache) addLocked(key string, e dataEntry) {
 		old.release()
 		c.evictions.Add(1)
 	}
-	c.data.Add(key, e)
-	c.bytes += n
+}
+
+// reserve counts n bytes that a fetch is about to write into the memory file against the
+// budget, evicting to make room, so that the memory file holds no more than the budget while
+// fetches are under way (a value larger than the whole budget is held besides, as in
+// addLocked). Give the bytes back with unreserve.
+func (c *Cache) reserve(n int64) int64 {
+	if n > c.maxBytes {
+		return 0
+	}
+	c.mu.Lock()
+	c.evictLocked(n)
+	c.reserved += n
+	c.mu.Unlock()
+	return n
+}
+
+func (c *Cache) unreserve(n int64) {
+	if n == 0 {
+		return
+	}
+	c.mu.Lock()
+	c.reserved -= n
+	c.mu.Unlock()
 }
 
 // Stat says what is known about key without fetching: its bytes are cached (size is their
