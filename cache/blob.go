@@ -32,21 +32,7 @@ func (b *Blob) Size() int64 { return b.size }
 
 // ReadAt reads the blob's bytes at off, as io.ReaderAt.
 func (b *Blob) ReadAt(p []byte, off int64) (int, error) {
-	if off < 0 {
-		return 0, errors.New("cache: negative offset")
-	}
-	if off >= b.size {
-		return 0, io.EOF
-	}
-	short := int64(len(p)) > b.size-off
-	if short {
-		p = p[:b.size-off]
-	}
-	n, err := b.f.ReadAt(p, b.off+off)
-	if err == nil && short {
-		err = io.EOF
-	}
-	return n, err
+	return readRange(b.f, b.off, b.size, p, off)
 }
 
 // Close closes the blob's file.

@@ -122,17 +122,22 @@ func (v *memValue) WriteAt(p []byte, off int64) (int, error) {
 
 // ReadAt reads the value's bytes at off, as io.ReaderAt.
 func (v *memValue) ReadAt(p []byte, off int64) (int, error) {
+	return readRange(v.m.f, v.off, v.size, p, off)
+}
+
+// readRange is io.ReaderAt over the size bytes of f from base.
+func readRange(f *os.File, base, size int64, p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, errors.New("cache: negative offset")
 	}
-	if off >= v.size {
+	if off >= size {
 		return 0, io.EOF
 	}
-	short := int64(len(p)) > v.size-off
+	short := int64(len(p)) > size-off
 	if short {
-		p = p[:v.size-off]
+		p = p[:size-off]
 	}
-	n, err := v.m.f.ReadAt(p, v.off+off)
+	n, err := f.ReadAt(p, base+off)
 	if err == io.EOF && n == len(p) {
 		err = nil
 	}

@@ -55,20 +55,9 @@ func TestGetInParts(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			g := newFakeGateway(t)
-			var requests, ranged atomic.Int32
-			g.zarr = func(w http.ResponseWriter, r *http.Request) {
-				n := requests.Add(1)
-				if r.Header.Get("Range") != "" {
-					ranged.Add(1)
-				}
+			client, requests, ranged := partsClient(t, func(w http.ResponseWriter, r *http.Request, n int32) {
 				c.serve(w, r, n, c.value)
-			}
-			cfg := testConfig(g.srv.URL, nil)
-			// 8 MiB parts under -race on a loaded CI machine: a timeout
-			// would retry a part and change the count.
-			cfg.ChunkReadTimeout = 30 * time.Second
-			client := acquired(t, cfg)
+			})
 			ctx := zarr.WithSizeHint(context.Background(), c.hint)
 			got, err := client.Store("ds_1").Get(ctx, "a/0.0")
 			require.NoError(t, err)
@@ -117,4 +106,25 @@ func TestParseContentRange(t *testing.T) {
 			assert.Equal(t, []int64{c.from, c.to, c.tot}, []int64{f, to, tot}, c.in)
 		}
 	}
+}
+
+// partsClient is a client of a gateway whose zarr keys serve answers, given
+// the request's number (from 1); it counts the requests, and those with a
+// Range.
+func partsClient(t *testing.T, serve func(w http.ResponseWriter, r *http.Request, n int32)) (client *Client, requests, ranged *atomic.Int32) {
+	t.Helper()
+	requests, ranged = new(atomic.Int32), new(atomic.Int32)
+	g := newFakeGateway(t)
+	g.zarr = func(w http.ResponseWriter, r *http.Request) {
+		n := requests.Add(1)
+		if r.Header.Get("Range") != "" {
+			ranged.Add(1)
+		}
+		serve(w, r, n)
+	}
+	cfg := testConfig(g.srv.URL, nil)
+	// 8 MiB parts under -race on a loaded CI machine: a timeout would
+	// retry a part and change the count.
+	cfg.ChunkReadTimeout = 30 * time.Second
+	return acquired(t, cfg), requests, ranged
 }

@@ -304,18 +304,9 @@ func TestGetToInParts(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			g := newFakeGateway(t)
-			var requests, ranged atomic.Int32
-			g.zarr = func(w http.ResponseWriter, r *http.Request) {
-				n := requests.Add(1)
-				if r.Header.Get("Range") != "" {
-					ranged.Add(1)
-				}
+			client, requests, ranged := partsClient(t, func(w http.ResponseWriter, r *http.Request, n int32) {
 				c.serve(w, r, n, c.value)
-			}
-			cfg := testConfig(g.srv.URL, nil)
-			cfg.ChunkReadTimeout = 30 * time.Second // as in TestGetInParts
-			client := acquired(t, cfg)
+			})
 			var s recordingSink
 			ctx := zarr.WithSizeHint(context.Background(), rangeThreshold)
 			got, err := client.Store("ds_1").GetTo(ctx, "a/0.0", s.sink)
