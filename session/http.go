@@ -111,6 +111,10 @@ type response struct {
 	// stream is the unread 2xx body of a request with stream set; whoever
 	// holds the response must close it.
 	stream *stream
+	// sunk is the writer the sink gave for the whole value when a first
+	// part (a 206 from offset 0) went to it: partLen bytes from offset 0.
+	sunk    io.WriterAt
+	partLen int64
 }
 
 // connsPerHost is the transport's bound on connections per host: poolSize
@@ -470,6 +474,17 @@ func (c *Client) send(ctx context.Context, r request, n int, permit *flow.Permit
 		if err != nil {
 			err = timedOut(err)
 		}
+	case res.StatusCode == http.StatusPartialContent && r.readBody && r.sink != nil && firstPartOf(res, r.maxBody) > 0:
+		// The first part of a value fetched in parts: its Content-Range
+		// tells the whole size, so the part goes to the sink at offset 0
+		// rather than through a fresh buffer.
+		_, _, total, _ := parseContentRange(res.Header.Get("Content-Range"))
+		var w io.WriterAt
+		w, got, err = readFirstPart(body, res.ContentLength, total, r.sink)
+		resp.sunk, resp.partLen = w, got
+		if err != nil {
+			err = timedOut(err)
+		}
 	case res.StatusCode/100 == 2 && r.readBody:
 		resp.body, err = readBody(body, res.ContentLength, r.maxBody)
 		got = int64(len(resp.body))
@@ -611,6 +626,35 @@ func readTo(body io.Reader, size, limit int64, sink zarr.Sink) (int64, error) {
 		return n, shortBody(n, size, err)
 	}
 	return n, err
+}
+
+// firstPartOf is the length of a 206 answer that is the first part of a
+// value within limit (Content-Range from 0, agreeing with the
+// Content-Length), 0 if it is not one.
+func firstPartOf(res *http.Response, limit int64) int64 {
+	from, to, total, ok := parseContentRange(res.Header.Get("Content-Range"))
+	if !ok || from != 0 || to+1 != res.ContentLength || total > limit {
+		return 0
+	}
+	return res.ContentLength
+}
+
+// readFirstPart reads the first part of a value of total bytes (size bytes
+// from 0) into the writer sink returns for total, as readTo does for a
+// whole body, and returns that writer.
+func readFirstPart(body io.Reader, size, total int64, sink zarr.Sink) (io.WriterAt, int64, error) {
+	w, err := sink(total)
+	if err != nil {
+		return nil, 0, permanentError{fmt.Errorf("sink for %d bytes: %w", total, err)}
+	}
+	if w == nil {
+		return nil, 0, permanentError{fmt.Errorf("sink for %d bytes returned no writer", total)}
+	}
+	n, err := copyAt(body, span{w: w, n: size})
+	if err != nil && !isPermanent(err) {
+		return nil, n, shortBody(n, size, err)
+	}
+	return w, n, err
 }
 
 func tooLong(size, limit int64) error {

@@ -48,21 +48,28 @@ func (s *Store) getParts(ctx context.Context, key string, limit int64, sink zarr
 	if first.status == http.StatusOK {
 		return first.body, nil // nil if it went to sink
 	}
+	partLen := int64(len(first.body))
+	if first.sunk != nil {
+		partLen = first.partLen // in the sink already
+	}
 	from, to, total, ok := parseContentRange(first.header.Get("Content-Range"))
 	switch {
-	case !ok || from != 0 || to+1 != int64(len(first.body)):
-		return s.getWhole(ctx, key, limit, sink, fmt.Errorf("first part answered %q for %d bytes", first.header.Get("Content-Range"), len(first.body)))
+	case !ok || from != 0 || to+1 != partLen:
+		return s.getWhole(ctx, key, limit, sink, fmt.Errorf("first part answered %q for %d bytes", first.header.Get("Content-Range"), partLen))
 	case total > limit:
 		return nil, s.partsError(key, first.status, fmt.Errorf("%w: %d bytes, more than the %d allowed", ErrTooLarge, total, limit))
-	case total <= int64(len(first.body)) && sink == nil:
+	case total <= partLen && sink == nil:
 		return first.body, nil
 	}
 	var buf []byte
 	var dst io.WriterAt
-	if sink == nil {
+	switch {
+	case first.sunk != nil:
+		dst = first.sunk
+	case sink == nil:
 		buf = make([]byte, total)
 		dst = bytesAt(buf)
-	} else {
+	default:
 		w, err := sink(total)
 		if err == nil && w == nil {
 			err = errors.New("no writer")
@@ -72,12 +79,14 @@ func (s *Store) getParts(ctx context.Context, key string, limit int64, sink zarr
 		}
 		dst = w
 	}
-	if _, err := dst.WriteAt(first.body, 0); err != nil {
-		return nil, s.partsError(key, 0, fmt.Errorf("write %d body bytes at offset 0: %w", len(first.body), err))
+	if first.sunk == nil {
+		if _, err := dst.WriteAt(first.body, 0); err != nil {
+			return nil, s.partsError(key, 0, fmt.Errorf("write %d body bytes at offset 0: %w", len(first.body), err))
+		}
 	}
 	validator := partValidator(first.header)
 	g, gctx := errgroup.WithContext(ctx)
-	for off := int64(len(first.body)); off < total; off += rangePart {
+	for off := partLen; off < total; off += rangePart {
 		end := min(off+rangePart, total)
 		g.Go(func() error {
 			resp, err := s.requestPart(gctx, "get", http.MethodGet, key, limit, rangeHeader(off, end-off),
