@@ -482,8 +482,7 @@ func (c *Cache) get(ctx context.Context, key string, fetch FetchFunc, opts []Fet
 		return value{}, fmt.Errorf("cache: GetOrFetch %q: nil fetch func", key)
 	}
 	c.mu.Lock()
-	if e, ok := c.entryLocked(key, true); ok {
-		v := e.hold()
+	if v, ok := c.heldLocked(key); ok {
 		c.mu.Unlock()
 		c.hits.Add(1)
 		return v, nil
@@ -571,13 +570,12 @@ func (c *Cache) leaveLocked(f *flight) value {
 func (c *Cache) ReadAt(ctx context.Context, key string, off int64, n int, fetch FetchFunc, opts ...FetchOption) (Piece, int64, error) {
 	for try := 0; ; try++ {
 		c.mu.Lock()
-		if e, ok := c.entryLocked(key, true); ok {
-			v := e.hold()
-			c.mu.Unlock()
+		v, ok := c.heldLocked(key)
+		c.mu.Unlock()
+		if ok {
 			c.hits.Add(1)
 			return v.piece(off, n), v.size(), nil
 		}
-		c.mu.Unlock()
 		if o := fetchOption(opts); c.disk != nil && o.version != "" && !o.refresh {
 			if df, ok := c.disk.acquire(o.version, o.key); ok {
 				c.hits.Add(1)
@@ -654,8 +652,7 @@ func (c *Cache) waiting() {
 // The returned slice is shared and must not be modified.
 func (c *Cache) Get(key string) ([]byte, bool) {
 	c.mu.Lock()
-	e, ok := c.entryLocked(key, true)
-	v := e.hold()
+	v, ok := c.heldLocked(key)
 	c.mu.Unlock()
 	if !ok {
 		return nil, false
@@ -987,6 +984,13 @@ func (c *Cache) entryLocked(key string, touch bool) (dataEntry, bool) {
 		e, ok = c.oversize, true
 	}
 	return e, ok
+}
+
+// heldLocked returns the cached value of key held for the caller (release it), marked as
+// recently used. c.mu must be held.
+func (c *Cache) heldLocked(key string) (value, bool) {
+	e, ok := c.entryLocked(key, true)
+	return e.hold(), ok
 }
 
 // dropLocked forgets the cached bytes of key. c.mu must be held.

@@ -100,17 +100,16 @@ func (v *memValue) release() {
 	}
 	span := roundPage(v.size)
 	if span > 0 {
-		if err := punchHole(v.m.f, v.off, span); err != nil {
-			// The pages stay allocated until the file is closed: memory, not bytes, is lost.
-			memPunchErrors.Add(1)
-		}
+		// Should it fail (never seen), the pages stay allocated until the file is closed:
+		// memory, not bytes, is lost.
+		_ = punchHole(v.m.f, v.off, span)
 	}
 	v.m.allocated.Add(-span)
 }
 
-// memPunchErrors counts extents whose pages could not be given back (never seen in practice);
-// memReleaseErrors, references given back twice (a bug, counted rather than fatal to a mount).
-var memPunchErrors, memReleaseErrors atomic.Int64
+// memReleaseErrors counts references given back twice (a bug, counted rather than fatal to a
+// mount).
+var memReleaseErrors atomic.Int64
 
 // WriteAt writes p at off of the value, as io.WriterAt; nothing may be written past its size.
 func (v *memValue) WriteAt(p []byte, off int64) (int, error) {

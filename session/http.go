@@ -456,6 +456,12 @@ func (c *Client) send(ctx context.Context, r request, n int, permit *flow.Permit
 	}
 	resp := &response{status: res.StatusCode, header: res.Header, size: res.ContentLength}
 	var got int64 // body bytes read, wherever they went
+	// partTotal: the whole size, when this answer is the first part of a
+	// value fetched in parts that can go to the sink.
+	var partTotal int64
+	if res.StatusCode == http.StatusPartialContent && r.readBody && r.sink != nil && r.part == nil {
+		partTotal = firstPartTotal(res, r.maxBody)
+	}
 	switch {
 	case res.StatusCode/100 == 2 && r.stream:
 		if idle != nil {
@@ -474,13 +480,11 @@ func (c *Client) send(ctx context.Context, r request, n int, permit *flow.Permit
 		if err != nil {
 			err = timedOut(err)
 		}
-	case res.StatusCode == http.StatusPartialContent && r.readBody && r.sink != nil && firstPartOf(res, r.maxBody) > 0:
-		// The first part of a value fetched in parts: its Content-Range
-		// tells the whole size, so the part goes to the sink at offset 0
-		// rather than through a fresh buffer.
-		_, _, total, _ := parseContentRange(res.Header.Get("Content-Range"))
+	case partTotal > 0:
+		// Its Content-Range tells the whole size, so the part goes to
+		// the sink at offset 0 rather than through a fresh buffer.
 		var w io.WriterAt
-		w, got, err = readFirstPart(body, res.ContentLength, total, r.sink)
+		w, got, err = readToSink(body, res.ContentLength, partTotal, r.sink)
 		resp.sunk, resp.partLen = w, got
 		if err != nil {
 			err = timedOut(err)
@@ -614,47 +618,48 @@ func readTo(body io.Reader, size, limit int64, sink zarr.Sink) (int64, error) {
 	if size > limit {
 		return 0, tooLong(size, limit)
 	}
-	w, err := sink(size)
-	if err != nil {
-		return 0, permanentError{fmt.Errorf("sink for %d bytes: %w", size, err)}
-	}
-	if w == nil {
-		return 0, permanentError{fmt.Errorf("sink for %d bytes returned no writer", size)}
-	}
-	n, err := copyAt(body, span{w: w, n: size})
-	if err != nil && !isPermanent(err) {
-		return n, shortBody(n, size, err)
-	}
+	_, n, err := readToSink(body, size, size, sink)
 	return n, err
 }
 
-// firstPartOf is the length of a 206 answer that is the first part of a
-// value within limit (Content-Range from 0, agreeing with the
-// Content-Length), 0 if it is not one.
-func firstPartOf(res *http.Response, limit int64) int64 {
+// firstPartTotal is the whole size of the value whose first part a 206
+// answer is (Content-Range from 0, agreeing with the Content-Length),
+// within limit; 0 if it is not one.
+func firstPartTotal(res *http.Response, limit int64) int64 {
 	from, to, total, ok := parseContentRange(res.Header.Get("Content-Range"))
 	if !ok || from != 0 || to+1 != res.ContentLength || total > limit {
 		return 0
 	}
-	return res.ContentLength
+	return total
 }
 
-// readFirstPart reads the first part of a value of total bytes (size bytes
-// from 0) into the writer sink returns for total, as readTo does for a
-// whole body, and returns that writer.
-func readFirstPart(body io.Reader, size, total int64, sink zarr.Sink) (io.WriterAt, int64, error) {
-	w, err := sink(total)
+// readToSink reads the first n bytes of a value of total bytes from body
+// into the writer sink gives for total, and returns that writer. A body
+// shorter than n is an error (another try may do better); the sink's
+// failure, or its writer's, is permanent: another try would write to the
+// same place.
+func readToSink(body io.Reader, n, total int64, sink zarr.Sink) (io.WriterAt, int64, error) {
+	w, err := sinkWriter(sink, total)
 	if err != nil {
-		return nil, 0, permanentError{fmt.Errorf("sink for %d bytes: %w", total, err)}
+		return nil, 0, permanentError{err}
 	}
-	if w == nil {
-		return nil, 0, permanentError{fmt.Errorf("sink for %d bytes returned no writer", total)}
-	}
-	n, err := copyAt(body, span{w: w, n: size})
+	got, err := copyAt(body, span{w: w, n: n})
 	if err != nil && !isPermanent(err) {
-		return nil, n, shortBody(n, size, err)
+		return nil, got, shortBody(got, n, err)
 	}
-	return w, n, err
+	return w, got, err
+}
+
+// sinkWriter is the writer sink gives for a value of size bytes.
+func sinkWriter(sink zarr.Sink, size int64) (io.WriterAt, error) {
+	w, err := sink(size)
+	if err == nil && w == nil {
+		err = errors.New("no writer")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sink for %d bytes: %w", size, err)
+	}
+	return w, nil
 }
 
 func tooLong(size, limit int64) error {

@@ -70,12 +70,9 @@ func (s *Store) getParts(ctx context.Context, key string, limit int64, sink zarr
 		buf = make([]byte, total)
 		dst = bytesAt(buf)
 	default:
-		w, err := sink(total)
-		if err == nil && w == nil {
-			err = errors.New("no writer")
-		}
+		w, err := sinkWriter(sink, total)
 		if err != nil {
-			return nil, s.partsError(key, 0, fmt.Errorf("sink for %d bytes: %w", total, err))
+			return nil, s.partsError(key, 0, err)
 		}
 		dst = w
 	}

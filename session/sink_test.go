@@ -25,10 +25,10 @@ import (
 // write is one WriteAt a sink's writer received.
 type write struct{ off, n int64 }
 
-// sinkWriter is the writer of one sink call: a buffer of the announced
+// recordedWriter is the writer of one sink call: a buffer of the announced
 // size, with the writes it received, in order. failAfter > 0 fails every
 // write once that many bytes were written.
-type sinkWriter struct {
+type recordedWriter struct {
 	mu        sync.Mutex
 	buf       []byte
 	writes    []write
@@ -38,7 +38,7 @@ type sinkWriter struct {
 
 var errWrite = errors.New("disk on fire")
 
-func (w *sinkWriter) WriteAt(p []byte, off int64) (int, error) {
+func (w *recordedWriter) WriteAt(p []byte, off int64) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.failAfter > 0 && w.written >= w.failAfter {
@@ -58,7 +58,7 @@ func (w *sinkWriter) WriteAt(p []byte, off int64) (int, error) {
 type recordingSink struct {
 	mu        sync.Mutex
 	sizes     []int64
-	writers   []*sinkWriter
+	writers   []*recordedWriter
 	err       error
 	failAfter int64
 }
@@ -72,13 +72,13 @@ func (s *recordingSink) sink(size int64) (io.WriterAt, error) {
 	if s.err != nil {
 		return nil, s.err
 	}
-	w := &sinkWriter{buf: make([]byte, size), failAfter: s.failAfter}
+	w := &recordedWriter{buf: make([]byte, size), failAfter: s.failAfter}
 	s.writers = append(s.writers, w)
 	return w, nil
 }
 
 // last is the writer of the last call.
-func (s *recordingSink) last(t *testing.T) *sinkWriter {
+func (s *recordingSink) last(t *testing.T) *recordedWriter {
 	t.Helper()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -88,7 +88,7 @@ func (s *recordingSink) last(t *testing.T) *sinkWriter {
 
 // sequential asserts that w got its bytes in order from 0, each write no
 // larger than the copy buffer: bodies go through the reused buffers.
-func sequential(t *testing.T, w *sinkWriter) {
+func sequential(t *testing.T, w *recordedWriter) {
 	t.Helper()
 	var next int64
 	for _, wr := range w.writes {
