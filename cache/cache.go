@@ -63,6 +63,7 @@ const (
 	DefaultPrefetchWorkers = 16
 	DefaultFetchTimeout    = 2 * time.Minute
 	DefaultMissingTTL      = 5 * time.Minute
+	DefaultOwnFileMin      = 1 << 20
 )
 
 // prefetchQueuePerWorker bounds the background queue: prefetches are hints, so requests beyond
@@ -109,6 +110,10 @@ type Options struct {
 	// HeapOnly keeps every value in the Go heap, none in a memory file (see memFile), as
 	// happens anyway where memory files are not available.
 	HeapOnly bool
+	// OwnFileMin is the least size of a value kept in a memory file of its own, which OwnFile
+	// can hand out; 0: the larger of DefaultOwnFileMin and MaxBytes/4096 (which bounds the
+	// descriptors such files keep open); negative: none is, unless OwnFile asks for one.
+	OwnFileMin int64
 }
 
 // A FetchOption says where a value is kept beyond memory; the zero FetchOption keeps it
@@ -314,7 +319,7 @@ func (v value) piece(off int64, n int) Piece {
 	if off < 0 || off > v.mem.size {
 		off = v.mem.size
 	}
-	return Piece{file: v.mem.m.f, ref: v.mem, off: v.mem.off + off, n: int(min(int64(n), v.mem.size-off))}
+	return Piece{file: v.mem.f, ref: v.mem, off: v.mem.off + off, n: int(min(int64(n), v.mem.size-off))}
 }
 
 type statEntry struct {
@@ -404,9 +409,15 @@ func New(opt Options) *Cache {
 	if err != nil {
 		panic(err)
 	}
+	switch {
+	case opt.OwnFileMin == 0:
+		opt.OwnFileMin = max(DefaultOwnFileMin, opt.MaxBytes/4096)
+	case opt.OwnFileMin < 0:
+		opt.OwnFileMin = math.MaxInt64
+	}
 	var mem *memFile
 	if !opt.HeapOnly {
-		if mem, err = openMemFile(); err != nil {
+		if mem, err = openMemFile(opt.OwnFileMin); err != nil {
 			opt.Logger.Info("cache: values kept in the heap: no memory file", "err", err)
 		}
 	}

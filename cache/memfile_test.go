@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -273,7 +274,7 @@ func TestHeapOnlyKeepsValuesInMemory(t *testing.T) {
 }
 
 func TestMemValueReadAtReportsItsEnd(t *testing.T) {
-	m, err := openMemFile()
+	m, err := openMemFile(math.MaxInt64)
 	if err != nil {
 		t.Skip("no memory files on this system")
 	}

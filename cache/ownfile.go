@@ -1,0 +1,88 @@
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// ErrNoOwnFile is returned by OwnFile when the cache keeps no memory files (Options.HeapOnly,
+// or none on this system).
+var ErrNoOwnFile = errors.New("cache: no memory files")
+
+// OwnFileMin is the least size of a value kept in a memory file of its own (see
+// Options.OwnFileMin); ok is false when the cache keeps no memory files.
+func (c *Cache) OwnFileMin() (n int64, ok bool) {
+	if c.mem == nil {
+		return 0, false
+	}
+	return c.mem.ownMin, true
+}
+
+// OwnFile returns key's whole value as a piece of a memory file of its own: the value from
+// offset 0, the file exactly as long, so that the kernel can be given the file to read from
+// directly (FUSE passthrough). The value is found or fetched as by ReadAt, except that one read
+// in place from the disk tier, kept in the heap or sharing the memory file is copied into a
+// file of its own, which then replaces it in the cache. Release the piece once the file is no
+// longer used here (a kernel given the file keeps it open itself).
+func (c *Cache) OwnFile(ctx context.Context, key string, fetch FetchFunc, opts ...FetchOption) (Piece, error) {
+	if c.mem == nil {
+		return Piece{}, ErrNoOwnFile
+	}
+	for try := 0; ; try++ {
+		// A value the disk tier holds is left there by the first try, and read into memory
+		// by the second.
+		v, err := c.get(ctx, key, fetch, opts, try > 0)
+		if errors.Is(err, errLeftOnDisk) {
+			continue
+		}
+		if err != nil {
+			return Piece{}, err
+		}
+		if v.mem == nil || !v.mem.own {
+			if v, err = c.toOwnFile(key, v); err != nil {
+				return Piece{}, err
+			}
+		}
+		return v.piece(0, int(v.size())), nil
+	}
+}
+
+// toOwnFile copies v, held for the caller, into a memory file of its own, and gives v back. The
+// copy replaces v as key's cached value if v still is, and is held for the caller.
+func (c *Cache) toOwnFile(key string, v value) (value, error) {
+	defer v.release()
+	b, err := v.read()
+	if err != nil {
+		return value{}, err
+	}
+	own, err := c.mem.allocOwn(int64(len(b)))
+	if err != nil {
+		return value{}, err
+	}
+	if _, err := own.WriteAt(b, 0); err != nil {
+		own.release()
+		return value{}, fmt.Errorf("cache: writing a memory file: %w", err)
+	}
+	nv := value{mem: own}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch e, ok := c.entryLocked(key, false); {
+	case !ok || !e.value.same(v):
+	case c.oversizeKey == key:
+		c.oversize.value = nv.hold()
+		e.release()
+	default:
+		c.data.Add(key, dataEntry{value: nv.hold(), at: e.at})
+		e.release()
+	}
+	return nv, nil
+}
+
+// same says whether v and w are the same bytes (not merely equal ones).
+func (v value) same(w value) bool {
+	if v.mem != nil || w.mem != nil {
+		return v.mem == w.mem
+	}
+	return len(v.bytes) > 0 && len(v.bytes) == len(w.bytes) && &v.bytes[0] == &w.bytes[0]
+}
