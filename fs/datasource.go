@@ -467,3 +467,11 @@ func (d *datasource) readChunk(ctx context.Context, arr *zarr.Array, rel string,
 	key := joinKey(arr.Path, rel)
 	return d.opt.Cache.ReadAt(ctx, d.cacheKey(key), off, n, d.fetcher(key, false), d.onDisk(key, false))
 }
+
+// openChunk is readChunk for an open in passthrough: the whole chunk, in
+// a memory file of its own.
+func (d *datasource) openChunk(ctx context.Context, arr *zarr.Array, rel string, size int64) (cache.Piece, error) {
+	d.readAhead(arr, rel, size)
+	key := joinKey(arr.Path, rel)
+	return d.opt.Cache.OwnFile(ctx, d.cacheKey(key), d.fetcher(key, false), d.onDisk(key, false))
+}

@@ -9,6 +9,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	"github.com/oceanum-dmfs/dmfs/cache"
+	"github.com/oceanum-dmfs/dmfs/zarr"
 )
 
 // metaFile is a metadata document (.zmetadata, .zgroup, .zarray, .zattrs,
@@ -52,10 +53,19 @@ const writeFlags = syscall.O_WRONLY | syscall.O_RDWR | syscall.O_TRUNC | syscall
 // files itself, keeping their page cache (FOPEN_KEEP_CACHE is the no-open
 // default), so a file costs a LOOKUP and its READs and nothing more. No file
 // keeps per-open state: what an open used to note is noted at the first
-// READ. Write opens are refused (the `ro` mount refuses them first).
-func openFile(flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+// READ. A passthrough mount (see passthrough.go) answers the open instead,
+// keeping the page cache. Write opens are refused (the `ro` mount refuses
+// them first).
+func openFile(ctx context.Context, opt *Options, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	if flags&writeFlags != 0 {
 		return nil, 0, syscall.EROFS
+	}
+	m := opt.opens.wait(ctx)
+	switch {
+	case m == nil:
+		return nil, 0, syscall.EINTR
+	case m.passthrough:
+		return nil, fuse.FOPEN_KEEP_CACHE, 0
 	}
 	return nil, 0, syscall.ENOSYS
 }
@@ -65,7 +75,7 @@ func (f *metaFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uin
 	if f.w != nil {
 		return f.w.gatewayOpen(ctx, f.ds, f.key, int64(len(f.data)), f.data, flags)
 	}
-	return f.openReadOnly(flags)
+	return f.openReadOnly(ctx, f.opt, flags)
 }
 
 // Setattr: a write mount truncates through an overlay file.
@@ -119,12 +129,19 @@ func (f *chunkFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.A
 
 // Open: see openFile. Nothing is fetched at open: when the kernel still
 // holds the file's pages (a warm re-read after the chunk left dmfs's cache)
-// no READ comes and nothing is fetched.
+// no READ comes and nothing is fetched. In a passthrough mount, a large
+// chunk is fetched at open instead, and read by the kernel from dmfs's
+// memory (see passthrough.go).
 func (f *chunkFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	if f.w != nil {
 		return f.w.gatewayOpen(ctx, f.ds, f.key(), f.size, nil, flags)
 	}
-	return f.openReadOnly(flags)
+	if flags&writeFlags == 0 && !f.rw {
+		if m := f.ds.opt.opens.wait(ctx); m != nil && m.passthrough && f.size >= m.ownMin {
+			return f.openPassthrough(ctx)
+		}
+	}
+	return f.openReadOnly(ctx, f.ds.opt, flags)
 }
 
 // Setattr: a write mount truncates through an overlay file.
@@ -153,30 +170,48 @@ func (f *chunkFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, o
 // read checks the chunk is still part of its array and returns n of its
 // bytes from off.
 func (f *chunkFile) read(ctx context.Context, off int64, n int) (cache.Piece, syscall.Errno) {
-	h, err := f.ds.hierarchy(ctx)
+	arr, errno := f.array(ctx)
+	if errno != 0 {
+		return cache.Piece{}, errno
+	}
+	piece, size, err := f.ds.readChunk(ctx, arr, f.rel, f.size, off, n)
 	if err != nil {
 		return cache.Piece{}, errnoOf(ctx, f.ds.opt.Logger, "read", f.path(), err)
+	}
+	if errno := f.checkSize(size); errno != 0 {
+		piece.Release()
+		return cache.Piece{}, errno
+	}
+	return piece, 0
+}
+
+// array returns the chunk's array, checking the chunk is still part of it.
+func (f *chunkFile) array(ctx context.Context) (*zarr.Array, syscall.Errno) {
+	h, err := f.ds.hierarchy(ctx)
+	if err != nil {
+		return nil, errnoOf(ctx, f.ds.opt.Logger, "read", f.path(), err)
 	}
 	folder, ok := h.Folder(f.arrayPath)
 	if !ok || folder.Array == nil || !folder.Array.IsChunkKey(f.rel) {
-		return cache.Piece{}, syscall.ENOENT
+		return nil, syscall.ENOENT
 	}
-	piece, size, err := f.ds.readChunk(ctx, folder.Array, f.rel, f.size, off, n)
-	if err != nil {
-		return cache.Piece{}, errnoOf(ctx, f.ds.opt.Logger, "read", f.path(), err)
+	return folder.Array, 0
+}
+
+// checkSize fails a read of the chunk whose value is no longer the size
+// learnt at lookup.
+func (f *chunkFile) checkSize(size int64) syscall.Errno {
+	if size == f.size {
+		return 0
 	}
-	if size != f.size {
-		piece.Release()
-		// The object changed on the server since lookup: the kernel would
-		// cut or pad it to the old size. Wrong bytes are worse than an
-		// error for this old file; a new version of the store makes the
-		// next open a new file of the new size.
-		f.ds.opt.Logger.Warn("chunk size changed on the server since lookup; this open file fails, the next open reads it anew",
-			"path", f.path(), "was", f.size, "now", size)
-		f.ds.changed(f.modTime, "chunk "+joinKey(f.arrayPath, f.rel)+" changed size")
-		return cache.Piece{}, syscall.EIO
-	}
-	return piece, 0
+	// The object changed on the server since lookup: the kernel would
+	// cut or pad it to the old size. Wrong bytes are worse than an
+	// error for this old file; a new version of the store makes the
+	// next open a new file of the new size.
+	f.ds.opt.Logger.Warn("chunk size changed on the server since lookup; this open file fails, the next open reads it anew",
+		"path", f.path(), "was", f.size, "now", size)
+	f.ds.changed(f.modTime, "chunk "+joinKey(f.arrayPath, f.rel)+" changed size")
+	return syscall.EIO
 }
 
 // pieceResult hands a piece of a chunk to go-fuse: bytes in memory, or a

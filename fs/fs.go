@@ -140,6 +140,8 @@ type Options struct {
 	inodes  *inodeNumbers
 	// cacheBytes is the cache's budget, which bounds readahead.
 	cacheBytes int64
+	// opens is how the mount answers OPEN (see passthrough.go).
+	opens *openMode
 }
 
 // MountOptions are the go-fuse mount settings dmfs exposes.
@@ -167,6 +169,7 @@ func (o *Options) fill() {
 	o.started = o.now()
 	o.inodes = &inodeNumbers{}
 	o.cacheBytes = o.Cache.Stats().MaxBytes
+	o.opens = noOpen
 	if o.Write != nil {
 		o.writer = newWriter(o, *o.Write)
 	}
@@ -205,9 +208,18 @@ func Mount(mountpoint string, root *Root, mo MountOptions) (*fuse.Server, error)
 			MaxWrite: 1 << 20,
 		},
 	}
+	opens := &openMode{ready: make(chan struct{})}
+	root.opt.opens = opens
 	server, err := gofs.Mount(mountpoint, root, opts)
-	if err == nil {
+	if err != nil {
+		close(opens.ready)
+	} else {
 		root.mounted.Store(true)
+		if ok, why := opens.decidePassthrough(server, &root.opt); ok {
+			root.opt.Logger.Info("large chunks are read by the kernel from dmfs's memory (FUSE passthrough)", "min_bytes", opens.ownMin)
+		} else {
+			root.opt.Logger.Debug("no FUSE passthrough", "why", why)
+		}
 		if err := raiseReadahead(mountpoint); err != nil {
 			root.opt.Logger.Debug("kernel readahead left at its default", "error", err)
 		} else {

@@ -230,7 +230,7 @@ func (f *infoFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.At
 }
 
 func (f *infoFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	return f.openReadOnly(flags)
+	return f.openReadOnly(ctx, f.opt, flags)
 }
 
 func (f *infoFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
@@ -424,7 +424,7 @@ func (f *tableFile) Getattr(ctx context.Context, fh gofs.FileHandle, out *fuse.A
 }
 
 func (f *tableFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	return f.openReadOnly(flags)
+	return f.openReadOnly(ctx, f.opt, flags)
 }
 
 func (f *tableFile) Read(ctx context.Context, fh gofs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {

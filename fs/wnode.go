@@ -25,11 +25,11 @@ type writeOps struct {
 
 // openReadOnly answers the OPEN of a file that is never written: see
 // openFile; in a write mount it is opened without a handle instead.
-func (o writeOps) openReadOnly(flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+func (o writeOps) openReadOnly(ctx context.Context, opt *Options, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	if o.rw && flags&writeFlags == 0 {
 		return nil, 0, 0
 	}
-	return openFile(flags)
+	return openFile(ctx, opt, flags)
 }
 
 var (

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -654,4 +655,64 @@ func TestRootMountRaisesKernelReadahead(t *testing.T) {
 	ra, err := os.ReadFile(fmt.Sprintf("/sys/class/bdi/%d:%d/read_ahead_kb", unix.Major(st.Dev), unix.Minor(st.Dev)))
 	require.NoError(t, err)
 	assert.Equal(t, "4096", strings.TrimSpace(string(ra)))
+}
+
+// A root mount hands large chunks to the kernel (FUSE passthrough): their
+// opens fetch them, and their reads never reach dmfs. Small files are
+// still read through dmfs, keeping their page cache.
+func TestRootMountReadsLargeChunksByPassthrough(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("only root may hand the kernel backing files")
+	}
+	g := startGateway(t, "")
+	m := mountForeground(t, g, "--fuse-debug")
+	m.waitLog(t, "FUSE passthrough")
+	field := filepath.Join(m.Dir, "demo_large", "field")
+	reads := func() int { return strings.Count(m.proc.out.String(), ": READ n") }
+	// The log reaches the test a moment late: a lookup of this name, once
+	// logged, says that what came before it is in.
+	logged := func(sentinel string) {
+		_, err := os.Stat(filepath.Join(field, sentinel))
+		require.ErrorIs(t, err, os.ErrNotExist)
+		m.waitLog(t, sentinel)
+	}
+
+	for _, name := range []string{"0.0.0", "1.0.0", "2.0.0", "0.0.0"} {
+		got, err := os.ReadFile(filepath.Join(field, name))
+		require.NoError(t, err)
+		want := mustRead(t, filepath.Join(demoDir, "demo_large", "field", name))
+		require.Len(t, want, 4<<20)
+		assert.True(t, bytes.Equal(want, got), "%s is byte-exact", name)
+	}
+	// Two readers of one chunk at once share the kernel's backing file.
+	f1, err := os.Open(filepath.Join(field, "1.0.0"))
+	require.NoError(t, err)
+	f2, err := os.Open(filepath.Join(field, "1.0.0"))
+	require.NoError(t, err)
+	b1, b2 := make([]byte, 4096), make([]byte, 4096)
+	_, err = f1.ReadAt(b1, 4<<20-4096)
+	require.NoError(t, err)
+	_, err = f2.ReadAt(b2, 4<<20-4096)
+	require.NoError(t, err)
+	assert.Equal(t, b1, b2)
+	require.NoError(t, f1.Close())
+	require.NoError(t, f2.Close())
+	logged("sentinel-after-chunks")
+	assert.Zero(t, reads(), "no READ of a large chunk reached dmfs")
+
+	// A small file is read through dmfs.
+	meta, err := os.ReadFile(filepath.Join(field, ".zarray"))
+	require.NoError(t, err)
+	// Served from .zmetadata, so compared as JSON.
+	assert.JSONEq(t, string(mustRead(t, filepath.Join(demoDir, "demo_large", "field", ".zarray"))), string(meta))
+	logged("sentinel-after-metadata")
+	assert.Positive(t, reads())
+	assert.Contains(t, m.proc.out.String(), "PASSTHROUGH", "opens answered for passthrough")
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	return b
 }
