@@ -76,6 +76,19 @@ func (m *openMode) decidePassthrough(server *fuse.Server, opt *Options) (ok bool
 	return true, ""
 }
 
+// PassthroughMin is the least size of a chunk the kernel reads from dmfs's
+// memory (FUSE passthrough); 0 when none is, or not yet decided.
+func (r *Root) PassthroughMin() int64 {
+	select {
+	case <-r.opt.opens.ready:
+		if r.opt.opens.passthrough {
+			return r.opt.opens.ownMin
+		}
+	default:
+	}
+	return 0
+}
+
 // passthroughHandle is an open chunk whose reads the kernel serves from the chunk's own memory
 // file; the piece keeps the file until the kernel releases the open.
 type passthroughHandle struct{ p cache.Piece }

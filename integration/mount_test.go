@@ -667,6 +667,7 @@ func TestRootMountReadsLargeChunksByPassthrough(t *testing.T) {
 	g := startGateway(t, "")
 	m := mountForeground(t, g, "--fuse-debug")
 	m.waitLog(t, "FUSE passthrough")
+	assert.Equal(t, int64(1<<20), dmfsStatus(t, nil, m.Dir).PassthroughMinBytes)
 	field := filepath.Join(m.Dir, "demo_large", "field")
 	reads := func() int { return strings.Count(m.proc.out.String(), ": READ n") }
 	// The log reaches the test a moment late: a lookup of this name, once

@@ -21,15 +21,18 @@ const Version = 1
 // Snapshot is a mount at one moment. Counters only grow for the life of
 // the mount; the others are what is now.
 type Snapshot struct {
-	Mountpoint string    `json:"mountpoint"`
-	PID        int       `json:"pid,omitempty"`
-	Service    string    `json:"service,omitempty"`
-	Gateway    string    `json:"gateway,omitempty"`
-	Write      bool      `json:"write,omitempty"`   // a --write mount
-	Log        string    `json:"log,omitempty"`     // where the mount logs; "" for a terminal
-	Metrics    string    `json:"metrics,omitempty"` // the Prometheus endpoint's URL, when served
-	Started    time.Time `json:"started,omitzero"`
-	Session    Session   `json:"session,omitzero"`
+	Mountpoint string `json:"mountpoint"`
+	PID        int    `json:"pid,omitempty"`
+	Service    string `json:"service,omitempty"`
+	Gateway    string `json:"gateway,omitempty"`
+	Write      bool   `json:"write,omitempty"` // a --write mount
+	// PassthroughMinBytes: chunks of at least this size are read by the
+	// kernel straight from dmfs's memory (FUSE passthrough); 0: none is.
+	PassthroughMinBytes int64     `json:"passthrough_min_bytes,omitempty"`
+	Log                 string    `json:"log,omitempty"`     // where the mount logs; "" for a terminal
+	Metrics             string    `json:"metrics,omitempty"` // the Prometheus endpoint's URL, when served
+	Started             time.Time `json:"started,omitzero"`
+	Session             Session   `json:"session,omitzero"`
 
 	Cache    *Cache              `json:"cache,omitempty"`
 	Requests map[string]Requests `json:"requests,omitempty"` // by kind: every kind of Kinds

@@ -290,6 +290,7 @@ sys.stdout.write(repr(data))`
 func TestWriteText(t *testing.T) {
 	now := time.Date(2026, 1, 2, 3, 34, 5, 0, time.UTC)
 	run := sample()
+	run.PassthroughMinBytes = 1 << 20
 	w := sample()
 	w.Mountpoint, w.Write, w.Metrics = "/mnt/w\x1b[2J", true, ""
 	w.Service, w.Gateway = "https://s.example", "https://s.example"
@@ -299,7 +300,7 @@ func TestWriteText(t *testing.T) {
 			Session: Session{ID: "old", EndTime: now.Add(-time.Minute)}}}
 	var b strings.Builder
 	WriteText(&b, []Mount{{State: StateRunning, Snapshot: run}, {State: StateRunning, Snapshot: w}, dead}, now)
-	want := `/mnt/datamesh  running (pid 4242, read-only)
+	want := `/mnt/datamesh  running (pid 4242, read-only, passthrough from 1.0 MiB)
   service   https://datamesh.example (gateway https://gateway.example)
   session   sess-secret-id until 2026-01-02 04:04:05 UTC (in 30m0s)
   log       /run/user/1000/dmfs/mnt.log

@@ -36,6 +36,9 @@ func writeMount(w io.Writer, m Mount, now time.Time) {
 		} else {
 			about = append(about, "read-only")
 		}
+		if m.PassthroughMinBytes > 0 {
+			about = append(about, "passthrough from "+humanBytes(m.PassthroughMinBytes))
+		}
 	}
 	if len(about) > 0 {
 		head += " (" + strings.Join(about, ", ") + ")"

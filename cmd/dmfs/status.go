@@ -146,15 +146,16 @@ func (s *mountStatus) snapshot(p statusParts) mountstat.Snapshot {
 	info := p.client.Info()
 	cs := p.cache.Stats()
 	snap := mountstat.Snapshot{
-		Mountpoint: s.mp,
-		PID:        os.Getpid(),
-		Service:    p.service,
-		Gateway:    p.gateway,
-		Write:      p.write,
-		Log:        p.logPath,
-		Metrics:    s.metricsURL,
-		Started:    s.started,
-		Session:    mountstat.Session{ID: info.ID, EndTime: info.EndTime},
+		Mountpoint:          s.mp,
+		PID:                 os.Getpid(),
+		Service:             p.service,
+		Gateway:             p.gateway,
+		Write:               p.write,
+		PassthroughMinBytes: p.root.PassthroughMin(),
+		Log:                 p.logPath,
+		Metrics:             s.metricsURL,
+		Started:             s.started,
+		Session:             mountstat.Session{ID: info.ID, EndTime: info.EndTime},
 		Cache: &mountstat.Cache{
 			Bytes:           cs.Bytes + cs.OversizeBytes,
 			MaxBytes:        cs.MaxBytes,
