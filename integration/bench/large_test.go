@@ -151,3 +151,21 @@ func TestLargeTargetsAndTable(t *testing.T) {
 	assert.NotContains(t, out, mLLocalDrop, "no sample, no row")
 	assert.Less(t, strings.Index(out, mLCold+" |"), strings.Index(out, mLShard+" |"))
 }
+
+// A passthrough mount's chunk pages are dmfs's memory file: they stay
+// after the drop, and that is no failure.
+func TestLargePassthroughPagesAreNoFailure(t *testing.T) {
+	const mib = 1 << 20
+	r := newLatencyResult(20 * time.Millisecond)
+	field := largeDS + "/" + largeVar + "/"
+	r.add(mLWarmDrop, sample{Seconds: 0.3, Bytes: 400 * mib, Chunks: 100, KeyPrefix: field, Checked: true,
+		PageCacheMeasured: true, PageCacheBefore: 400 * mib, PageCacheAfter: 400 * mib, Passthrough: true})
+	met := map[string]bool{}
+	for _, tg := range r.largeTargets(40 * mib) {
+		met[tg.What] = tg.Met
+	}
+	assert.True(t, met[mLWarmDrop+": "+targetLDropped])
+	var buf bytes.Buffer
+	r.writeLargeTable(&buf, largeOrder(64))
+	assert.Contains(t, buf.String(), "| ok; page cache none: passthrough, dmfs's memory file 419.4 MB → 419.4 MB |")
+}

@@ -40,6 +40,9 @@ type sample struct {
 	// from dmfs's memory), when measured.
 	PageCacheMeasured               bool
 	PageCacheBefore, PageCacheAfter int64
+	// Passthrough: the mount read these chunks by FUSE passthrough, so the
+	// pages mincore(2) sees are dmfs's memory file's, not a page cache.
+	Passthrough bool
 
 	// Disk cache rows (the page cache fields above: of the cache folder's
 	// files, for the remount).
