@@ -430,9 +430,18 @@ func (d *datasource) chunkSize(ctx context.Context, arr *zarr.Array, rel string,
 		if !stale {
 			n, onDisk = d.opt.Cache.SizeInPlace(ck, d.onDisk(key, false))
 		}
-		if !onDisk {
+		switch {
+		case onDisk:
+		case stale:
+			// The bytes held before are compared with these.
 			fresh, err = d.opt.Cache.GetOrFetch(ctx, ck, d.fetcher(key, false), d.onDisk(key, stale))
 			n = int64(len(fresh))
+		default:
+			// Only the size is wanted here: the value stays where reads
+			// find it (the memory file), not copied into the heap.
+			var p cache.Piece
+			p, n, err = d.opt.Cache.ReadAt(ctx, ck, 0, 0, d.fetcher(key, false), d.onDisk(key, false))
+			p.Release()
 		}
 	}
 	if err != nil || !stale || state == cache.StatMissing {
