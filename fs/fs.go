@@ -154,6 +154,9 @@ type MountOptions struct {
 	FsName string
 	// Options are more kernel mount options (noexec, nosuid, ...).
 	Options []string
+	// NoPassthrough keeps the no-open mode even where the kernel would
+	// take backing files (see passthrough.go).
+	NoPassthrough bool
 }
 
 func (o *Options) fill() {
@@ -215,7 +218,7 @@ func Mount(mountpoint string, root *Root, mo MountOptions) (*fuse.Server, error)
 		close(opens.ready)
 	} else {
 		root.mounted.Store(true)
-		if ok, why := opens.decidePassthrough(server, &root.opt); ok {
+		if ok, why := opens.decidePassthrough(server, &root.opt, mo.NoPassthrough); ok {
 			root.opt.Logger.Info("large chunks are read by the kernel from dmfs's memory (FUSE passthrough)", "min_bytes", opens.ownMin)
 		} else {
 			root.opt.Logger.Debug("no FUSE passthrough", "why", why)

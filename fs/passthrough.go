@@ -51,8 +51,11 @@ func (m *openMode) wait(ctx context.Context) *openMode {
 
 // decidePassthrough turns passthrough on when the mount is read-only, the cache keeps memory
 // files and the kernel takes one as a backing file, and says why not otherwise.
-func (m *openMode) decidePassthrough(server *fuse.Server, opt *Options) (ok bool, why string) {
+func (m *openMode) decidePassthrough(server *fuse.Server, opt *Options, off bool) (ok bool, why string) {
 	defer close(m.ready)
+	if off {
+		return false, "turned off"
+	}
 	if opt.writer != nil {
 		return false, "a write mount reads through dmfs"
 	}

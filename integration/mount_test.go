@@ -717,3 +717,28 @@ func mustRead(t *testing.T, path string) []byte {
 	require.NoError(t, err)
 	return b
 }
+
+// --passthrough=false keeps the no-open mode: chunks are read through dmfs.
+func TestPassthroughCanBeTurnedOff(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("only root mounts use passthrough")
+	}
+	g := startGateway(t, "")
+	m := mountForeground(t, g, "--fuse-debug", "--passthrough=false")
+	m.waitLog(t, `why="turned off"`)
+	assert.Zero(t, dmfsStatus(t, nil, m.Dir).PassthroughMinBytes)
+	for _, k := range []string{"2.0.0", "1.0.0"} {
+		name := filepath.Join("demo_large", "field", k)
+		got, err := os.ReadFile(filepath.Join(m.Dir, name))
+		require.NoError(t, err)
+		assert.True(t, bytes.Equal(mustRead(t, filepath.Join(demoDir, name)), got))
+	}
+	_, err := os.Stat(filepath.Join(m.Dir, "demo_large", "sentinel-after-reads"))
+	require.ErrorIs(t, err, os.ErrNotExist)
+	m.waitLog(t, "sentinel-after-reads")
+	out := m.proc.out.String()
+	assert.Contains(t, out, ": READ n")
+	// go-fuse opens a file of its own at mount; then the first chunk's
+	// OPEN is refused, and the kernel opens files itself from then on.
+	assert.Equal(t, 2, strings.Count(out, ": OPEN n"), "OPENs")
+}

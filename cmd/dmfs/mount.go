@@ -645,11 +645,12 @@ func serveMount(ctx context.Context, o *mountOptions, token func() (string, erro
 	var server *fuse.Server
 	refused, err := captureStderr(func() (err error) {
 		server, err = fs.Mount(mp, root, fs.MountOptions{
-			AllowOther:  o.AllowOther || o.AllowRoot, // see modes
-			Debug:       o.FuseDebug,
-			DirectMount: os.Geteuid() == 0,
-			FsName:      fsName(cfg.Service),
-			Options:     o.fuseOpts,
+			AllowOther:    o.AllowOther || o.AllowRoot, // see modes
+			Debug:         o.FuseDebug,
+			DirectMount:   os.Geteuid() == 0,
+			NoPassthrough: !o.Passthrough,
+			FsName:        fsName(cfg.Service),
+			Options:       o.fuseOpts,
 		})
 		return err
 	})

@@ -42,6 +42,7 @@ type mountOptions struct {
 	LogFormat       string
 	LogFile         string
 	FuseDebug       bool
+	Passthrough     bool
 	Foreground      bool
 	Mountpoint      string
 	// Options are the -o lists as given; applyOptions turns them into the
@@ -111,6 +112,9 @@ func (o *mountOptions) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&o.LogFormat, "log-format", "text", "log format: text (key=value) or json (one object per line)")
 	fs.StringVar(&o.LogFile, "log-file", "",
 		"write logs to this file (default: stderr with --foreground, else a file beside the pid file)")
+	fs.BoolVar(&o.Passthrough, "passthrough", true,
+		"let the kernel read large chunks (1 MiB and more) straight from dmfs's memory, by FUSE passthrough (root mounts, Linux 6.9 and later); "+
+			"every open then costs one request to dmfs, which --passthrough=false saves where chunks are small")
 	fs.BoolVar(&o.FuseDebug, "fuse-debug", false, "log every FUSE operation (very verbose)")
 	fs.BoolVarP(&o.Foreground, "foreground", "f", false,
 		"stay attached to the terminal and log to stderr, instead of returning once the mount is ready")
