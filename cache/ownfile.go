@@ -29,6 +29,12 @@ func (c *Cache) OwnFile(ctx context.Context, key string, fetch FetchFunc, opts .
 	if c.mem == nil {
 		return Piece{}, ErrNoOwnFile
 	}
+	if v, ok, err := c.ownFromDisk(key, opts); ok || err != nil {
+		if err != nil {
+			return Piece{}, err
+		}
+		return v.piece(0, int(v.size())), nil
+	}
 	for try := 0; ; try++ {
 		// A value the disk tier holds is left there by the first try, and read into memory
 		// by the second.
@@ -46,6 +52,71 @@ func (c *Cache) OwnFile(ctx context.Context, key string, fetch FetchFunc, opts .
 		}
 		return v.piece(0, int(v.size())), nil
 	}
+}
+
+// ownFromDisk copies key's value from the disk tier, where a key given OnDisk (not
+// RefreshOnDisk) and not in memory is kept, into a memory file of its own, and keeps that in
+// memory as the key's value; ok is false when the disk does not hold it. The copy is held for
+// the caller.
+func (c *Cache) ownFromDisk(key string, opts []FetchOption) (v value, ok bool, err error) {
+	o := fetchOption(opts)
+	if c.disk == nil || o.version == "" || o.refresh {
+		return value{}, false, nil
+	}
+	c.mu.Lock()
+	_, held := c.entryLocked(key, false)
+	c.mu.Unlock()
+	if held {
+		return value{}, false, nil
+	}
+	df, ok := c.disk.acquire(o.version, o.key)
+	if !ok {
+		return value{}, false, nil
+	}
+	p := c.disk.filePiece(df, 0, int(df.size)) // takes over the reference
+	defer p.Release()
+	own, err := c.mem.allocOwn(df.size)
+	if err != nil {
+		return value{}, false, err
+	}
+	if err := copyPiece(own, p); err != nil {
+		own.release()
+		return value{}, false, fmt.Errorf("cache: copying %q from the disk: %w", key, err)
+	}
+	c.hits.Add(1)
+	nv := value{mem: own}
+	at := o.diskAt(df.at)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.entryLocked(key, false); !ok {
+		c.addLocked(key, dataEntry{value: nv.hold(), at: at})
+		c.stat.Add(key, statEntry{size: df.size, at: at})
+	}
+	return nv, true, nil
+}
+
+// copyPiece writes the bytes of p to w from offset 0, through a reused buffer.
+func copyPiece(w *memValue, p Piece) error {
+	if p.file == nil {
+		_, err := w.WriteAt(p.data, 0)
+		return err
+	}
+	bp := checkBuffers.Get().(*[]byte)
+	defer checkBuffers.Put(bp)
+	buf := *bp
+	for done := 0; done < p.n; {
+		m, err := p.file.ReadAt(buf[:min(len(buf), p.n-done)], p.off+int64(done))
+		if m > 0 {
+			if _, err := w.WriteAt(buf[:m], int64(done)); err != nil {
+				return err
+			}
+			done += m
+		}
+		if err != nil && done < p.n {
+			return err
+		}
+	}
+	return nil
 }
 
 // toOwnFile copies v, held for the caller, into a memory file of its own, and gives v back. The
