@@ -64,7 +64,7 @@ func openFile(ctx context.Context, opt *Options, flags uint32) (gofs.FileHandle,
 	switch {
 	case m == nil:
 		return nil, 0, syscall.EINTR
-	case m.passthrough:
+	case m.passing():
 		return nil, fuse.FOPEN_KEEP_CACHE, 0
 	}
 	return nil, 0, syscall.ENOSYS
@@ -137,7 +137,7 @@ func (f *chunkFile) Open(ctx context.Context, flags uint32) (gofs.FileHandle, ui
 		return f.w.gatewayOpen(ctx, f.ds, f.key(), f.size, nil, flags)
 	}
 	if flags&writeFlags == 0 && !f.rw {
-		if m := f.ds.opt.opens.wait(ctx); m != nil && m.passthrough && f.size >= m.ownMin {
+		if m := f.ds.opt.opens.wait(ctx); m != nil && m.chunkOpen(f.size) {
 			return f.openPassthrough(ctx)
 		}
 	}

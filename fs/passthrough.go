@@ -2,6 +2,8 @@ package fs
 
 import (
 	"context"
+	"log/slog"
+	"sync/atomic"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -24,12 +26,46 @@ import (
 // mount time, and keeps the no-open mode if the kernel refuses. A write mount answers OPEN
 // anyway, and keeps reading through dmfs: a file it serves may be overlaid by one written.
 
+// A mount whose readers open many small chunks in a row and no large one gives up passthrough:
+// it answers the next such OPEN with ENOSYS, and the kernel opens every file itself from then
+// on, as in the no-open mode, so that small chunks again cost no OPEN. Large chunks are then
+// read through dmfs. There is no way back for the mount's life.
+
+// smallRunToNoOpen is how many small chunks opened in a row, with no large one, make a mount
+// give up passthrough.
+const smallRunToNoOpen = 100
+
 // openMode says how a mount answers OPEN. Mount decides it once the kernel has answered INIT;
 // an OPEN that comes sooner waits for that.
 type openMode struct {
 	ready       chan struct{} // closed once decided
 	passthrough bool
 	ownMin      int64 // the least chunk size opened for passthrough
+
+	smallRun atomic.Int32 // small chunks opened since the last large one
+	gaveUp   atomic.Bool  // passthrough given up: opens answered ENOSYS
+	log      *slog.Logger
+}
+
+// passing says whether opens are answered for passthrough (not given up).
+func (m *openMode) passing() bool { return m.passthrough && !m.gaveUp.Load() }
+
+// chunkOpen says how to answer the open of a chunk of size bytes: for passthrough, or else as
+// openFile does. It counts the run of small chunks, and gives passthrough up after
+// smallRunToNoOpen of them.
+func (m *openMode) chunkOpen(size int64) (passthrough bool) {
+	if !m.passing() {
+		return false
+	}
+	if size >= m.ownMin {
+		m.smallRun.Store(0)
+		return true
+	}
+	if m.smallRun.Add(1) >= smallRunToNoOpen && m.gaveUp.CompareAndSwap(false, true) {
+		m.log.Info("many small chunks opened and no large one: files are opened without asking dmfs from now on, and large chunks read through dmfs (no FUSE passthrough)",
+			"small_chunks_in_a_row", smallRunToNoOpen)
+	}
+	return false
 }
 
 // noOpen is the mode of a tree that Mount did not mount (tests mount it themselves).
@@ -75,7 +111,7 @@ func (m *openMode) decidePassthrough(server *fuse.Server, opt *Options, off bool
 	if errno := server.UnregisterBackingFd(id); errno != 0 {
 		return false, "the kernel keeps a probe backing file: " + errno.Error()
 	}
-	m.passthrough, m.ownMin = true, ownMin
+	m.passthrough, m.ownMin, m.log = true, ownMin, opt.Logger
 	return true, ""
 }
 
@@ -84,7 +120,7 @@ func (m *openMode) decidePassthrough(server *fuse.Server, opt *Options, off bool
 func (r *Root) PassthroughMin() int64 {
 	select {
 	case <-r.opt.opens.ready:
-		if r.opt.opens.passthrough {
+		if r.opt.opens.passing() {
 			return r.opt.opens.ownMin
 		}
 	default:

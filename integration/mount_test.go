@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	iofs "io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -741,4 +742,40 @@ func TestPassthroughCanBeTurnedOff(t *testing.T) {
 	// go-fuse opens a file of its own at mount; then the first chunk's
 	// OPEN is refused, and the kernel opens files itself from then on.
 	assert.Equal(t, 2, strings.Count(out, ": OPEN n"), "OPENs")
+}
+
+// A reader of many small chunks makes a passthrough mount go back to
+// opening files without asking dmfs: large chunks are then read through
+// dmfs, byte-exact.
+func TestSmallChunksEndPassthrough(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("only root mounts use passthrough")
+	}
+	g := startGateway(t, "")
+	m := mountForeground(t, g, "--fuse-debug")
+	m.waitLog(t, "FUSE passthrough")
+	var small []string
+	require.NoError(t, filepath.WalkDir(filepath.Join(demoDir, "demo_grid"), func(path string, d iofs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || strings.HasPrefix(d.Name(), ".") {
+			return err
+		}
+		small = append(small, path)
+		return nil
+	}))
+	require.Greater(t, len(small), 100, "demo_grid's chunks")
+	for _, path := range small[:100] {
+		rel, err := filepath.Rel(demoDir, path)
+		require.NoError(t, err)
+		got, err := os.ReadFile(filepath.Join(m.Dir, rel))
+		require.NoError(t, err)
+		require.Equal(t, mustRead(t, path), got, rel)
+	}
+	m.waitLog(t, "files are opened without asking dmfs from now on")
+	assert.Zero(t, dmfsStatus(t, nil, m.Dir).PassthroughMinBytes)
+
+	name := filepath.Join("demo_large", "field", "1.0.0")
+	got, err := os.ReadFile(filepath.Join(m.Dir, name))
+	require.NoError(t, err)
+	assert.True(t, bytes.Equal(mustRead(t, filepath.Join(demoDir, name)), got))
+	m.waitLog(t, "[1048576 +") // a READ past 1 MiB: of the large chunk
 }
