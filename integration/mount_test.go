@@ -662,12 +662,7 @@ func TestRootMountRaisesKernelReadahead(t *testing.T) {
 // opens fetch them, and their reads never reach dmfs. Small files are
 // still read through dmfs, keeping their page cache.
 func TestRootMountReadsLargeChunksByPassthrough(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("only root may hand the kernel backing files")
-	}
-	g := startGateway(t, "")
-	m := mountForeground(t, g, "--fuse-debug")
-	m.waitLog(t, "FUSE passthrough")
+	m := passthroughMount(t)
 	assert.Equal(t, int64(1<<20), dmfsStatus(t, nil, m.Dir).PassthroughMinBytes)
 	field := filepath.Join(m.Dir, "demo_large", "field")
 	reads := func() int { return strings.Count(m.proc.out.String(), ": READ n") }
@@ -712,6 +707,18 @@ func TestRootMountReadsLargeChunksByPassthrough(t *testing.T) {
 	assert.Contains(t, m.proc.out.String(), "PASSTHROUGH", "opens answered for passthrough")
 }
 
+// passthroughMount mounts the demo data as root with --fuse-debug, and
+// waits until the mount says it uses passthrough.
+func passthroughMount(t *testing.T) *mount {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("only root may hand the kernel backing files")
+	}
+	m := mountForeground(t, startGateway(t, ""), "--fuse-debug")
+	m.waitLog(t, "FUSE passthrough")
+	return m
+}
+
 func mustRead(t *testing.T, path string) []byte {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -748,12 +755,7 @@ func TestPassthroughCanBeTurnedOff(t *testing.T) {
 // opening files without asking dmfs: large chunks are then read through
 // dmfs, byte-exact.
 func TestSmallChunksEndPassthrough(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("only root mounts use passthrough")
-	}
-	g := startGateway(t, "")
-	m := mountForeground(t, g, "--fuse-debug")
-	m.waitLog(t, "FUSE passthrough")
+	m := passthroughMount(t)
 	var small []string
 	require.NoError(t, filepath.WalkDir(filepath.Join(demoDir, "demo_grid"), func(path string, d iofs.DirEntry, err error) error {
 		if err != nil || d.IsDir() || strings.HasPrefix(d.Name(), ".") {
