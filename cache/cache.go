@@ -587,12 +587,9 @@ func (c *Cache) ReadAt(ctx context.Context, key string, off int64, n int, fetch 
 			c.hits.Add(1)
 			return v.piece(off, n), v.size(), nil
 		}
-		if o := fetchOption(opts); c.disk != nil && o.version != "" && !o.refresh {
-			if df, ok := c.disk.acquire(o.version, o.key); ok {
-				c.hits.Add(1)
-				c.knownSize(key, df.size, o.diskAt(df.at))
-				return c.disk.filePiece(df, off, n), df.size, nil
-			}
+		if df, ok := c.inPlace(key, opts); ok {
+			c.hits.Add(1)
+			return c.disk.filePiece(df, off, n), df.size, nil
 		}
 		// A flight that found the value on disk leaves it there; should the entry go
 		// before it is opened here, the second try reads it into memory.
@@ -617,17 +614,26 @@ func (c *Cache) SizeInPlace(key string, opts ...FetchOption) (int64, bool) {
 	if ok {
 		return e.size(), true
 	}
-	o := fetchOption(opts)
-	if c.disk == nil || o.version == "" || o.refresh {
-		return 0, false
-	}
-	df, ok := c.disk.acquire(o.version, o.key)
+	df, ok := c.inPlace(key, opts)
 	if !ok {
 		return 0, false
 	}
 	defer c.disk.release(df)
-	c.knownSize(key, df.size, o.diskAt(df.at))
 	return df.size, true
+}
+
+// inPlace opens the disk tier's entry of key to be read in place, for a key given OnDisk (not
+// RefreshOnDisk), and records its size; release it with c.disk.release.
+func (c *Cache) inPlace(key string, opts []FetchOption) (*diskFile, bool) {
+	o := fetchOption(opts)
+	if c.disk == nil || o.version == "" || o.refresh {
+		return nil, false
+	}
+	df, ok := c.disk.acquire(o.version, o.key)
+	if ok {
+		c.knownSize(key, df.size, o.diskAt(df.at))
+	}
+	return df, ok
 }
 
 // knownSize records key's size, learnt at at, unless more is known.

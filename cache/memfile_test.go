@@ -44,6 +44,17 @@ func memBlocks(t *testing.T, c *Cache) int64 {
 	return st.Blocks * 512
 }
 
+// readAtLater reads n bytes of key from 0 in a goroutine, and sends the piece when done.
+func readAtLater(t *testing.T, c *Cache, key string, n int, fetch FetchFunc) <-chan Piece {
+	done := make(chan Piece, 1)
+	go func() {
+		p, _, err := c.ReadAt(context.Background(), key, 0, n, fetch)
+		assert.NoError(t, err)
+		done <- p
+	}()
+	return done
+}
+
 func memCache(t *testing.T, opt Options) *Cache {
 	t.Helper()
 	c := newCache(t, opt)
@@ -218,12 +229,7 @@ func TestAValueInvalidatedInFlightReachesItsWaitersOnly(t *testing.T) {
 		<-g
 		return inner(ctx, to)
 	}
-	done := make(chan Piece)
-	go func() {
-		p, _, err := c.ReadAt(context.Background(), "k", 0, len(want), fetch)
-		assert.NoError(t, err)
-		done <- p
-	}()
+	done := readAtLater(t, c, "k", len(want), fetch)
 	<-started
 	c.Forget("k")
 	close(g)
@@ -316,12 +322,7 @@ func TestAFetchUnderWayCountsAgainstTheBudget(t *testing.T) {
 		_, err = w.WriteAt(b, 0)
 		return nil, err
 	}
-	done := make(chan Piece)
-	go func() {
-		p, _, err := c.ReadAt(context.Background(), "b", 0, len(b), fetch)
-		assert.NoError(t, err)
-		done <- p
-	}()
+	done := readAtLater(t, c, "b", len(b), fetch)
 	<-sized
 	_, state := c.Stat("a")
 	assert.Equal(t, StatSized, state, "evicted to make room for the fetch under way")

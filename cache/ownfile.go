@@ -29,23 +29,32 @@ func (c *Cache) OwnFile(ctx context.Context, key string, fetch FetchFunc, opts .
 	if c.mem == nil {
 		return Piece{}, ErrNoOwnFile
 	}
-	if v, ok, err := c.ownFromDisk(key, opts); ok || err != nil {
-		if err != nil {
-			return Piece{}, err
-		}
-		return v.piece(0, int(v.size())), nil
-	}
 	for try := 0; ; try++ {
-		// A value the disk tier holds is left there by the first try, and read into memory
-		// by the second.
-		v, err := c.get(ctx, key, fetch, opts, try > 0)
-		if errors.Is(err, errLeftOnDisk) {
-			continue
-		}
-		if err != nil {
-			return Piece{}, err
+		c.mu.Lock()
+		v, ok := c.heldLocked(key)
+		c.mu.Unlock()
+		if !ok {
+			if v, ok, err := c.ownFromDisk(key, opts); ok || err != nil {
+				if err != nil {
+					return Piece{}, err
+				}
+				return v.piece(0, int(v.size())), nil
+			}
+			// A flight that found the value on disk leaves it there; should the entry go
+			// before it is copied here, the second try reads it into memory.
+			var err error
+			v, err = c.get(ctx, key, fetch, opts, try > 0)
+			if errors.Is(err, errLeftOnDisk) {
+				continue
+			}
+			if err != nil {
+				return Piece{}, err
+			}
+		} else {
+			c.hits.Add(1)
 		}
 		if v.mem == nil || !v.mem.own {
+			var err error
 			if v, err = c.toOwnFile(key, v); err != nil {
 				return Piece{}, err
 			}
@@ -54,45 +63,42 @@ func (c *Cache) OwnFile(ctx context.Context, key string, fetch FetchFunc, opts .
 	}
 }
 
-// ownFromDisk copies key's value from the disk tier, where a key given OnDisk (not
-// RefreshOnDisk) and not in memory is kept, into a memory file of its own, and keeps that in
-// memory as the key's value; ok is false when the disk does not hold it. The copy is held for
-// the caller.
+// ownFromDisk copies key's value from the disk tier (see inPlace) into a memory file of its
+// own, kept in memory as the key's value; ok is false when the disk does not hold it. The copy
+// is held for the caller.
 func (c *Cache) ownFromDisk(key string, opts []FetchOption) (v value, ok bool, err error) {
-	o := fetchOption(opts)
-	if c.disk == nil || o.version == "" || o.refresh {
-		return value{}, false, nil
-	}
-	c.mu.Lock()
-	_, held := c.entryLocked(key, false)
-	c.mu.Unlock()
-	if held {
-		return value{}, false, nil
-	}
-	df, ok := c.disk.acquire(o.version, o.key)
+	df, ok := c.inPlace(key, opts)
 	if !ok {
 		return value{}, false, nil
 	}
-	p := c.disk.filePiece(df, 0, int(df.size)) // takes over the reference
-	defer p.Release()
-	own, err := c.mem.allocOwn(df.size)
+	own, err := c.ownCopy(c.disk.filePiece(df, 0, int(df.size)))
 	if err != nil {
-		return value{}, false, err
-	}
-	if err := copyPiece(own, p); err != nil {
-		own.release()
 		return value{}, false, fmt.Errorf("cache: copying %q from the disk: %w", key, err)
 	}
 	c.hits.Add(1)
 	nv := value{mem: own}
-	at := o.diskAt(df.at)
+	at := fetchOption(opts).diskAt(df.at)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.entryLocked(key, false); !ok {
-		c.addLocked(key, dataEntry{value: nv.hold(), at: at})
-		c.stat.Add(key, statEntry{size: df.size, at: at})
+		c.addLocked(key, dataEntry{value: nv.hold(), at: at}) // its size: see inPlace
 	}
 	return nv, true, nil
+}
+
+// ownCopy copies the whole of p into a new memory file of its own, through a reused buffer,
+// and releases p. The copy holds one reference.
+func (c *Cache) ownCopy(p Piece) (*memValue, error) {
+	defer p.Release()
+	own, err := c.mem.allocOwn(int64(p.Len()))
+	if err != nil {
+		return nil, err
+	}
+	if err := copyPiece(own, p); err != nil {
+		own.release()
+		return nil, err
+	}
+	return own, nil
 }
 
 // copyPiece writes the bytes of p to w from offset 0, through a reused buffer.
@@ -122,18 +128,10 @@ func copyPiece(w *memValue, p Piece) error {
 // toOwnFile copies v, held for the caller, into a memory file of its own, and gives v back. The
 // copy replaces v as key's cached value if v still is, and is held for the caller.
 func (c *Cache) toOwnFile(key string, v value) (value, error) {
-	defer v.release()
-	b, err := v.read()
+	own, err := c.ownCopy(v.hold().piece(0, int(v.size())))
+	v.release()
 	if err != nil {
-		return value{}, err
-	}
-	own, err := c.mem.allocOwn(int64(len(b)))
-	if err != nil {
-		return value{}, err
-	}
-	if _, err := own.WriteAt(b, 0); err != nil {
-		own.release()
-		return value{}, fmt.Errorf("cache: writing a memory file: %w", err)
+		return value{}, fmt.Errorf("cache: copying %q into a memory file: %w", key, err)
 	}
 	nv := value{mem: own}
 	c.mu.Lock()
