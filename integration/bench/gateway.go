@@ -386,7 +386,10 @@ func (c *gatewayClient) download(ctx context.Context, ds, session string, keys [
 }
 
 // fetchEach GETs every key with parallel workers and hands each body to
-// save, when not nil.
+// save, when not nil. Without save, each worker takes the bodies off the
+// wire through one reused buffer and drops them, as `curl -o /dev/null`
+// would: the limit is the gateway's, not that of a client filling fresh
+// memory (whose page faults cost this machine more than the transfer).
 func (c *gatewayClient) fetchEach(ctx context.Context, ds, session string, keys []string, clients int, save func(key string, body []byte) error) (fetchResult, error) {
 	if clients < 1 {
 		return fetchResult{}, errors.New("fetchAll: need at least one client")
@@ -400,13 +403,18 @@ func (c *gatewayClient) fetchEach(ctx context.Context, ds, session string, keys 
 	for range clients {
 		eg.Go(func() error {
 			var buf bytes.Buffer
+			var w io.Writer = dropWriter{}
+			if save != nil {
+				w = &buf
+			}
+			copyBuf := make([]byte, 256<<10)
 			for {
 				i := int(next.Add(1)) - 1
 				if i >= len(keys) {
 					return nil
 				}
 				buf.Reset()
-				n, err := c.getInto(ctx, &buf, "/zarr/"+ds+"/"+escapeKey(keys[i]), session)
+				n, err := c.getInto(ctx, w, copyBuf, "/zarr/"+ds+"/"+escapeKey(keys[i]), session)
 				if err != nil {
 					return err
 				}
@@ -428,7 +436,15 @@ func (c *gatewayClient) fetchEach(ctx context.Context, ds, session string, keys 
 	return fetchResult{Seconds: time.Since(start).Seconds(), Bytes: total.Load(), Sizes: sizes}, nil
 }
 
-func (c *gatewayClient) getInto(ctx context.Context, w io.Writer, path, session string) (int64, error) {
+// dropWriter takes bytes and keeps none. Unlike io.Discard it has no
+// ReadFrom, so io.CopyBuffer reads through the caller's buffer.
+type dropWriter struct{}
+
+func (dropWriter) Write(p []byte) (int, error) { return len(p), nil }
+
+// getInto GETs path and copies the body to w (through buf, unless w reads
+// for itself).
+func (c *gatewayClient) getInto(ctx context.Context, w io.Writer, buf []byte, path, session string) (int64, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+path, nil)
 	if err != nil {
 		return 0, err
@@ -442,7 +458,7 @@ func (c *gatewayClient) getInto(ctx context.Context, w io.Writer, path, session 
 	if resp.StatusCode != http.StatusOK {
 		return 0, fmt.Errorf("GET %s: status %d", path, resp.StatusCode)
 	}
-	n, err := io.Copy(w, resp.Body)
+	n, err := io.CopyBuffer(w, resp.Body, buf)
 	if err != nil {
 		return n, fmt.Errorf("GET %s: %w", path, err)
 	}

@@ -860,7 +860,7 @@ func (b *bench) writeReport(w io.Writer, results []*latencyResult, started time.
 	} else {
 		fmt.Fprintf(w, "Cold means a fresh mount: a new dmfs (or rclone) process with an empty cache, and a new mount so the kernel has no page cache for it (rclone `full`: a fresh `--cache-dir`). Warm is the same operation again on the same mount. ")
 		fmt.Fprintf(w, "`cp -r` copies the whole datasource to tmpfs and checks the byte count. ")
-		fmt.Fprintf(w, "The direct-HTTP rows GET every key (listed beforehand, untimed) with %s parallel clients over keep-alive connections; the widest, %d clients, is the limit (DESIGN.md §6: what the gateway can give), which the ratios use. ",
+		fmt.Fprintf(w, "The direct-HTTP rows GET every key (listed beforehand, untimed) with %s parallel clients over keep-alive connections, each taking the bodies off the wire through one reused buffer and dropping them (as `curl -o /dev/null` would: what the gateway gives, not what a client filling fresh memory can take); the widest, %d clients, is the limit (DESIGN.md §6: what the gateway can give), which the ratios use. ",
 			joinInts(b.o.clients), limit)
 		fmt.Fprintf(w, "The limit's fetch of the xarray variable's chunks only bounds the xarray reads: cold may take at most the warm time plus 1.25x that fetch. ")
 		fmt.Fprintf(w, "xarray times are `open_zarr` + the operation inside Python (interpreter start-up excluded); `.mean()` is a dask reduction that reads every chunk; xarray's requests per chunk count only the variable's chunk keys. Requests are the gateway's own counters. ")
