@@ -363,6 +363,7 @@ func isMetadataKey(key string) bool {
 // fetchResult is what fetching every key directly found.
 type fetchResult struct {
 	Seconds float64
+	CPU     float64 // the machine's busy CPU-seconds meanwhile (-1: unknown)
 	Bytes   int64
 	Sizes   map[string]int64
 }
@@ -398,7 +399,7 @@ func (c *gatewayClient) fetchEach(ctx context.Context, ds, session string, keys 
 	var total atomic.Int64
 	var mu sync.Mutex
 	sizes := make(map[string]int64, len(keys))
-	start := time.Now()
+	busy, start := machineBusy(), time.Now()
 	eg, ctx := errgroup.WithContext(ctx)
 	for range clients {
 		eg.Go(func() error {
@@ -433,7 +434,7 @@ func (c *gatewayClient) fetchEach(ctx context.Context, ds, session string, keys 
 	if err := eg.Wait(); err != nil {
 		return fetchResult{}, err
 	}
-	return fetchResult{Seconds: time.Since(start).Seconds(), Bytes: total.Load(), Sizes: sizes}, nil
+	return fetchResult{Seconds: time.Since(start).Seconds(), CPU: busySince(busy), Bytes: total.Load(), Sizes: sizes}, nil
 }
 
 // dropWriter takes bytes and keeps none. Unlike io.Discard it has no

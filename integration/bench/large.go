@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -295,7 +296,7 @@ func (b *bench) copyLarge(ctx context.Context, src, want string) (sample, error)
 	if err != nil {
 		return sample{}, err
 	}
-	s := sample{Seconds: t.Seconds, Capped: t.Capped, Chunks: b.large.chunks}
+	s := sample{Seconds: t.Seconds, Capped: t.Capped, CPU: t.CPU, Chunks: b.large.chunks}
 	var chunkBytes int64
 	s.Bytes, chunkBytes, _ = treeBytes(dest)
 	if want != "" {
@@ -324,7 +325,7 @@ func (b *bench) readShard(ctx context.Context, mnt string) (sample, error) {
 	if err != nil {
 		return sample{}, err
 	}
-	s := sample{Seconds: t.Seconds, Capped: t.Capped, Chunks: 1, Checked: true}
+	s := sample{Seconds: t.Seconds, Capped: t.Capped, CPU: t.CPU, Chunks: 1, Checked: true}
 	if t.Capped {
 		s.Check = "not checked: stopped at the time cap"
 		return s, nil
@@ -376,7 +377,7 @@ func (b *bench) oneLargeRun(ctx context.Context, parent *latencyResult) error {
 	// The limit: field's chunks fetched directly.
 	direct, err := b.measure(ctx, largeDirectName(limit), func() (sample, error) {
 		r, err := b.client.fetchAll(ctx, largeDS, sess, L.chunkKeys, limit)
-		return sample{Seconds: r.Seconds, Bytes: r.Bytes, Chunks: L.chunks, KeyPrefix: fieldPrefix}, err
+		return sample{Seconds: r.Seconds, CPU: r.CPU, Bytes: r.Bytes, Chunks: L.chunks, KeyPrefix: fieldPrefix}, err
 	})
 	if err != nil {
 		return err
@@ -518,7 +519,7 @@ func (b *bench) oneLargeRun(ctx context.Context, parent *latencyResult) error {
 	shardPrefix := largeDS + "/" + shardVar + "/"
 	sd, err := b.measure(ctx, mLShardDirect, func() (sample, error) {
 		r, err := b.client.fetchAll(ctx, largeDS, sess, []string{L.shardKey}, 1)
-		return sample{Seconds: r.Seconds, Bytes: r.Bytes, Chunks: 1, KeyPrefix: shardPrefix}, err
+		return sample{Seconds: r.Seconds, CPU: r.CPU, Bytes: r.Bytes, Chunks: 1, KeyPrefix: shardPrefix}, err
 	})
 	if err != nil {
 		return err
@@ -592,6 +593,8 @@ func (b *bench) writeLargeSection(w io.Writer, results []*latencyResult) {
 	fmt.Fprintf(w, "Every `cp -r` copies the folder `%s/%s` (its chunks, `.zarray` and `.zattrs`) to tmpfs; the dmfs copies are then checked against the direct fetch's files (chunks byte for byte, metadata as JSON), untimed. ", largeDS, largeVar)
 	fmt.Fprintf(w, "The limit GETs the same chunks with %d clients, dropping the bodies through one reused buffer each (the gateway's limit, not a client's page faults); the shard's direct GET does the same. The local copy is the direct fetch's files, written once (untimed) to %s; `cp -r` of it runs first with the page cache dropped (`sync; echo 1 > /proc/sys/vm/drop_caches`), then again with the files in the page cache (warm). After every drop the gateway's data folder is read back into the page cache (untimed), so that the gateway answers every row from memory, as it did the limit's fetch. ",
 		b.o.limitClients(), fsKind(L.dir))
+	fmt.Fprintf(w, "Machine CPU busy is what every process on the machine (the gateway, dmfs, `cp`, this bench) spent during the timed part, in CPU-seconds on %d cores, from /proc/stat: on a machine this small, the sum of the gateway's, the reader's and dmfs's work bounds a cold copy as much as the gateway's latency does. ",
+		runtime.NumCPU())
 	fmt.Fprintf(w, "**The ratios use the warm local copy**, memory to memory, the faster of the two, which is what DESIGN.md §6's \"local `cp -r` of the same files\" is taken to mean here; the page-cache-dropped figure is shown beside it. ")
 	fmt.Fprintf(w, "dmfs `cp -r` cold is a fresh mount (cache %d MiB, holding everything); then on the same mount warm with the kernel's page cache kept, then with it dropped so that every read reaches dmfs, which answers from its memory: the Checks column gives the page cache of the mount's chunk files (from mincore(2)) after the warm copy → after the drop. ",
 		L.cacheLarge>>20)
@@ -620,8 +623,8 @@ func (b *bench) writeLargeSection(w io.Writer, results []*latencyResult) {
 
 // writeLargeTable writes one latency's large-chunk rows and ratios.
 func (r *latencyResult) writeLargeTable(w io.Writer, order []string) {
-	fmt.Fprintf(w, "| Operation | Time, s: median (min–max) | MB/s | Gateway requests | Requests per chunk | Gateway bytes per byte read | Fetches in flight per run: mean / max | Peak memory, MiB | Checks |\n")
-	fmt.Fprintf(w, "|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(w, "| Operation | Time, s: median (min–max) | MB/s | Machine CPU busy, s | Gateway requests | Requests per chunk | Gateway bytes per byte read | Fetches in flight per run: mean / max | Peak memory, MiB | Checks |\n")
+	fmt.Fprintf(w, "|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, name := range order {
 		ss := r.Samples[name]
 		if len(ss) == 0 {
@@ -666,7 +669,7 @@ func (r *latencyResult) writeLargeTable(w io.Writer, order []string) {
 			}
 			checks += "; page cache " + strings.Join(parts, ", ")
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", name, timeCol, mbps, reqCol, perChunk, perByte,
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", name, timeCol, mbps, cpuColumn(ss), reqCol, perChunk, perByte,
 			inFlightCol(ss), rss, checks)
 	}
 	fmt.Fprintf(w, "\n| Ratio (computed within each run) | median (min–max) |\n|---|---|\n")
@@ -675,6 +678,16 @@ func (r *latencyResult) writeLargeTable(w io.Writer, order []string) {
 			fmt.Fprintf(w, "| %s | %s |\n", name, s.format("x", 2))
 		}
 	}
+}
+
+// cpuColumn summarises the samples' machine CPU-seconds, "—" unless every
+// one was measured.
+func cpuColumn(ss []sample) string {
+	if countIf(ss, func(s sample) bool { return s.CPU > 0 }) != len(ss) {
+		return "—"
+	}
+	c, _ := summarize(pick(ss, func(s sample) float64 { return s.CPU }))
+	return c.format("", 2)
 }
 
 // residentText writes a page cache size: a few pages in bytes, more in MB.

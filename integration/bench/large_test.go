@@ -95,10 +95,10 @@ func TestLargeTargetsAndTable(t *testing.T) {
 	r := newLatencyResult(20 * time.Millisecond)
 	field, shard := largeDS+"/"+largeVar+"/", largeDS+"/"+shardVar+"/"
 	for i := range 2 {
-		r.add(largeDirectName(64), sample{Seconds: 0.4, Bytes: 400 * mib, Requests: 100, Gets: 100, Chunks: 100,
+		r.add(largeDirectName(64), sample{Seconds: 0.4, CPU: 0.7, Bytes: 400 * mib, Requests: 100, Gets: 100, Chunks: 100,
 			KeyPrefix: field, KeyRequests: 100, BytesSent: 400 * mib})
-		r.add(mLLocalWarm, sample{Seconds: 0.25, Bytes: 400 * mib})
-		r.add(mLCold, sample{Seconds: 0.5, Bytes: 400 * mib, Requests: 103, Gets: 101, Chunks: 100, KeyPrefix: field,
+		r.add(mLLocalWarm, sample{Seconds: 0.25, CPU: []float64{0.2, -1}[i], Bytes: 400 * mib}) // unknown in one run
+		r.add(mLCold, sample{Seconds: 0.5, CPU: []float64{0.9, 1.1}[i], Bytes: 400 * mib, Requests: 103, Gets: 101, Chunks: 100, KeyPrefix: field,
 			KeyRequests: []int64{100, 120}[i], BytesSent: 400 * mib, RSS: 500 * mib, Checked: true})
 		drop := sample{Seconds: 0.3, Bytes: 400 * mib, Chunks: 100, KeyPrefix: field, Checked: true,
 			PageCacheMeasured: true, PageCacheBefore: 400 * mib}
@@ -142,10 +142,10 @@ func TestLargeTargetsAndTable(t *testing.T) {
 	var buf bytes.Buffer
 	r.writeLargeTable(&buf, largeOrder(64))
 	out := buf.String()
-	assert.Contains(t, out, "| "+largeDirectName(64)+" | 0.40 | 1048.6 | 100 (GET 100, of which 206: 0; HEAD 0) | 1.000 | 1.000 |")
-	assert.Contains(t, out, "| "+mLLocalWarm+" | 0.25 | 1677.7 | 0 | — | — | — | — | — |")
-	assert.Contains(t, out, "| "+mLCold+" | 0.50 | 838.9 | 103 (GET 101, of which 206: 0; HEAD 0) | 1.100 (1.000–1.200) | 1.000 | — | 500 | ok |")
-	assert.Contains(t, out, "| "+mLShard+" | 0.20 | 335.5 | 10 (GET 9, of which 206: 8; HEAD 0) | 8.000 | 1.000 |")
+	assert.Contains(t, out, "| "+largeDirectName(64)+" | 0.40 | 1048.6 | 0.70 | 100 (GET 100, of which 206: 0; HEAD 0) | 1.000 | 1.000 |")
+	assert.Contains(t, out, "| "+mLLocalWarm+" | 0.25 | 1677.7 | — | 0 | — | — | — | — | — |", "CPU unknown in one run")
+	assert.Contains(t, out, "| "+mLCold+" | 0.50 | 838.9 | 1.00 (0.90–1.10) | 103 (GET 101, of which 206: 0; HEAD 0) | 1.100 (1.000–1.200) | 1.000 | — | 500 | ok |")
+	assert.Contains(t, out, "| "+mLShard+" | 0.20 | 335.5 | — | 10 (GET 9, of which 206: 8; HEAD 0) | 8.000 | 1.000 |")
 	assert.Contains(t, out, "**failed in 1 of 2 runs**: page cache not dropped: 4096 bytes of the chunk files resident; page cache 419.4 MB → 0, 419.4 MB → 4096 B")
 	assert.Contains(t, out, "| "+ratioLXrBound+" | 1.20x (1.10–1.30) |")
 	assert.NotContains(t, out, mLLocalDrop, "no sample, no row")

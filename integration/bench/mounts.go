@@ -273,7 +273,8 @@ func isMounted(path string) bool {
 // timed is one timed command.
 type timed struct {
 	Seconds float64
-	Capped  bool // killed at the time cap
+	Capped  bool    // killed at the time cap
+	CPU     float64 // the machine's busy CPU-seconds meanwhile (-1: unknown)
 }
 
 // runTimed runs argv, discarding stdout, and kills it at cap.
@@ -293,9 +294,9 @@ func runTimedEnv(ctx context.Context, limit time.Duration, env []string, keepStd
 	if keepStdout {
 		cmd.Stdout = &stderr
 	}
-	start := time.Now()
+	busy, start := machineBusy(), time.Now()
 	err := cmd.Run()
-	t := timed{Seconds: time.Since(start).Seconds()}
+	t := timed{Seconds: time.Since(start).Seconds(), CPU: busySince(busy)}
 	if cctx.Err() == context.DeadlineExceeded && ctx.Err() == nil {
 		t.Capped = true
 		return t, nil

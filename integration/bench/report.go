@@ -19,6 +19,9 @@ type sample struct {
 	Requests, Gets, Heads int64
 	Chunks                int64 // chunks the operation covers, for requests per chunk
 	RSS                   int64 // peak memory of the dmfs daemon after the operation, its cache's memory file included (0: n/a)
+	// CPU is the machine's busy CPU-seconds during the timed part, every
+	// process included (large-chunk rows; 0: not measured, -1: unknown).
+	CPU float64
 	// InFlight is the gateway's count of /zarr/ requests answered at once
 	// during the operation.
 	InFlight inFlight
