@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/oceanum-dmfs/dmfs/flow"
 	"github.com/oceanum-dmfs/dmfs/internal/mountinfo"
 	"github.com/oceanum-dmfs/dmfs/internal/statedir"
 )
@@ -243,5 +244,17 @@ func TestDiskQueueBytes(t *testing.T) {
 		{8 << 30, 64 << 20},
 	} {
 		assert.Equal(t, c.want, diskQueueBytes(c.cache), "cache %d", c.cache)
+	}
+}
+
+// The limit starts at the gateway's practical width, never above
+// --max-connections, and flow accepts every width the flag allows.
+func TestLimiterStartsAtTheGatewaysWidth(t *testing.T) {
+	for _, tc := range []struct{ max, initial int }{{128, 64}, {4096, 64}, {64, 64}, {16, 16}, {2, 2}, {1, 1}} {
+		cfg := limiterConfig(tc.max, nil)
+		assert.Equal(t, tc.initial, cfg.Initial, "--max-connections %d", tc.max)
+		l, err := flow.New(cfg)
+		require.NoError(t, err, "--max-connections %d", tc.max)
+		assert.Equal(t, tc.initial, l.Limit(), "--max-connections %d", tc.max)
 	}
 }
