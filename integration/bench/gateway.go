@@ -403,12 +403,14 @@ func (c *gatewayClient) fetchEach(ctx context.Context, ds, session string, keys 
 	eg, ctx := errgroup.WithContext(ctx)
 	for range clients {
 		eg.Go(func() error {
+			// buf keeps a body for save; copyBuf carries one to dropWriter
+			// (bytes.Buffer reads for itself and needs none).
 			var buf bytes.Buffer
-			var w io.Writer = dropWriter{}
-			if save != nil {
-				w = &buf
+			var w io.Writer = &buf
+			var copyBuf []byte
+			if save == nil {
+				w, copyBuf = dropWriter{}, make([]byte, 256<<10)
 			}
-			copyBuf := make([]byte, 256<<10)
 			for {
 				i := int(next.Add(1)) - 1
 				if i >= len(keys) {
